@@ -1,0 +1,339 @@
+"""Actors, the refs that reach them, and how actors exit.
+
+An :class:`ActorRef` fronts a ``_Cell`` (``_cell.py``): the mailbox plus the actor's
+current incarnation. A supervisor restarts a crashed actor as a new incarnation in the same
+cell, so refs and queued messages survive restarts.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, TypeVar, final
+
+import anyio
+import attrs
+import outcome
+
+if TYPE_CHECKING:
+    from ._cell import _Cell
+
+__all__ = ["Actor", "ActorRef", "Envelope", "ExitKind", "ExitReason"]
+
+_T = TypeVar("_T")
+
+
+class _NoPublicConstructor(type):
+    """Metaclass for handles that only the kernel builds (trio's ``NoPublicConstructor``)."""
+
+    _constructor_hint: str
+
+    def __call__(cls, *args: object, **kwargs: object) -> NoReturn:
+        raise TypeError(f"{cls.__qualname__} has no public constructor; {cls._constructor_hint}")
+
+    def _create(cls: type[_T], *args: object, **kwargs: object) -> _T:
+        return super().__call__(*args, **kwargs)  # type: ignore[misc, no-any-return]
+
+
+class ExitKind(enum.Enum):
+    """Why an actor exited."""
+
+    #: ``run()`` returned without being asked to stop.
+    NORMAL = "normal"
+    #: It stopped after being asked to (``ref.stop()``, ``StopChild``, its supervisor's shutdown).
+    SHUTDOWN = "shutdown"
+    #: A cancel scope around its supervisor cancelled it.
+    CANCELLED = "cancelled"
+    #: It did not stop within its shutdown timeout, so it was cancelled.
+    TIMEOUT = "timeout"
+    #: An exception escaped it.
+    CRASHED = "crashed"
+
+
+@attrs.frozen
+class ExitReason:
+    """How and why an actor exited.
+
+    Attributes:
+        kind: The category of exit.
+        exception: The exception that crashed the actor (``CRASHED`` only).
+        detail: A human-readable explanation, e.g. who asked it to stop.
+    """
+
+    kind: ExitKind
+    exception: BaseException | None = None
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.kind.value}: {self.detail}"
+
+
+@attrs.define(eq=False)
+class _Reply:
+    """Where an ask's answer lands: an ``outcome`` plus the event its asker waits on."""
+
+    _event: anyio.Event = attrs.field(factory=anyio.Event)
+    result: outcome.Maybe[Any] | None = None
+
+    def send(self, result: outcome.Maybe[Any]) -> None:
+        if self.result is None:
+            self.result = result
+            self._event.set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@attrs.frozen
+class Envelope:
+    """A message on its way to an actor; ``reply_to`` is ``None`` for a tell."""
+
+    message: Any
+    reply_to: _Reply | None = None
+
+
+class Actor:
+    """Base class for actors: private state, a bounded mailbox, one message at a time.
+
+    Subclasses override :meth:`receive` (a plain ``def`` or an ``async def``; which one is
+    decided once, when the subclass is created) or, for a *process* actor, :meth:`run`.
+    Actors are started by a :class:`~actors.Supervisor` (``ChildSpec``, ``StartChild``) or
+    :meth:`~actors.ActorSystem.spawn`, never directly.
+
+    An exception raised while handling an ``ask`` goes back to the asker and the actor keeps
+    running; one raised while handling a ``tell`` crashes the actor, and its supervisor
+    decides what happens next. A restart builds a new instance with the child's factory; the
+    ref and the queued messages carry over.
+
+    **Direct dispatch.** If ``receive`` is a plain ``def``, a message sent from the actor's
+    own event-loop thread while the actor is idle with an empty mailbox is handled right in
+    the sender's task: ``receive`` runs in the sender's context (contextvars included), and
+    the ``await ref.tell(...)``/``await ref.ask(...)`` that triggered it does not checkpoint.
+    The actor is marked busy meanwhile, so messages still arrive one at a time and in order.
+    A directly dispatched tell that raises does not raise in the sender: the actor's own
+    task raises it before handling anything else, and the actor crashes as usual.
+
+    Attributes:
+        mailbox_size: Capacity of the bounded mailbox; senders wait (``tell``) or get
+            :exc:`anyio.WouldBlock` (``tell_nowait``) when it is full.
+    """
+
+    mailbox_size: ClassVar[int] = 1000
+    _actor_async_receive: ClassVar[bool] = False
+    _actor_cell: _Cell | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        size = cls.mailbox_size
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ValueError(f"{cls.__qualname__}.mailbox_size must be an int >= 1, got {size!r}")
+        cls._actor_async_receive = inspect.iscoroutinefunction(cls.receive)
+
+    async def on_start(self) -> None:
+        """Run in the actor's own task before it handles its first message.
+
+        An exception here crashes the actor. The default does nothing.
+        """
+
+    async def on_stop(self) -> None:
+        """Run in the actor's own task as it exits, shielded from cancellation.
+
+        Runs after a normal exit, a requested stop or a crash, provided :meth:`on_start`
+        returned; keep it short, since no timeout can interrupt it. If it raises, the actor
+        counts as crashed with that exception, unless it had already crashed. The default
+        does nothing.
+        """
+
+    def receive(self, message: Any) -> Any:
+        """Handle one message and return the reply (ignored for a tell).
+
+        Override as ``def`` (eligible for direct dispatch) or ``async def``.
+
+        Raises:
+            NotImplementedError: Always, in the base class.
+        """
+        raise NotImplementedError(
+            f"{type(self).__qualname__} got {type(message).__name__} but does not override "
+            "receive(); override receive() to handle messages"
+        )
+
+    async def run(self) -> None:
+        """The actor's body; by default, the receive loop.
+
+        The receive loop hands queued messages to :meth:`receive` one at a time and returns
+        once a stop is requested. A *process* actor overrides ``run`` to do its work: returning
+        is a normal exit, raising is a crash. It should watch :attr:`stop_requested` to wind
+        down when asked.
+        """
+        await self._bound_cell().receive_loop(self)
+
+    @property
+    def ref(self) -> ActorRef:
+        """This actor's ref.
+
+        Raises:
+            RuntimeError: If the actor has not been started by a supervisor.
+        """
+        return self._bound_cell().ref
+
+    @property
+    def stop_requested(self) -> anyio.Event:
+        """Set when this actor is asked to stop gracefully.
+
+        Raises:
+            RuntimeError: If the actor has not been started by a supervisor.
+        """
+        return self._bound_cell().stop_event()
+
+    def _bound_cell(self) -> _Cell:
+        cell = self._actor_cell
+        if cell is None:
+            raise RuntimeError(
+                f"{type(self).__qualname__} has not been started: actors get a ref when a "
+                "supervisor starts them (ChildSpec, StartChild or ActorSystem.spawn)"
+            )
+        return cell
+
+    async def _actor_main(self, started: Callable[[], None]) -> None:
+        # Everything between on_start and on_stop; a Supervisor overrides this to start
+        # its children inside its own task groups before reporting itself started.
+        started()
+        await self.run()
+
+
+@final
+class ActorRef(metaclass=_NoPublicConstructor):
+    """The only handle on an actor: send it messages, stop it, wait for it.
+
+    A ref names one supervised actor across restarts: a restarted actor keeps its ref and its
+    mailbox (messages queued at the crash are handled by the new incarnation). The ref dies,
+    and :attr:`exit_reason` is set, when the actor exits for good. Every method that sends or
+    waits must be called from the thread running the actor's event loop.
+    """
+
+    _constructor_hint = "refs come from StartChild, ChildSpec or ActorSystem.spawn()"
+    __slots__ = ("_cell",)
+
+    def __init__(self, cell: _Cell) -> None:
+        self._cell = cell
+
+    def __repr__(self) -> str:
+        reason = self._cell.exit_reason
+        state = "alive" if reason is None else f"exited ({reason})"
+        return f"<ActorRef {self._cell.name!r} {state}>"
+
+    @property
+    def name(self) -> str:
+        """The actor's name, unique among its siblings."""
+        return self._cell.name
+
+    @property
+    def is_alive(self) -> bool:
+        """Whether the actor has yet to exit for good."""
+        return self._cell.exit_reason is None
+
+    @property
+    def exit_reason(self) -> ExitReason | None:
+        """Why the actor exited, or ``None`` while it is alive."""
+        return self._cell.exit_reason
+
+    async def tell(self, message: Any) -> None:
+        """Send ``message`` without waiting for it to be handled.
+
+        Waits while the mailbox is full (backpressure). A checkpoint, except under direct
+        dispatch.
+
+        Raises:
+            ActorStopped: If the actor has stopped, or stops while this waits for room.
+            ForeignThreadError: If called from a thread other than the actor's loop thread.
+        """
+        cell = self._cell
+        if threading.get_ident() != cell.thread:
+            raise cell.foreign_thread_error()
+        receive = cell.direct
+        if receive is not None:
+            cell.dispatch_tell(receive, message)
+            return
+        await cell.post(Envelope(message))
+
+    def tell_nowait(self, message: Any) -> None:
+        """Send ``message`` if the mailbox has room, without waiting.
+
+        Raises:
+            anyio.WouldBlock: If the mailbox is full.
+            ActorStopped: If the actor has stopped.
+            ForeignThreadError: If called from a thread other than the actor's loop thread.
+        """
+        cell = self._cell
+        if threading.get_ident() != cell.thread:
+            raise cell.foreign_thread_error()
+        receive = cell.direct
+        if receive is not None:
+            cell.dispatch_tell(receive, message)
+            return
+        cell.post_nowait(Envelope(message))
+
+    async def ask(self, message: Any, *, timeout: float | None = None) -> Any:
+        """Send ``message`` and return the actor's reply.
+
+        If the handler raises, the exception is re-raised here with its original traceback,
+        and the actor keeps running. On timeout or cancellation the message may still be
+        handled later; its reply is dropped. ``timeout`` cannot interrupt a directly
+        dispatched (synchronous) handler.
+
+        Args:
+            message: The message to send.
+            timeout: Seconds to wait for room and for the reply; ``None`` waits forever.
+
+        Returns:
+            Whatever the actor's ``receive`` returned.
+
+        Raises:
+            TimeoutError: If no reply arrived within ``timeout`` seconds.
+            ActorStopped: If the actor has stopped, or stops before replying.
+            ForeignThreadError: If called from a thread other than the actor's loop thread.
+        """
+        cell = self._cell
+        if threading.get_ident() != cell.thread:
+            raise cell.foreign_thread_error()
+        receive = cell.direct
+        if receive is not None:
+            return cell.dispatch_ask(receive, message)
+        return await cell.ask(message, timeout)
+
+    async def stop(self) -> ExitReason:
+        """Stop the actor for good, gracefully, and wait until it has exited.
+
+        The actor finishes the message in hand; queued messages are dropped and their asks
+        fail with :exc:`ActorStopped`. An actor still running after its ``shutdown_timeout``
+        is cancelled. Its supervisor does not restart it. Stopping a stopped actor just
+        returns its exit reason.
+
+        Returns:
+            The actor's exit reason.
+
+        Raises:
+            ForeignThreadError: If called from a thread other than the actor's loop thread.
+            RuntimeError: If called from the actor's own task, which would wait for itself.
+        """
+        cell = self._cell
+        if threading.get_ident() != cell.thread:
+            raise cell.foreign_thread_error()
+        return await cell.stop("stopped by ActorRef.stop()")
+
+    async def wait(self) -> ExitReason:
+        """Wait until the actor has exited for good.
+
+        Returns:
+            The actor's exit reason.
+
+        Raises:
+            ForeignThreadError: If called from a thread other than the actor's loop thread.
+            RuntimeError: If called from the actor's own task, which would wait for itself.
+        """
+        cell = self._cell
+        if threading.get_ident() != cell.thread:
+            raise cell.foreign_thread_error()
+        return await cell.wait()

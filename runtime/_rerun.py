@@ -1,0 +1,102 @@
+"""Running a stored flow run again: resuming a suspended or crashed run.
+
+The store records each flow run's entrypoint (file and function) and parameters, so any
+process can load the flow and run its body again under the same run id. The rerun reuses
+task runs completed before, matched by their dynamic keys.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import threading
+import weakref
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from . import states as S
+from ._body import WORKER_THREADS
+from ._entry import runtime_scope
+from ._exceptions import ObjectNotFound
+from ._orchestrator import ProposeState, UpdateRun
+from .states import State
+
+if TYPE_CHECKING:
+    from ._flow import Flow
+    from ._models import FlowRun
+
+__all__ = ["load_flow", "register_flow", "rerun_flow_run"]
+
+_flows: weakref.WeakValueDictionary[str, Flow[..., Any]] = weakref.WeakValueDictionary()
+_flows_lock = threading.Lock()
+
+
+def register_flow(flow: Flow[..., Any]) -> None:
+    """Remember ``flow`` under its entrypoint, so a rerun in this process finds it."""
+    if flow.entrypoint is not None:
+        with _flows_lock:
+            _flows.setdefault(flow.entrypoint, flow)
+
+
+def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
+    """Return the flow of ``flow_run``: the one defined in this process, else the one its
+    entrypoint file defines (imported without running its ``__main__`` block).
+
+    Raises:
+        ObjectNotFound: the run has no entrypoint, or it no longer names a flow.
+    """
+    from ._flow import Flow
+
+    entrypoint = flow_run.entrypoint
+    if not entrypoint:
+        raise ObjectNotFound(
+            f"Flow run {flow_run.id} has no entrypoint (its flow was defined inside a function), "
+            "so it cannot be run again."
+        )
+    with _flows_lock:
+        flow = _flows.get(entrypoint)
+    if flow is not None:
+        return flow
+    path, _, qualname = entrypoint.rpartition(":")
+    if not Path(path).is_file():
+        raise ObjectNotFound(f"The file of flow run {flow_run.id}'s flow is gone: {path}")
+    module_name = f"stageflow_entrypoint_{abs(hash(path))}"
+    module = sys.modules.get(module_name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ObjectNotFound(f"Cannot import {path} to run flow run {flow_run.id} again.")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        sys.path.insert(0, str(Path(path).parent))
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            sys.path.remove(str(Path(path).parent))
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if not isinstance(target, Flow):
+        raise ObjectNotFound(f"{entrypoint} is not a flow (flow run {flow_run.id}).")
+    return target
+
+
+async def rerun_flow_run(flow_run_id: UUID) -> State[Any]:
+    """Run a suspended (resumed) or crashed flow run's body again; return its final state."""
+    from ._flow_engine import FlowRunEngine
+
+    async with runtime_scope() as runtime:
+        assert runtime.backend is not None
+        flow_run = runtime.backend.read_flow_run(flow_run_id)
+        flow = load_flow(flow_run)
+        state = flow_run.state
+        if state is not None and not state.is_scheduled():
+            await runtime.orchestrator.ask(  # type: ignore[union-attr]
+                ProposeState("flow", flow_run, S.Scheduled(name="Resuming"), force=True)
+            )
+        if not flow_run.empirical_policy.resuming:
+            policy = flow_run.empirical_policy.model_copy(update={"resuming": True})
+            await runtime.orchestrator.ask(UpdateRun("flow", flow_run, {"empirical_policy": policy}))  # type: ignore[union-attr]
+        engine = FlowRunEngine(flow, dict(flow_run.parameters), None, runtime, WORKER_THREADS, None, existing=flow_run)
+        return await engine.run()

@@ -1,0 +1,493 @@
+"""Persisted results: where a run's return value is written, and the reference states carry.
+
+Usage (what the engine does for a task run)::
+
+    settings = result_settings_for_task(task, flow_ctx)      # once per task run
+    key = task_cache_key(task_ctx, flow_ctx, settings)       # on the Running proposal
+    ...                                                      # the body returns `value`
+    if settings.persist:
+        data = persist_result(value, settings, key=key)      # Completed(data=data)
+
+:func:`persist_result` serializes the value, writes it to the run's
+:class:`LocalResultStorage` and returns a :class:`ResultRef`; ``ResultRef.load()`` reads
+it back, in this process or another. A store saves a state's ``ResultRef`` with
+:meth:`ResultRef.to_json` and rebuilds it with :meth:`ResultRef.from_json`.
+
+Settings follow Prefect 3. A task takes the flow run's storage, serializer and
+``persist`` unless it sets its own; a flow takes them from its parent run, if any.
+Persisting is off by default (``STAGEFLOW_RESULTS_PERSIST_BY_DEFAULT=true`` turns it on),
+but setting ``cache_policy``, ``cache_key_fn``, ``result_storage_key``, ``result_storage``
+or ``result_serializer`` on a task turns it on for that task, and ``persist_result=False``
+always turns it off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, final
+
+import attrs
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from ._exceptions import ConfigurationError, MissingResult, ResultSerializationError
+from .cache_policies import NONE, CachePolicy, cache_policy_for_task
+from .serializers import CloudpickleSerializer, PickleSerializer, Serializer, resolve_serializer
+from .states import ResultHandle
+
+if TYPE_CHECKING:
+    from ._context import FlowRunContext, TaskRunContext
+    from ._flow import Flow
+    from ._models import FlowRun, TaskRun
+    from ._task import Task
+
+__all__ = [
+    "PERSIST_BY_DEFAULT_ENV",
+    "LocalResultStorage",
+    "ResultRef",
+    "ResultSettings",
+    "format_storage_key",
+    "persist_by_default",
+    "persist_result",
+    "resolve_storage",
+    "result_settings_for_flow",
+    "result_settings_for_task",
+    "task_cache_key",
+]
+
+PERSIST_BY_DEFAULT_ENV = "STAGEFLOW_RESULTS_PERSIST_BY_DEFAULT"
+"""The environment variable that turns result persistence on for runs that do not choose."""
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"", "0", "false", "no", "off"})
+
+
+# -- storage ----------------------------------------------------------------------------
+
+
+def _absolute(path: str | os.PathLike[str]) -> Path:
+    return Path(path).expanduser().absolute()
+
+
+@final
+@attrs.frozen
+class LocalResultStorage:
+    """A directory of result files, one per key; keys may contain ``/`` for subdirectories.
+
+    Directories are created on the first write. Each write goes to a temporary file in
+    the target directory, then replaces the target in one step (``os.replace``), so a
+    reader sees the old bytes or the new ones, never a partial file. Writes are not
+    fsynced: a result survives a process crash, not necessarily a power loss.
+
+    Attributes:
+        basepath: the directory, made absolute so that references to it work from any
+            working directory.
+    """
+
+    basepath: Path = attrs.field(converter=_absolute)
+
+    def write(self, key: str, data: bytes) -> None:
+        """Store ``data`` under ``key``, replacing what was there.
+
+        Raises:
+            ConfigurationError: ``key`` is not a relative path inside the directory.
+            OSError: the file could not be written.
+        """
+        path = self._path_for(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(temp, "xb") as file:
+                file.write(data)
+            os.replace(temp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                temp.unlink()
+            raise
+
+    def read(self, key: str) -> bytes:
+        """Return the bytes stored under ``key``.
+
+        Raises:
+            ConfigurationError: ``key`` is not a relative path inside the directory.
+            FileNotFoundError: nothing is stored under ``key``.
+        """
+        return self._path_for(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        """Return whether something is stored under ``key``.
+
+        Raises:
+            ConfigurationError: ``key`` is not a relative path inside the directory.
+        """
+        return self._path_for(key).is_file()
+
+    def _path_for(self, key: str) -> Path:
+        parts = key.split("/") if isinstance(key, str) else []
+        if not parts or any(part in ("", ".", "..") or "\\" in part for part in parts):
+            raise ConfigurationError(
+                f"Invalid result storage key {key!r}: a key is a relative path of non-empty "
+                "names separated by '/', without '.', '..' or backslashes."
+            )
+        return self.basepath.joinpath(*parts)
+
+
+def _default_storage() -> LocalResultStorage:
+    from ._stores import stageflow_home  # deferred: the stores may import this module
+
+    return LocalResultStorage(stageflow_home() / "results")
+
+
+def resolve_storage(
+    value: str | os.PathLike[str] | LocalResultStorage | None,
+) -> LocalResultStorage:
+    """Return the storage ``value`` stands for.
+
+    Args:
+        value: None for the default, ``$STAGEFLOW_HOME/results``; a directory path;
+            or a :class:`LocalResultStorage`.
+
+    Raises:
+        TypeError: ``value`` is none of these.
+    """
+    if value is None:
+        return _default_storage()
+    if isinstance(value, LocalResultStorage):
+        return value
+    if isinstance(value, (str, os.PathLike)):
+        return LocalResultStorage(value)
+    raise TypeError(
+        f"result_storage must be a directory path or a LocalResultStorage, got "
+        f"{type(value).__name__}: {value!r}."
+    )
+
+
+# -- references -------------------------------------------------------------------------
+
+
+@final
+class ResultRef(BaseModel, ResultHandle):
+    """A persisted result: where it is stored and how to read it.
+
+    ``load()`` reads and deserializes the value, then keeps it in memory for later calls,
+    unless ``cache_in_memory`` is false. Refs compare and serialize by their fields only.
+
+    Attributes:
+        storage_path: the absolute directory of the :class:`LocalResultStorage`.
+        key: the key under which the result is stored.
+        serializer: the ``type`` of the serializer that wrote it.
+        cache_in_memory: whether to keep the value in memory once loaded.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    storage_path: str
+    key: str
+    serializer: str
+    cache_in_memory: bool = True
+
+    # (value,) once loaded. A 1-tuple rather than a sentinel: pydantic deep-copies
+    # private defaults, which would turn a sentinel object into a different object.
+    _loaded: tuple[Any] | None = PrivateAttr(default=None)
+
+    @property
+    def storage(self) -> LocalResultStorage:
+        """The storage the result is in."""
+        return LocalResultStorage(self.storage_path)
+
+    def load(self) -> Any:
+        """Return the result, reading it from storage unless it is held in memory.
+
+        Raises:
+            MissingResult: the result file is gone, cannot be read, or cannot be
+                deserialized.
+        """
+        if self._loaded is not None:
+            return self._loaded[0]
+        where = f"{self.key!r} in {self.storage_path}"
+        try:
+            data = self.storage.read(self.key)
+        except (OSError, ConfigurationError) as exc:
+            raise MissingResult(f"Cannot read the persisted result {where}: {exc}") from exc
+        try:
+            value = resolve_serializer(self.serializer).loads(data)
+        except Exception as exc:
+            raise MissingResult(
+                f"Cannot deserialize the persisted result {where} with the "
+                f"{self.serializer!r} serializer: {exc}"
+            ) from exc
+        if self.cache_in_memory:
+            self._loaded = (value,)
+        return value
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ResultRef):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def _fields(self) -> tuple[str, str, str, bool]:
+        return (self.storage_path, self.key, self.serializer, self.cache_in_memory)
+
+    def to_json(self) -> str:
+        """Return the reference (never the value) as a JSON string."""
+        return self.model_dump_json()
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> ResultRef:
+        """Return the reference :meth:`to_json` wrote.
+
+        Raises:
+            pydantic.ValidationError: ``data`` is not such a JSON document.
+        """
+        return cls.model_validate_json(data)
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+def persist_by_default() -> bool:
+    """Return whether runs that do not choose persist their results (from the environment).
+
+    Raises:
+        ConfigurationError: the variable holds something other than a boolean word.
+    """
+    raw = os.environ.get(PERSIST_BY_DEFAULT_ENV, "")
+    word = raw.strip().lower()
+    if word in _TRUE:
+        return True
+    if word in _FALSE:
+        return False
+    raise ConfigurationError(f"{PERSIST_BY_DEFAULT_ENV} must be 'true' or 'false', got {raw!r}.")
+
+
+def _serializer_or_default(value: str | Serializer | None) -> Serializer:
+    return PickleSerializer() if value is None else resolve_serializer(value)
+
+
+@final
+@attrs.frozen
+class ResultSettings:
+    """How a run's result is persisted.
+
+    Build them with :func:`result_settings_for_task` and :func:`result_settings_for_flow`;
+    a bare ``ResultSettings()`` holds the defaults. ``storage`` and ``serializer`` accept
+    what the ``result_storage`` and ``result_serializer`` options accept.
+
+    Attributes:
+        persist: whether the result is written to storage.
+        storage: where it is written.
+        serializer: how it is turned into bytes (``pickle`` by default).
+        storage_key: a ``result_storage_key`` template (see :func:`format_storage_key`),
+            or None for a key chosen per result.
+        cache_in_memory: whether a persisted result is also kept in memory.
+    """
+
+    persist: bool = attrs.field(factory=persist_by_default)
+    storage: LocalResultStorage = attrs.field(default=None, converter=resolve_storage)
+    serializer: Serializer = attrs.field(default=None, converter=_serializer_or_default)
+    storage_key: str | None = None
+    cache_in_memory: bool = True
+
+
+def _parent_settings(ctx: FlowRunContext | TaskRunContext | None) -> ResultSettings:
+    settings = getattr(ctx, "result_settings", None)
+    return settings if isinstance(settings, ResultSettings) else ResultSettings()
+
+
+def result_settings_for_task(
+    task: Task[..., Any], flow_ctx: FlowRunContext | TaskRunContext | None
+) -> ResultSettings:
+    """Return the result settings of a run of ``task``.
+
+    Args:
+        task: the task being run.
+        flow_ctx: the context of the run the task is called in (normally the flow run's;
+            its ``result_settings`` are inherited), or None outside any run.
+
+    Raises:
+        ConfigurationError: the task's ``result_serializer`` names no serializer, or the
+            persist-by-default variable is not a boolean.
+        TypeError: ``result_storage`` or ``result_serializer`` has the wrong type.
+    """
+    parent = _parent_settings(flow_ctx)
+    if task.persist_result is not None:
+        persist = bool(task.persist_result)
+    elif _task_implies_persistence(task):
+        persist = True
+    else:
+        persist = parent.persist
+    return ResultSettings(
+        persist=persist,
+        storage=parent.storage if task.result_storage is None else task.result_storage,
+        serializer=parent.serializer if task.result_serializer is None else task.result_serializer,
+        storage_key=task.result_storage_key,
+        cache_in_memory=task.cache_result_in_memory is not False,
+    )
+
+
+def _task_implies_persistence(task: Task[..., Any]) -> bool:
+    # Prefect 3: asking for caching or for a place/format to store results means "persist".
+    policy = task.cache_policy
+    return (
+        (isinstance(policy, CachePolicy) and policy != NONE)
+        or task.cache_key_fn is not None
+        or task.result_storage_key is not None
+        or task.result_storage is not None
+        or task.result_serializer is not None
+    )
+
+
+def result_settings_for_flow(
+    flow: Flow[..., Any], parent_ctx: FlowRunContext | TaskRunContext | None
+) -> ResultSettings:
+    """Return the result settings of a run of ``flow``.
+
+    Args:
+        flow: the flow being run.
+        parent_ctx: the context of the run a subflow is called in (its
+            ``result_settings`` are inherited), or None for a top-level flow run.
+
+    Raises:
+        ConfigurationError: the flow's ``result_serializer`` names no serializer, or the
+            persist-by-default variable is not a boolean.
+        TypeError: ``result_storage`` or ``result_serializer`` has the wrong type.
+    """
+    parent = _parent_settings(parent_ctx)
+    if flow.persist_result is not None:
+        persist = bool(flow.persist_result)
+    elif flow.result_storage is not None or flow.result_serializer is not None:
+        persist = True
+    else:
+        persist = parent.persist
+    return ResultSettings(
+        persist=persist,
+        storage=parent.storage if flow.result_storage is None else flow.result_storage,
+        serializer=parent.serializer if flow.result_serializer is None else flow.result_serializer,
+        storage_key=None,
+        cache_in_memory=flow.cache_result_in_memory is not False,
+    )
+
+
+# -- keys and writing -------------------------------------------------------------------
+
+
+def format_storage_key(
+    template: str,
+    parameters: dict[str, Any],
+    task_run: TaskRun | None,
+    flow_run: FlowRun | None,
+) -> str:
+    """Fill in a ``result_storage_key`` template, e.g. ``"{flow_run.name}/{parameters[x]}"``.
+
+    The template is formatted with ``str.format`` and the names ``parameters`` (the run's
+    arguments), ``task_run`` and ``flow_run`` (the run records; ``flow_run`` is None
+    outside a flow run).
+
+    Raises:
+        ConfigurationError: the template refers to something that does not exist.
+    """
+    try:
+        return template.format(parameters=parameters, task_run=task_run, flow_run=flow_run)
+    except (AttributeError, IndexError, KeyError, ValueError) as exc:
+        raise ConfigurationError(
+            f"Cannot fill in result_storage_key {template!r}: {type(exc).__name__}: {exc}. "
+            "A template may use {parameters[name]}, {task_run.<field>} and "
+            "{flow_run.<field>} (flow_run is None outside a flow run)."
+        ) from exc
+
+
+def task_cache_key(
+    task_ctx: TaskRunContext,
+    flow_ctx: FlowRunContext | None,
+    settings: ResultSettings,
+) -> str | None:
+    """Return the key a task run's result is cached and stored under, or None for no cache.
+
+    As in Prefect 3: no key unless the result is persisted; a ``result_storage_key``
+    template, filled in, is the key; otherwise the task's cache policy
+    (:func:`runtime.cache_policies.cache_policy_for_task`) computes it.
+
+    Raises:
+        ConfigurationError: the storage key template cannot be filled in, or an input
+            cannot be hashed.
+    """
+    if not settings.persist:
+        return None
+    flow_run = flow_ctx.flow_run if flow_ctx is not None else None
+    if settings.storage_key is not None:
+        return format_storage_key(
+            settings.storage_key, task_ctx.parameters, task_ctx.task_run, flow_run
+        )
+    return cache_policy_for_task(task_ctx.task).compute_key(
+        task_ctx, task_ctx.parameters, flow_ctx.parameters if flow_ctx is not None else None
+    )
+
+
+def persist_result(value: Any, settings: ResultSettings, key: str | None = None) -> ResultRef:
+    """Serialize ``value``, write it to ``settings.storage`` and return its reference.
+
+    The caller decides whether to persist (``settings.persist``); this always writes.
+
+    Args:
+        value: the result.
+        settings: the run's result settings.
+        key: the storage key (a cache key or a filled-in ``result_storage_key``); a new
+            random key if None. An existing result under the same key is replaced.
+
+    Raises:
+        ResultSerializationError: the serializer cannot serialize ``value``.
+        ConfigurationError: ``key`` is not a valid storage key.
+        OSError: the result could not be written.
+    """
+    serializer = settings.serializer
+    try:
+        data = serializer.dumps(value)
+    except Exception as exc:
+        raise ResultSerializationError(
+            f"Cannot persist a result of type {_type_name(value)!r} with the "
+            f"{serializer.type!r} serializer: {type(exc).__name__}: {exc}. "
+            f"{_serialization_fix(serializer, value)}"
+        ) from exc
+    if key is None:
+        key = uuid.uuid4().hex
+    settings.storage.write(key, data)
+    ref = ResultRef(
+        storage_path=str(settings.storage.basepath),
+        key=key,
+        serializer=serializer.type,
+        cache_in_memory=settings.cache_in_memory,
+    )
+    if settings.cache_in_memory:
+        ref._loaded = (value,)
+    return ref
+
+
+def _type_name(value: Any) -> str:
+    cls = type(value)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _serialization_fix(serializer: Serializer, value: Any) -> str:
+    # Only on the error path: try the other serializers so the advice is one that works.
+    for alternative in (PickleSerializer(), CloudpickleSerializer()):
+        if alternative.type == serializer.type:
+            continue
+        try:
+            alternative.dumps(value)
+        except Exception:  # noqa: BLE001, S112 - any failure means "not this one"
+            continue
+        return (
+            f"Use result_serializer={alternative.type!r}, which can serialize it, or "
+            "persist_result=False to keep the result in memory only."
+        )
+    return (
+        "No built-in serializer can store it: return a value that can be pickled, or use "
+        "persist_result=False to keep the result in memory only."
+    )
