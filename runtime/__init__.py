@@ -23,35 +23,65 @@ from ._task import Task as Task
 from ._task import task as task
 from .annotations import allow_failure as allow_failure
 from .annotations import quote as quote
+from .cache_policies import DEFAULT as DEFAULT
+from .cache_policies import FLOW_PARAMETERS as FLOW_PARAMETERS
+from .cache_policies import INPUTS as INPUTS
+from .cache_policies import NONE as NONE
+from .cache_policies import RUN_ID as RUN_ID
+from .cache_policies import TASK_SOURCE as TASK_SOURCE
 from .annotations import unmapped as unmapped
+from .flow_runs import cancel_flow_run as cancel_flow_run
+from .flow_runs import pause_flow_run as pause_flow_run
+from .flow_runs import resume_flow_run as resume_flow_run
+from .flow_runs import suspend_flow_run as suspend_flow_run
+from .flow_runs import wait_for_flow_run as wait_for_flow_run
 from .futures import TaskRunFuture as TaskRunFuture
 from .futures import as_completed as as_completed
 from .futures import wait as wait
+from .input import RunInput as RunInput
 from .states import State as State
 from .states import StateType as StateType
+from .transactions import Transaction as Transaction
+from .transactions import get_transaction as get_transaction
+from .transactions import transaction as transaction
 
 __all__ = [
+    "DEFAULT",
+    "FLOW_PARAMETERS",
     "Flow",
     "FlowRun",
     "FlowRunContext",
+    "INPUTS",
     "MissingContextError",
+    "NONE",
     "ParameterTypeError",
+    "RUN_ID",
     "RUN_LOG_FORMAT",
+    "RunInput",
     "Runtime",
     "State",
     "StateType",
+    "TASK_SOURCE",
     "Task",
     "TaskRun",
     "TaskRunContext",
     "TaskRunFuture",
+    "Transaction",
     "allow_failure",
     "as_completed",
+    "cancel_flow_run",
     "flow",
     "get_run_context",
     "get_run_logger",
+    "get_transaction",
+    "pause_flow_run",
     "quote",
+    "resume_flow_run",
+    "suspend_flow_run",
     "tags",
     "task",
+    "transaction",
     "unmapped",
     "wait",
+    "wait_for_flow_run",
 ]

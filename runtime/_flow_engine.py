@@ -44,6 +44,7 @@ from ._parameters import resolve_run_name, serialize_parameters
 from ._resolve import resolve_futures_to_states, resolve_parameters, wait_for_upstreams
 from ._store_actor import Commit
 from ._waiting import wait_before_proposing_again
+from .results import ResultSettings, persist_result, result_settings_for_flow
 from .states import State, now_utc
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class FlowRunEngine:
         self._body_scope: anyio.CancelScope | None = None
         self._interrupt: BaseException | None = None
         self._inbox: LoopInbox | None = None
+        self._settings: ResultSettings | None = None
 
     # -- the run ----------------------------------------------------------------------
 
@@ -188,6 +190,13 @@ class FlowRunEngine:
                 await self._propose(exception_to_failed_state(exc, message))
                 return await self._finish()
         self.parameters = parameters
+        try:
+            self._settings = result_settings_for_flow(self.flow, self.parent)
+        except Exception as exc:  # a bad result option: the run cannot start
+            self.logger.error("Flow run could not start: %s", exc)
+            self._raised = exc
+            await self._propose(exception_to_failed_state(exc, "Flow run could not start:"))
+            return await self._finish()
 
         state = await self._enter_running()
         if state.is_running() and self.flow.on_running_hooks:
@@ -229,6 +238,7 @@ class FlowRunEngine:
                 supervisor=supervisor,
                 submitted=submitted,
                 inbox=self._inbox,
+                result_settings=self._settings,
                 sync_target=task_runner.sync_target(),
             )
             flow_token = _flow_run_context.set(ctx)
@@ -262,7 +272,16 @@ class FlowRunEngine:
                 _flow_run_context.reset(flow_token)
         resolved = await resolve_futures_to_states(result)
         self._return_value = resolved
-        return return_value_to_state(resolved)
+        state = return_value_to_state(resolved)
+        settings = self._settings
+        if state.is_completed() and not isinstance(resolved, State) and settings and settings.persist:
+            try:
+                state.data = persist_result(resolved, settings)
+            except Exception as exc:
+                self.logger.error("Could not persist the flow run's result: %s", exc)
+                self._raised = exc
+                return exception_to_failed_state(exc, "Flow run encountered an exception:")
+        return state
 
     async def _call_body(self, parameters: dict[str, Any]) -> Any:
         flow = self.flow

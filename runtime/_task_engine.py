@@ -8,6 +8,7 @@ one. It only *proposes* states; the orchestrator decides.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
@@ -22,10 +23,13 @@ from ._hooks import run_hooks
 from ._ids import new_id
 from ._logging import _log_prints, install_print_patch, task_run_logger
 from ._models import TaskRun, TaskRunInput, TaskRunPolicy
-from ._orchestrator import CreateRun, ProposeState, Transition
+from ._orchestrator import CreateRun, ProposeState, Transition, _as_datetime
 from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
 from ._resolve import collect_upstreams, resolve_parameters, wait_for_upstreams
+from ._store import CacheRecord
 from ._waiting import wait_before_proposing_again
+from .results import ResultSettings, persist_result, refresh_cache_by_default, result_settings_for_task, task_cache_key
+from .transactions import Transaction, get_transaction
 from .states import State, now_utc
 
 if TYPE_CHECKING:
@@ -102,6 +106,7 @@ class TaskRunEngine:
         runtime: Runtime,
         flow_ctx: FlowRunContext | None,
         target: SyncTarget,
+        transaction: Transaction | None = None,
     ) -> None:
         self.task = task
         self.task_run = task_run
@@ -115,6 +120,9 @@ class TaskRunEngine:
         )
         self._orchestrator = runtime.orchestrator
         self._last_exception: BaseException | None = None
+        self._transaction = Transaction(parent=transaction or get_transaction())
+        self._settings: ResultSettings | None = None
+        self._result: Any = None
 
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
@@ -157,19 +165,65 @@ class TaskRunEngine:
             self._log_finished()
             return self.task_run.state  # type: ignore[return-value]
         self.parameters = parameters
-        state = await self._enter_running(S.Running)
+        try:
+            running = self._running_details(parameters)
+        except Exception as exc:  # a bad result option: the run cannot start
+            self._last_exception = exc
+            await self._propose(exception_to_failed_state(exc, "Task run could not start"))
+            return await self._finish_attempt(self.task_run.state)  # type: ignore[arg-type]
+        state = await self._enter_running(S.Running, running)
         while state.is_running():
             terminal = await self._attempt(parameters)
             state = await self._finish_attempt(terminal)
             if state.is_scheduled():
-                state = await self._enter_running(S.Retrying)
+                state = await self._enter_running(S.Retrying, running)
+        if state.is_completed() and state.name != "Cached":
+            self._stage(state)
         await self._call_hooks(state)
         self._log_finished()
         return state
 
-    async def _enter_running(self, make_state: Callable[..., State[Any]]) -> State[Any]:
+    def _running_details(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Work out the run's result settings and cache key; return the details its
+        Running proposals carry (the orchestrator looks the cache key up).
+
+        Raises:
+            ConfigurationError: a result option is invalid.
+        """
+        task = self.task
+        flow_ctx = self.flow_ctx
+        settings = self._settings = result_settings_for_task(task, flow_ctx)
+        if not settings.persist:
+            return {}
+        try:
+            key = task_cache_key(self._context(parameters), flow_ctx, settings)
+        except Exception as exc:
+            self.logger.error(
+                "Error encountered when computing cache key - result will not be persisted: %s",
+                exc,
+            )
+            key = None
+        self._transaction.key = key
+        refresh = task.refresh_cache if task.refresh_cache is not None else refresh_cache_by_default()
+        return {"cache_key": key, "refresh_cache": refresh} if key is not None else {}
+
+    def _context(self, parameters: dict[str, Any]) -> TaskRunContext:
+        return TaskRunContext(
+            task=self.task,
+            task_run=self.task_run,
+            parameters=parameters,
+            log_prints=_log_prints_for(self.task, self.flow_ctx),
+            start_time=now_utc(),
+            result_settings=self._settings,
+        )
+
+    async def _enter_running(
+        self, make_state: Callable[..., State[Any]], details: dict[str, Any]
+    ) -> State[Any]:
         while True:
             proposed = make_state()
+            if details:
+                proposed.state_details = proposed.state_details.model_copy(update=details)
             transition = await self._propose(proposed)
             if transition.status != "WAIT":
                 return self.task_run.state  # type: ignore[return-value]
@@ -177,14 +231,7 @@ class TaskRunEngine:
 
     async def _attempt(self, parameters: dict[str, Any]) -> State[Any]:
         task = self.task
-        run = self.task_run
-        ctx = TaskRunContext(
-            task=task,
-            task_run=run,
-            parameters=parameters,
-            log_prints=_log_prints_for(task, self.flow_ctx),
-            start_time=now_utc(),
-        )
+        ctx = self._context(parameters)
         task_token = _task_run_context.set(ctx)
         prints_token = _log_prints.set(ctx.log_prints)
         if ctx.log_prints:
@@ -217,7 +264,50 @@ class TaskRunEngine:
         finally:
             _log_prints.reset(prints_token)
             _task_run_context.reset(task_token)
-        return return_value_to_state(result)
+        state = return_value_to_state(result)
+        if state.is_completed() and not isinstance(result, State):
+            try:
+                state = self._completed(result, state)
+            except Exception as exc:
+                self._last_exception = exc
+                return exception_to_failed_state(exc, "Task run encountered an exception")
+        return state
+
+    def _completed(self, result: Any, state: State[Any]) -> State[Any]:
+        """Persist the result when the run's settings say so; carry its cache details.
+
+        Raises:
+            ResultSerializationError: the result cannot be serialized.
+        """
+        self._result = result
+        settings = self._settings
+        if settings is None or not settings.persist:
+            return state
+        key = self._transaction.key
+        state.data = persist_result(result, settings, key=key)
+        if key is not None:
+            details = state.state_details
+            details.cache_key = key
+            expiration = self.task.cache_expiration
+            if expiration is not None:
+                details.cache_expiration = _as_datetime(self.runtime.clock.now()) + expiration
+        return state
+
+    def _stage(self, state: State[Any]) -> None:
+        """Stage the completed result in the run's transaction (which may commit at once)."""
+        key = state.state_details.cache_key
+        write = None
+        backend = self.runtime.backend
+        if key is not None and backend is not None and state.name != "Cached":
+            record = CacheRecord(key, state, state.state_details.cache_expiration)
+            write = partial(backend.write_cache_record, record)
+        task = self.task
+        self._transaction.stage(
+            self._result,
+            on_commit=task.on_commit_hooks,
+            on_rollback=task.on_rollback_hooks,
+            write=write,
+        )
 
     async def _check_retriable(self, failed: State[Any]) -> None:
         """Let ``retry_condition_fn`` veto a retry; a condition that raises vetoes it too."""

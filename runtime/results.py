@@ -51,6 +51,7 @@ __all__ = [
     "format_storage_key",
     "persist_by_default",
     "persist_result",
+    "refresh_cache_by_default",
     "resolve_storage",
     "result_settings_for_flow",
     "result_settings_for_task",
@@ -58,6 +59,7 @@ __all__ = [
 ]
 
 PERSIST_BY_DEFAULT_ENV = "STAGEFLOW_RESULTS_PERSIST_BY_DEFAULT"
+REFRESH_CACHE_ENV = "STAGEFLOW_TASKS_REFRESH_CACHE"
 """The environment variable that turns result persistence on for runs that do not choose."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -256,13 +258,27 @@ def persist_by_default() -> bool:
     Raises:
         ConfigurationError: the variable holds something other than a boolean word.
     """
-    raw = os.environ.get(PERSIST_BY_DEFAULT_ENV, "")
+    return _env_flag(PERSIST_BY_DEFAULT_ENV)
+
+
+def refresh_cache_by_default() -> bool:
+    """Return whether task runs that do not choose ignore cached results (from the
+    environment variable ``STAGEFLOW_TASKS_REFRESH_CACHE``).
+
+    Raises:
+        ConfigurationError: the variable holds something other than a boolean word.
+    """
+    return _env_flag(REFRESH_CACHE_ENV)
+
+
+def _env_flag(name: str) -> bool:
+    raw = os.environ.get(name, "")
     word = raw.strip().lower()
     if word in _TRUE:
         return True
     if word in _FALSE:
         return False
-    raise ConfigurationError(f"{PERSIST_BY_DEFAULT_ENV} must be 'true' or 'false', got {raw!r}.")
+    raise ConfigurationError(f"{name} must be 'true' or 'false', got {raw!r}.")
 
 
 def _serializer_or_default(value: str | Serializer | None) -> Serializer:
@@ -294,9 +310,21 @@ class ResultSettings:
     cache_in_memory: bool = True
 
 
+_defaults: dict[tuple[str | None, str | None], ResultSettings] = {}
+
+
+def _default_settings() -> ResultSettings:
+    # Memoized: building settings costs tens of microseconds, and every run needs them.
+    env_key = (os.environ.get(PERSIST_BY_DEFAULT_ENV), os.environ.get("STAGEFLOW_HOME"))
+    settings = _defaults.get(env_key)
+    if settings is None:
+        settings = _defaults[env_key] = ResultSettings()
+    return settings
+
+
 def _parent_settings(ctx: FlowRunContext | TaskRunContext | None) -> ResultSettings:
     settings = getattr(ctx, "result_settings", None)
-    return settings if isinstance(settings, ResultSettings) else ResultSettings()
+    return settings if isinstance(settings, ResultSettings) else _default_settings()
 
 
 def result_settings_for_task(
@@ -315,6 +343,14 @@ def result_settings_for_task(
         TypeError: ``result_storage`` or ``result_serializer`` has the wrong type.
     """
     parent = _parent_settings(flow_ctx)
+    if (
+        task.persist_result is None
+        and task.cache_result_in_memory is not False
+        and parent.storage_key is None
+        and parent.cache_in_memory
+        and not _task_implies_persistence(task)
+    ):
+        return parent  # the common case: nothing to override
     if task.persist_result is not None:
         persist = bool(task.persist_result)
     elif _task_implies_persistence(task):

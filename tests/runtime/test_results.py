@@ -812,6 +812,7 @@ def test_public_names() -> None:
         "format_storage_key",
         "persist_by_default",
         "persist_result",
+        "refresh_cache_by_default",
         "resolve_storage",
         "result_settings_for_flow",
         "result_settings_for_task",
