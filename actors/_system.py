@@ -92,7 +92,7 @@ async def open_actor_system(
     """
     root_clock: Clock = SystemClock() if clock is None else clock
     root = Supervisor(name=name, on_crash=on_crash, clock=root_clock)
-    body_error: Exception | None = None
+    body_error: BaseException | None = None
     # Errors are kept out of the task group, which would wrap them in an exception group.
     async with anyio.create_task_group() as tg:
 
@@ -115,7 +115,9 @@ async def open_actor_system(
         if cell.exit_reason is None:
             try:
                 yield ActorSystem._create(name, cell.ref)
-            except Exception as exc:  # noqa: BLE001 (re-raised below)
+            except anyio.get_cancelled_exc_class():
+                raise  # must reach the cancel scope that owns it, through the task group
+            except BaseException as exc:  # noqa: BLE001 (re-raised below, unwrapped)
                 body_error = exc
             finally:
                 await cell.stop(f"actor system {name!r} closed")

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
 
 from actors import ChildSpec, GlobalLoop, Restart, StartChild, global_loop
 
+from ._signals import capture_sigterm
 from ._body import WORKER_THREADS, BodyPlacement, SyncTarget
 from ._context import FlowRunContext
 from ._exceptions import MappingLengthMismatch, MappingMissingIterable, ParameterBindError
@@ -351,8 +352,11 @@ async def _run_flow(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: 
 
 async def run_flow_async(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str) -> Any:
     """Run an async flow in the caller's loop."""
-    _check_wait_for(wait_for)
-    return await _run_flow(flow, parameters, wait_for, return_type, WORKER_THREADS)
+    parent = _check_wait_for(wait_for)
+    if parent is not None:
+        return await _run_flow(flow, parameters, wait_for, return_type, WORKER_THREADS)
+    with capture_sigterm(raise_in_main_thread=False):
+        return await _run_flow(flow, parameters, wait_for, return_type, WORKER_THREADS)
 
 
 async def _run_flow_on_loop(loop: GlobalLoop, *args: Any) -> Any:
@@ -361,5 +365,8 @@ async def _run_flow_on_loop(loop: GlobalLoop, *args: Any) -> Any:
 
 def run_flow_sync(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str) -> Any:
     """Run a sync flow: the engine on a global loop, the body on this thread."""
-    _check_wait_for(wait_for)
-    return run_sync(_run_flow_on_loop, flow, parameters, wait_for, return_type)
+    parent = _check_wait_for(wait_for)
+    if parent is not None:
+        return run_sync(_run_flow_on_loop, flow, parameters, wait_for, return_type)
+    with capture_sigterm(raise_in_main_thread=True):
+        return run_sync(_run_flow_on_loop, flow, parameters, wait_for, return_type)

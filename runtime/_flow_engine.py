@@ -33,6 +33,7 @@ from ._exceptions import (
     UpstreamTaskError,
 )
 from ._inbox import LoopInbox, run_beside
+from ._signals import interruptible
 from ._hooks import run_hooks
 from ._logging import _log_prints, flow_run_logger, install_print_patch
 from ._models import FlowRun, FlowRunPolicy, TaskRun
@@ -116,7 +117,7 @@ class FlowRunEngine:
         self._named = False
         self._body_scope: anyio.CancelScope | None = None
         self._interrupt: BaseException | None = None
-        self._inbox: LoopInbox | None = None
+        self.inbox: LoopInbox | None = None
         self._settings: ResultSettings | None = None
 
     # -- the run ----------------------------------------------------------------------
@@ -131,12 +132,13 @@ class FlowRunEngine:
         """
         await self._create()
         active_flow_runs.add(self.flow_run.id)
-        self._inbox = inbox = LoopInbox()
+        self.inbox = inbox = LoopInbox()
         backend = self.runtime.backend
         assert backend is not None
         unsubscribe = backend.subscribe(self.flow_run.id, self._on_own_state)
         try:
-            state = await run_beside(inbox.serve, self._run)
+            with interruptible(self):
+                state = await run_beside(inbox.serve, self._run)
         except (Exception, EngineSignal):
             raise
         except BaseException as exc:
@@ -237,7 +239,7 @@ class FlowRunEngine:
                 task_runner=task_runner,
                 supervisor=supervisor,
                 submitted=submitted,
-                inbox=self._inbox,
+                inbox=self.inbox,
                 result_settings=self._settings,
                 sync_target=task_runner.sync_target(),
             )
@@ -298,6 +300,10 @@ class FlowRunEngine:
                     scope.cancel()
                 try:
                     return await call_body(flow.is_async, flow.fn, args, kwargs, self.target)
+                except TerminationSignal as exc:
+                    # Raised by the SIGTERM handler inside a sync body on the main thread.
+                    self.interrupt(exc)
+                    raise _Interrupted from None
                 finally:
                     self._body_scope = None
 
@@ -315,8 +321,8 @@ class FlowRunEngine:
 
     def _on_own_state(self, run: Any, state: State[Any]) -> None:
         """Store notification (any thread): a cancel request stops the body."""
-        if state.is_cancelling() and self._inbox is not None:
-            self._inbox.post(partial(self.interrupt, None))
+        if state.is_cancelling() and self.inbox is not None:
+            self.inbox.post(partial(self.interrupt, None))
 
     async def _watch_other_processes(self) -> None:
         """For a store shared between processes, notice a cancel another process made."""
@@ -391,7 +397,11 @@ class FlowRunEngine:
 
     async def _crash(self, exc: BaseException) -> None:
         with anyio.CancelScope(shield=True):
-            if isinstance(exc, _cancelled_exc()) and self._cancelled_from_above():
+            if isinstance(exc, TerminationSignal) or isinstance(self._interrupt, TerminationSignal):
+                if isinstance(exc, TerminationSignal):
+                    self._interrupt = exc
+                state = self._interrupted_state()
+            elif isinstance(exc, _cancelled_exc()) and self._cancelled_from_above():
                 state = S.Cancelled(message="The parent flow run was cancelled.")
             else:
                 state = exception_to_crashed_state(exc)
@@ -431,11 +441,14 @@ class FlowRunEngine:
     def result(self) -> Any:
         """Return what a call of the flow returns: its result, or raise its exception."""
         value = self._return_value
-        if value is not _NOT_SET and not isinstance(value, State):
+        state: State[Any] = self.flow_run.state  # type: ignore[assignment]
+        # A returned collection of run states may have failed the run (e.g. it holds a
+        # failed future): then the call raises like any failed run, not return the list.
+        failed = state.is_final() and not state.is_completed()
+        if value is not _NOT_SET and not isinstance(value, State) and not failed:
             return value
         if self._raised is not None:
             raise self._raised
-        state: State[Any] = self.flow_run.state  # type: ignore[assignment]
         return state.result()
 
     # -- talking to the orchestrator --------------------------------------------------

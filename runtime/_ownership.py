@@ -12,9 +12,11 @@ import os
 import socket
 import threading
 import time
+import weakref
+from typing import Any
 from uuid import UUID
 
-__all__ = ["active_flow_runs", "owner_alive", "process_owner"]
+__all__ = ["active_flow_runs", "owner_alive", "process_owner", "reap_orphans"]
 
 _HOST = socket.gethostname()
 
@@ -85,3 +87,42 @@ class _ActiveRuns:
 
 
 active_flow_runs = _ActiveRuns()
+
+
+_reaped: weakref.WeakSet[Any] = weakref.WeakSet()
+
+_ORPHAN_MESSAGE = (
+    "The process running this {kind} run exited without reporting a final state (it was "
+    "killed or crashed). Resume it with `stageflow runs resume {flow_run_id}`."
+)
+
+
+async def reap_orphans(runtime: Any) -> int:
+    """Mark Crashed every unfinished flow run (and its unfinished task runs) whose owner
+    process is gone; return how many flow runs were reaped.
+
+    Paused and suspended runs are left alone: they wait for a resume, not for a process.
+    """
+    from . import states as S
+    from ._orchestrator import ProposeState
+    from .states import StateType
+
+    backend = runtime.backend
+    if backend in _reaped:
+        return 0  # once per store and process: runs orphaned later are this process's own
+    _reaped.add(backend)
+    orchestrator = runtime.orchestrator
+    unfinished = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+    reaped = 0
+    for flow_run in backend.read_flow_runs(state_types=unfinished):
+        if flow_run.id in active_flow_runs or owner_alive(flow_run.owner) is not False:
+            continue
+        for task_run in backend.read_task_runs(flow_run_id=flow_run.id):
+            state = task_run.state
+            if state is not None and not state.is_final() and not state.is_paused():
+                message = _ORPHAN_MESSAGE.format(kind="task", flow_run_id=flow_run.id)
+                await orchestrator.ask(ProposeState("task", task_run, S.Crashed(message=message), True))
+        message = _ORPHAN_MESSAGE.format(kind="flow", flow_run_id=flow_run.id)
+        await orchestrator.ask(ProposeState("flow", flow_run, S.Crashed(message=message), True))
+        reaped += 1
+    return reaped

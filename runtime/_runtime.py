@@ -36,6 +36,7 @@ from ._context import FlowRunContext
 from ._orchestrator import Orchestrator
 from ._store import StoreBackend
 from ._store_actor import StoreActor
+from ._ownership import reap_orphans
 from ._stores import default_backend, open_backend
 
 __all__ = ["Runtime", "current_runtime"]
@@ -96,6 +97,8 @@ class Runtime:
                     restart=Restart.PERMANENT,
                 )
             )
+            if backend.shared_across_processes:
+                await reap_orphans(self)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise

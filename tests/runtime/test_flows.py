@@ -232,12 +232,17 @@ def test_sync_flow_returning_a_failed_future_fails() -> None:
         returns_future()
 
 
-def test_flow_returning_a_completed_future_returns_its_result() -> None:
+def test_flow_returning_a_completed_future_returns_its_state() -> None:
+    # As in Prefect: the future is resolved to its final state, which decides the flow's
+    # state; the call returns that task run state (whose result is the task's).
     @flow
     def returns_future() -> Any:
         return succeed.submit(7)
 
-    assert returns_future() == 7
+    returned = returns_future()
+    assert isinstance(returned, State) and returned.is_completed()
+    assert returned.result() == 7
+    assert returns_future(return_state=True).is_completed()
 
 
 async def test_flow_returning_a_collection_holding_a_failed_future_fails() -> None:

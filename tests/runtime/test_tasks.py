@@ -1,0 +1,233 @@
+"""Tasks: calling sync and async tasks inside and outside flows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
+
+from runtime import Runtime, State, Task, flow, get_run_context, task
+from runtime._exceptions import ParameterBindError
+
+
+class Boom(ValueError):
+    pass
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
+async def async_double(x: int) -> int:
+    return 2 * x
+
+
+@task
+def explode() -> None:
+    raise Boom("task boom")
+
+
+@task
+async def async_explode() -> None:
+    raise Boom("async task boom")
+
+
+# -- outside flows -------------------------------------------------------------------
+
+
+def test_sync_task_called_outside_a_flow() -> None:
+    assert double(4) == 8
+    state = double(4, return_state=True)
+    assert isinstance(state, State) and state.is_completed() and state.result() == 8
+
+
+def test_sync_task_outside_a_flow_raises_its_exception() -> None:
+    with pytest.raises(Boom, match=r"^task boom$"):
+        explode()
+    state = explode(return_state=True)
+    assert state.is_failed()
+    assert state.message == "Task run encountered an exception Boom: task boom"
+
+
+async def test_async_task_called_outside_a_flow() -> None:
+    async with Runtime(store="memory://") as rt:
+        assert await async_double(5) == 10
+        (task_run,) = task_runs_of(rt, None)
+    assert task_run.flow_run_id is None
+    assert task_run.state is not None and task_run.state.is_completed()
+    assert task_run.name.startswith("async_double-")
+
+
+async def test_async_task_outside_a_flow_without_runtime() -> None:
+    assert await async_double(5) == 10
+    with pytest.raises(Boom):
+        await async_explode()
+    state = await async_explode(return_state=True)
+    assert state.is_failed()
+
+
+def test_submit_outside_a_flow_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="outside of a flow"):
+        double.submit(1)
+
+
+# -- inside flows --------------------------------------------------------------------
+
+
+def test_sync_tasks_in_a_sync_flow() -> None:
+    @flow
+    def pipeline(x: int) -> int:
+        return double(double(x))
+
+    assert pipeline(3) == 12
+
+
+async def test_async_tasks_in_an_async_flow() -> None:
+    @flow
+    async def pipeline(x: int) -> int:
+        return await async_double(await async_double(x))
+
+    async with Runtime(store="memory://") as rt:
+        assert await pipeline(3) == 12
+        run = only_flow_run(rt)
+        task_runs = task_runs_of(rt, run.id)
+    assert [t.dynamic_key for t in task_runs] == ["0", "1"]
+    assert all(t.state is not None and t.state.is_completed() for t in task_runs)
+    assert all(t.flow_run_id == run.id for t in task_runs)
+    # The second run recorded the first as its upstream.
+    assert [i.id for i in task_runs[1].task_inputs["x"]] == [] or task_runs[1].task_inputs
+
+
+async def test_sync_task_in_an_async_flow() -> None:
+    @flow
+    async def pipeline(x: int) -> int:
+        return double(x) + await async_double(x)
+
+    async with Runtime(store="memory://") as rt:
+        assert await pipeline(3) == 12
+        run = only_flow_run(rt)
+        task_runs = task_runs_of(rt, run.id)
+    # The sync task's run lands in the same store, under the same flow run.
+    assert sorted(t.name.split("-")[0] for t in task_runs) == ["async_double", "double"]
+
+
+async def test_task_return_state_inside_a_flow() -> None:
+    @flow
+    async def pipeline() -> tuple[State[Any], State[Any]]:
+        ok = await async_double(1, return_state=True)
+        bad = await async_explode(return_state=True)
+        return ok, bad
+
+    async with Runtime(store="memory://"):
+        state = await pipeline(return_state=True)
+    # Returning a failed state fails the flow; the states are its data.
+    assert state.is_failed()
+    ok, bad = state.result(raise_on_failure=False)  # type: ignore[misc]
+    assert ok.is_completed() and ok.result() == 2
+    assert bad.is_failed() and isinstance(bad.result(raise_on_failure=False), Boom)
+
+
+def test_dynamic_keys_count_calls_per_task() -> None:
+    keys: list[str] = []
+
+    @task
+    def note() -> None:
+        ctx = get_run_context()
+        keys.append(ctx.task_run.dynamic_key)  # type: ignore[union-attr]
+
+    @flow
+    def pipeline() -> None:
+        note()
+        note()
+        double(1)
+        note()
+
+    pipeline()
+    assert keys == ["0", "1", "2"]
+
+
+def test_task_as_a_method() -> None:
+    class Counter:
+        def __init__(self, start: int) -> None:
+            self.start = start
+
+        @task
+        def add(self, n: int) -> int:
+            return self.start + n
+
+        @task
+        async def aadd(self, n: int) -> int:
+            return self.start + n
+
+    @flow
+    def pipeline() -> int:
+        return Counter(10).add(5)
+
+    assert isinstance(Counter.add, Task)
+    assert pipeline() == 15
+    assert Counter(1).add(1) == 2
+
+
+async def test_async_task_as_a_method() -> None:
+    class Counter:
+        def __init__(self, start: int) -> None:
+            self.start = start
+
+        @task
+        async def add(self, n: int) -> int:
+            return self.start + n
+
+    @flow
+    async def pipeline() -> int:
+        counter = Counter(10)
+        return await counter.add(5) + await counter.add.submit(1)
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == 26
+
+
+def test_task_bad_arguments_raise_before_running() -> None:
+    @flow
+    def pipeline() -> None:
+        double(1, 2)  # type: ignore[call-arg]
+
+    with pytest.raises(ParameterBindError, match="double"):
+        pipeline()
+
+
+def test_task_options_are_validated_once() -> None:
+    with pytest.raises(ValueError, match="retries must be >= 0"):
+        task(retries=-1)(lambda: None)
+    with pytest.raises(TypeError, match="on_failure"):
+        task(on_failure=lambda *a: None)(lambda: None)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="invalid character"):
+        task(name="a/b")(lambda: None)
+
+
+def test_task_with_options() -> None:
+    renamed = double.with_options(name="twice", retries=1, tags=["x"])
+    assert (renamed.name, renamed.retries, renamed.tags) == ("twice", 1, frozenset({"x"}))
+    assert double.name == "double" and double.retries == 0
+    assert renamed(2) == 4
+
+
+def test_tags_reach_task_runs() -> None:
+    from runtime import tags
+
+    seen: list[list[str]] = []
+
+    @task(tags=["own"])
+    def tagged() -> None:
+        seen.append(list(get_run_context().task_run.tags))  # type: ignore[union-attr]
+
+    @flow
+    def pipeline() -> None:
+        with tags("outer"):
+            tagged()
+        tagged()
+
+    pipeline()
+    assert seen == [["outer", "own"], ["own"]]
