@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import sys
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -151,19 +151,12 @@ def _reading(args: argparse.Namespace) -> Iterator[StoreBackend]:
 @asynccontextmanager
 async def _running(args: argparse.Namespace) -> AsyncIterator[Runtime]:
     """Yield a runtime on the selected store; flows called inside use it."""
-    runtime = Runtime(store=_store_url(args))
-    try:
-        await runtime.__aenter__()
-    except ConfigurationError as exc:
-        raise _usage(_one_line(exc)) from None
-    exc_info: tuple[Any, Any, Any] = (None, None, None)
-    try:
+    async with AsyncExitStack() as stack:
+        try:
+            runtime = await stack.enter_async_context(Runtime(store=_store_url(args)))
+        except ConfigurationError as exc:
+            raise _usage(_one_line(exc)) from None
         yield runtime
-    except BaseException:
-        exc_info = sys.exc_info()
-        raise
-    finally:
-        await runtime.__aexit__(*exc_info)
 
 
 def _find_flow_run(backend: StoreBackend, text: str) -> FlowRun:

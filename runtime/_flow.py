@@ -97,7 +97,9 @@ class Flow(Generic[P, R]):
             raise TypeError(f"A flow wraps a callable; got {type(fn).__name__}: {fn!r}.")
         self.fn = fn
         self.is_async = is_async_callable(fn)
-        default_name = getattr(fn, "__name__", type(fn).__name__).replace("_", "-")
+        default_name = (
+            getattr(fn, "__name__", type(fn).__name__).replace("_", "-").replace("<lambda>", "unknown-lambda")
+        )
         self.name = check_name(name or default_name, "flow")
         self.version = version if version is not None else _file_version(fn)
         self.description = description if description is not None else inspect.getdoc(fn)

@@ -272,6 +272,7 @@ class Orchestrator(Actor):
             run.end_time = state.timestamp
             if kind == "task" and run.tags:
                 self._backend.release_slots(run.id)
+                self._backend.notify_slots_released()
         if state.is_scheduled():
             run.expected_start_time = details.scheduled_time
         elif kind == "flow" and state.is_paused() and details.pause_key is not None:

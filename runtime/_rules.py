@@ -58,6 +58,10 @@ class Wait:
     watch: Any = None
 
 
+SLOTS_RELEASED = "concurrency-slots-released"
+"""What a run waiting for a concurrency slot watches: the store's slot releases."""
+
+
 @attrs.frozen
 class Abort:
     """The transition cannot happen; the run keeps its state."""
@@ -151,6 +155,7 @@ def _entering_running(current: State[Any] | None, proposed: State[Any], ctx: Rul
             ctx.slot_wait,
             "Waiting for a concurrency slot.",
             state=S.AwaitingConcurrencySlot(),
+            watch=SLOTS_RELEASED,
         )
     return Accept(proposed)
 

@@ -22,6 +22,7 @@ from uuid import UUID
 import attrs
 
 from ._models import FlowRun, RunKind, TaskRun
+from ._rules import SLOTS_RELEASED
 from .states import State, StateType
 
 __all__ = ["CacheRecord", "StoreBackend", "StateListener"]
@@ -195,6 +196,17 @@ class StoreBackend(abc.ABC):
             targets = [*listeners.get(run.id, ()), *listeners.get(None, ())]
         for listener in targets:
             listener(run, state)
+
+    def notify_slots_released(self) -> None:
+        """Wake the task runs of this process waiting for a concurrency slot (they
+        subscribed to ``runtime._rules.SLOTS_RELEASED``)."""
+        listeners = self._listeners
+        if not listeners:
+            return
+        with self._listeners_lock:
+            targets = list(listeners.get(SLOTS_RELEASED, ()))
+        for listener in targets:
+            listener(None, None)
 
     # -- durability -------------------------------------------------------------------
 

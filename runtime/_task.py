@@ -84,7 +84,10 @@ class Task(Generic[P, R]):
             raise TypeError(f"A task wraps a callable; got {type(fn).__name__}: {fn!r}.")
         self.fn = fn
         self.is_async = is_async_callable(fn)
-        self.name = check_name(name or getattr(fn, "__name__", type(fn).__name__), "task")
+        # A name given explicitly is checked; the function's own name is taken as is (a
+        # lambda's is "<lambda>"), as in Prefect.
+        own_name = getattr(fn, "__name__", type(fn).__name__)
+        self.name = own_name if not name or name == own_name else check_name(name, "task")
         self.description = description if description is not None else inspect.getdoc(fn)
         if isinstance(tags, str):
             raise TypeError(f"tags must be an iterable of strings, got the string {tags!r}.")

@@ -205,7 +205,8 @@ class State(BaseModel, Generic[R]):
 
         Args:
             raise_on_failure: for a FAILED, CRASHED or CANCELLED state, raise its exception
-                if true, return it if false.
+                if true, return it if false (for a state aggregating run states, return
+                those states).
 
         Raises:
             PausedRun: the state is PAUSED; the run has no result yet.
@@ -221,6 +222,10 @@ class State(BaseModel, Generic[R]):
                 f"Run is in {self.type.value} state, its result is not available."
             )
         if self.type is not StateType.COMPLETED:
+            if not raise_on_failure and _holds_states(self.data):
+                # An aggregate of run states (a flow that returned them): as in Prefect,
+                # the states themselves, so the caller can look at each one.
+                return self.data  # type: ignore[return-value]
             exc = state_exception(self)
             if raise_on_failure:
                 raise exc
@@ -258,6 +263,13 @@ class State(BaseModel, Generic[R]):
 
     def __hash__(self) -> int:
         return hash(self.id)
+
+
+def _holds_states(data: Any) -> bool:
+    """Whether ``data`` is a State or a non-empty list/tuple/set of States."""
+    if isinstance(data, State):
+        return True
+    return isinstance(data, (list, tuple, set)) and bool(data) and all(isinstance(s, State) for s in data)
 
 
 def state_exception(state: State[Any]) -> BaseException:

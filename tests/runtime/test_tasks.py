@@ -199,12 +199,18 @@ def test_task_bad_arguments_raise_before_running() -> None:
 
 
 def test_task_options_are_validated_once() -> None:
-    with pytest.raises(ValueError, match="retries must be >= 0"):
-        task(retries=-1)(lambda: None)
-    with pytest.raises(TypeError, match="on_failure"):
-        task(on_failure=lambda *a: None)(lambda: None)  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="invalid character"):
-        task(name="a/b")(lambda: None)
+    def fn() -> None:
+        pass
+
+    with pytest.raises(ValueError, match=r"^retries must be >= 0, got -1\.$"):
+        task(retries=-1)(fn)
+    with pytest.raises(TypeError, match="Expected a list of callables for 'on_failure'"):
+        task(on_failure=lambda *a: None)(fn)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="contains an invalid character '/'"):
+        task(name="a/b")(fn)
+    # A function's own name is not checked: a lambda task is named "<lambda>".
+    assert task(lambda: None).name == "<lambda>"
+    assert flow(lambda: None).name == "unknown-lambda"
 
 
 def test_task_with_options() -> None:

@@ -1,0 +1,95 @@
+"""Tag concurrency limits: at most N task runs carrying a tag run at once.
+
+A limit lives in the store, so with the SQLite store it holds across every process that
+shares the file. A task run whose tags are at their limit waits in the state
+``AwaitingConcurrencySlot`` and starts when a slot frees up::
+
+    from runtime.concurrency import set_concurrency_limit
+
+    set_concurrency_limit("database", 2)
+
+    @task(tags=["database"])
+    def query(sql: str) -> list[tuple]: ...
+
+The same limits are managed from the shell with ``stageflow limits set TAG N`` and
+``stageflow limits ls``.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import attrs
+
+from ._runtime import inherited_backend
+from ._store import StoreBackend
+from ._stores import open_backend
+
+__all__ = [
+    "ConcurrencyLimit",
+    "delete_concurrency_limit",
+    "read_concurrency_limits",
+    "set_concurrency_limit",
+]
+
+
+@attrs.frozen
+class ConcurrencyLimit:
+    """A tag's limit and the task runs holding its slots right now."""
+
+    tag: str
+    limit: int
+    active_slots: tuple[UUID, ...]
+
+
+def _backend(store: str | None) -> tuple[StoreBackend, bool]:
+    if store is None:
+        return inherited_backend()[0], False
+    return open_backend(store)
+
+
+def set_concurrency_limit(tag: str, limit: int, *, store: str | None = None) -> None:
+    """Allow at most ``limit`` task runs tagged ``tag`` to run at once.
+
+    Args:
+        tag: the tag.
+        limit: a number of slots, 0 or more (0 holds every such run back).
+        store: a store URL; the current (or default) store when None.
+
+    Raises:
+        ValueError: ``tag`` is empty or ``limit`` is negative or not an integer.
+    """
+    if not isinstance(tag, str) or not tag:
+        raise ValueError(f"A concurrency limit needs a non-empty tag, got {tag!r}.")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"A concurrency limit must be an integer >= 0, got {limit!r}.")
+    backend, owned = _backend(store)
+    try:
+        backend.set_concurrency_limit(tag, limit)
+    finally:
+        if owned:
+            backend.close()
+
+
+def delete_concurrency_limit(tag: str, *, store: str | None = None) -> None:
+    """Remove the limit on ``tag`` (its task runs no longer wait for slots)."""
+    backend, owned = _backend(store)
+    try:
+        backend.set_concurrency_limit(tag, None)
+    finally:
+        if owned:
+            backend.close()
+
+
+def read_concurrency_limits(*, store: str | None = None) -> list[ConcurrencyLimit]:
+    """Return every tag's limit and its current slot holders, sorted by tag."""
+    backend, owned = _backend(store)
+    try:
+        limits = backend.read_concurrency_limits()
+    finally:
+        if owned:
+            backend.close()
+    return [
+        ConcurrencyLimit(tag, limit, tuple(holders))
+        for tag, (limit, holders) in sorted(limits.items())
+    ]
