@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from ._exceptions import UpstreamTaskError
 from .annotations import BaseAnnotation, allow_failure, quote
-from .futures import TaskRunFuture
+from .futures import TaskRunFuture, TaskRunFutureList
 from .states import State
 
 __all__ = ["collect_upstreams", "resolve_parameters", "resolve_futures_to_states", "wait_for_upstreams"]
@@ -28,6 +28,8 @@ def _visit(value: Any, fn: Callable[[Any], Any]) -> Any:
     kind = type(value)
     if kind is list:
         return [_visit(item, fn) for item in value]
+    if isinstance(value, list):  # a subclass, e.g. the futures task.map() returns
+        return _visit_list_subclass(value, fn)
     if kind is tuple:
         return tuple(_visit(item, fn) for item in value)
     if isinstance(value, tuple) and hasattr(value, "_fields"):
@@ -37,6 +39,18 @@ def _visit(value: Any, fn: Callable[[Any], Any]) -> Any:
     if kind is dict:
         return {_visit(k, fn): _visit(v, fn) for k, v in value.items()}
     return value
+
+
+def _visit_list_subclass(value: list[Any], fn: Callable[[Any], Any]) -> Any:
+    items = [_visit(item, fn) for item in value]
+    if isinstance(value, TaskRunFutureList):
+        return items  # no longer futures: a plain list
+    if all(new is old for new, old in zip(items, value)):
+        return value
+    try:
+        return type(value)(items)
+    except Exception:  # a subclass whose constructor takes something else
+        return items
 
 
 def collect_upstreams(value: Any) -> list[TaskRunFuture[Any] | State[Any]]:

@@ -1,0 +1,550 @@
+"""Futures: submit, map, wait_for, allow_failure, upstream failures, wait/as_completed."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
+
+from runtime import (
+    Runtime,
+    State,
+    TaskRunFuture,
+    allow_failure,
+    as_completed,
+    flow,
+    quote,
+    task,
+    unmapped,
+    wait,
+)
+from runtime._exceptions import MappingLengthMismatch, MappingMissingIterable, UnfinishedRun
+
+
+class Boom(ValueError):
+    pass
+
+
+@task
+def add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+@task
+async def async_add(x: int, y: int = 0) -> int:
+    return x + y
+
+
+@task
+def explode(message: str = "upstream boom") -> int:
+    raise Boom(message)
+
+
+@task
+async def async_explode(message: str = "upstream boom") -> int:
+    raise Boom(message)
+
+
+@task
+def identity(x: Any) -> Any:
+    return x
+
+
+# -- submit --------------------------------------------------------------------------
+
+
+def test_submit_returns_a_future_with_result_and_wait() -> None:
+    @flow
+    def pipeline() -> tuple[Any, ...]:
+        future = add.submit(1, 2)
+        assert isinstance(future, TaskRunFuture)
+        future.wait()
+        assert future.done()
+        state = future.state
+        return future.result(), state.is_completed(), state.result()
+
+    assert pipeline() == (3, True, 3)
+
+
+def test_future_result_raises_the_task_exception() -> None:
+    @flow
+    def pipeline() -> Any:
+        future = explode.submit("in future")
+        with pytest.raises(Boom, match=r"^in future$"):
+            future.result()
+        error = future.result(raise_on_failure=False)
+        assert isinstance(error, Boom)
+        assert future.state.is_failed()
+        return "survived"
+
+    assert pipeline() == "survived"
+
+
+async def test_await_future_in_async_flow() -> None:
+    @flow
+    async def pipeline() -> tuple[int, int]:
+        first = async_add.submit(1, 1)
+        second = add.submit(2, 2)  # a sync task submitted from an async flow
+        return await first, await second.aresult()
+
+    async with Runtime(store="memory://") as rt:
+        assert await pipeline() == (2, 4)
+        run = only_flow_run(rt)
+        assert len(task_runs_of(rt, run.id)) == 2
+
+
+async def test_await_failed_future_raises() -> None:
+    @flow
+    async def pipeline() -> str:
+        future = async_explode.submit("awaited")
+        with pytest.raises(Boom, match=r"^awaited$"):
+            await future
+        await future.wait_async()
+        return "ok"
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == "ok"
+
+
+def test_submit_return_state() -> None:
+    @flow
+    def pipeline() -> State[Any]:
+        return add.submit(1, 1, return_state=True)  # type: ignore[no-any-return]
+
+    state = pipeline()
+    assert isinstance(state, State) and state.result() == 2
+
+
+def test_add_done_callback() -> None:
+    seen: list[Any] = []
+
+    @flow
+    def pipeline() -> None:
+        future = add.submit(5)
+        future.add_done_callback(lambda f: seen.append(f.state.result()))
+        future.wait()
+        # Called at once once done.
+        future.add_done_callback(lambda f: seen.append("late"))
+
+    pipeline()
+    assert seen == [5, "late"]
+
+
+def test_future_passed_to_a_task_is_resolved() -> None:
+    @flow
+    def pipeline() -> int:
+        first = add.submit(1, 1)
+        second = add.submit(first, 10)
+        return add(second, first)
+
+    assert pipeline() == 14
+
+
+async def test_upstream_links_are_recorded() -> None:
+    @flow
+    async def pipeline() -> int:
+        first = async_add.submit(1)
+        return await async_add(first, 1)
+
+    async with Runtime(store="memory://") as rt:
+        assert await pipeline() == 2
+        run = only_flow_run(rt)
+        first, second = task_runs_of(rt, run.id)
+    assert [i.id for i in second.task_inputs["x"]] == [first.id]
+    assert second.task_inputs["y"] == []
+
+
+def test_futures_in_nested_collections_are_resolved() -> None:
+    @flow
+    def pipeline() -> Any:
+        a = add.submit(1)
+        b = add.submit(2)
+        c = add.submit(3)
+        return identity({"list": [a, (b, {"deep": c})], "set": frozenset({1}), "plain": "x"})
+
+    assert pipeline() == {"list": [1, (2, {"deep": 3})], "set": frozenset({1}), "plain": "x"}
+
+
+def test_quote_passes_futures_untouched() -> None:
+    @flow
+    def pipeline() -> Any:
+        a = add.submit(1)
+        a.wait()
+        received = identity(quote([a]))
+        return received[0] is a
+
+    assert pipeline() is True
+
+
+def test_states_passed_to_a_task_are_resolved() -> None:
+    @flow
+    def pipeline() -> int:
+        state = add(2, 3, return_state=True)
+        return add(state, 1)
+
+    assert pipeline() == 6
+
+
+# -- upstream failures -----------------------------------------------------------------
+
+
+async def test_upstream_failure_leaves_downstream_not_ready() -> None:
+    @flow
+    async def pipeline() -> tuple[str | None, str]:
+        bad = async_explode.submit()
+        downstream = async_add.submit(bad, 1)
+        await downstream.wait_async()
+        with pytest.raises(UnfinishedRun):
+            downstream.result()
+        return downstream.state.name, downstream.state.type.value
+
+    async with Runtime(store="memory://") as rt:
+        assert await pipeline() == ("NotReady", "PENDING")
+        run = only_flow_run(rt)
+        runs = {r.name.split("-")[0]: r for r in task_runs_of(rt, run.id)}
+        bad, downstream = runs["async_explode"], runs["async_add"]
+    assert run.state is not None and run.state.is_completed()
+    assert downstream.state is not None and downstream.state.name == "NotReady"
+    assert downstream.run_count == 0
+    assert downstream.state.message == (
+        f"Upstream task run '{bad.id}' did not reach a 'COMPLETED' state."
+    )
+
+
+def test_called_task_with_failed_upstream_returns_none() -> None:
+    ran: list[int] = []
+
+    @task
+    def record(x: int) -> int:
+        ran.append(x)
+        return x
+
+    @flow
+    def pipeline() -> Any:
+        bad = explode.submit()
+        state = record(bad, return_state=True)
+        value = record(bad)
+        return state.name, value
+
+    assert pipeline() == ("NotReady", None)
+    assert ran == []
+
+
+def test_allow_failure_passes_the_exception_downstream() -> None:
+    @task
+    def receive(value: Any) -> Any:
+        return value
+
+    @flow
+    def pipeline() -> Any:
+        bad = explode.submit("tolerated")
+        return receive(allow_failure(bad))
+
+    received = pipeline()
+    assert isinstance(received, Boom)
+    assert str(received) == "tolerated"
+
+
+def test_allow_failure_inside_a_collection() -> None:
+    @task
+    def receive(values: list[Any]) -> list[Any]:
+        return values
+
+    @flow
+    def pipeline() -> Any:
+        good = add.submit(1)
+        bad = explode.submit("in list")
+        return receive(allow_failure([good, bad]))
+
+    good, bad = pipeline()
+    assert good == 1 and isinstance(bad, Boom)
+
+
+def test_wait_for_orders_runs() -> None:
+    order: list[str] = []
+    release = threading.Event()
+
+    @task
+    def first() -> None:
+        # Blocks until the flow has submitted the second run, so only wait_for orders them.
+        release.wait(5)
+        order.append("first")
+
+    @task
+    def second() -> None:
+        order.append("second")
+
+    @flow
+    def pipeline() -> None:
+        a = first.submit()
+        b = second.submit(wait_for=[a])
+        release.set()
+        b.wait()
+
+    pipeline()
+    assert order == ["first", "second"]
+
+
+def test_wait_for_failed_upstream_blocks_downstream() -> None:
+    @flow
+    def pipeline() -> Any:
+        bad = explode.submit()
+        blocked = add.submit(1, wait_for=[bad])
+        tolerant = add.submit(2, wait_for=[allow_failure(bad)])
+        blocked.wait()
+        return blocked.state.name, tolerant.result()
+
+    assert pipeline() == ("NotReady", 2)
+
+
+def test_wait_for_on_a_called_task() -> None:
+    @flow
+    def pipeline() -> int:
+        a = add.submit(1)
+        return add(2, wait_for=[a])
+
+    assert pipeline() == 2
+
+
+# -- map ---------------------------------------------------------------------------------
+
+
+def test_map_over_one_iterable_with_static_args() -> None:
+    @flow
+    def pipeline() -> list[int]:
+        futures = add.map([1, 2, 3], 10)
+        assert all(isinstance(f, TaskRunFuture) for f in futures)
+        return futures.result()
+
+    assert pipeline() == [11, 12, 13]
+
+
+def test_map_over_several_iterables_and_keywords() -> None:
+    @flow
+    def pipeline() -> list[int]:
+        return add.map(x=[1, 2], y=(10, 20)).result()
+
+    assert pipeline() == [11, 22]
+
+
+def test_map_with_unmapped_iterable() -> None:
+    @task
+    def count(item: int, pool: list[int]) -> int:
+        return item + len(pool)
+
+    @flow
+    def pipeline() -> list[int]:
+        return count.map([1, 2, 3], unmapped([0, 0, 0, 0])).result()
+
+    assert pipeline() == [5, 6, 7]
+
+
+def test_map_with_quoted_iterable_is_mapped_but_not_searched() -> None:
+    @task
+    def kind(item: Any) -> str:
+        return type(item).__name__
+
+    @flow
+    def pipeline() -> list[str]:
+        future = add.submit(1)
+        future.wait()
+        return kind.map(quote([future, 2])).result()
+
+    assert pipeline() == ["TaskRunFuture", "int"]
+
+
+def test_map_over_a_future_of_a_list() -> None:
+    @task
+    def numbers() -> list[int]:
+        return [1, 2, 3]
+
+    @flow
+    def pipeline() -> list[int]:
+        return add.map(numbers.submit(), 1).result()
+
+    assert pipeline() == [2, 3, 4]
+
+
+def test_map_over_futures() -> None:
+    @flow
+    def pipeline() -> list[int]:
+        first = add.map([1, 2])
+        return add.map(first, unmapped(100)).result()
+
+    assert pipeline() == [101, 102]
+
+
+def test_map_length_mismatch() -> None:
+    @flow
+    def pipeline() -> None:
+        add.map([1, 2, 3], [1, 2])
+
+    with pytest.raises(MappingLengthMismatch, match=r"Got lengths: \{'x': 3, 'y': 2\}$"):
+        pipeline()
+
+
+def test_map_missing_iterable() -> None:
+    @flow
+    def pipeline() -> None:
+        add.map(1, 2)
+
+    with pytest.raises(MappingMissingIterable, match="^No iterable parameters were received"):
+        pipeline()
+
+
+def test_map_strings_are_not_iterated() -> None:
+    @task
+    def join(prefix: str, item: int) -> str:
+        return f"{prefix}{item}"
+
+    @flow
+    def pipeline() -> list[str]:
+        return join.map("n", [1, 2]).result()
+
+    assert pipeline() == ["n1", "n2"]
+
+
+def test_map_return_state() -> None:
+    @flow
+    def pipeline() -> list[State[Any]]:
+        return add.map([1, 2], return_state=True)  # type: ignore[no-any-return]
+
+    states = pipeline()
+    assert [s.result() for s in states] == [1, 2]
+
+
+def test_map_with_a_failure_fails_the_flow_that_returns_the_futures() -> None:
+    @task
+    def maybe(x: int) -> int:
+        if x == 2:
+            raise Boom("two")
+        return x
+
+    @flow
+    def pipeline() -> Any:
+        return maybe.map([1, 2, 3])
+
+    state = pipeline(return_state=True)
+    assert state.is_failed()
+    assert state.message == "1/3 states failed."
+    with pytest.raises(Boom, match="^two$"):
+        pipeline()
+
+
+async def test_map_in_async_flow() -> None:
+    @flow
+    async def pipeline() -> list[int]:
+        futures = async_add.map([1, 2, 3], unmapped(1))
+        return [await f for f in futures]
+
+    async with Runtime(store="memory://") as rt:
+        assert await pipeline() == [2, 3, 4]
+        run = only_flow_run(rt)
+        runs = task_runs_of(rt, run.id)
+    assert sorted(r.dynamic_key for r in runs) == ["0", "1", "2"]
+
+
+# -- wait / as_completed -----------------------------------------------------------------
+
+
+def test_wait_returns_done_and_not_done() -> None:
+    @flow
+    def pipeline() -> tuple[int, int]:
+        futures = [add.submit(i) for i in range(4)]
+        done, not_done = wait(futures)
+        return len(done), len(not_done)
+
+    assert pipeline() == (4, 0)
+
+
+def test_wait_with_timeout_reports_unfinished() -> None:
+    release = threading.Event()
+
+    @task
+    def blocked() -> None:
+        release.wait(5)
+
+    @flow
+    def pipeline() -> tuple[int, int]:
+        future = blocked.submit()
+        try:
+            done, not_done = wait([future], timeout=0.01)
+            with pytest.raises(TimeoutError):
+                future.result(timeout=0.01)
+        finally:
+            release.set()
+        return len(done), len(not_done)
+
+    assert pipeline() == (0, 1)
+
+
+def test_as_completed_yields_in_finishing_order() -> None:
+    second_may_finish = threading.Event()
+
+    @task
+    def slow() -> str:
+        second_may_finish.wait(5)
+        return "slow"
+
+    @task
+    def fast() -> str:
+        return "fast"
+
+    @flow
+    def pipeline() -> list[str]:
+        futures = [slow.submit(), fast.submit()]
+        order = []
+        for future in as_completed(futures):
+            order.append(future.result())
+            second_may_finish.set()
+        return order
+
+    assert pipeline() == ["fast", "slow"]
+
+
+def test_map_futures_wait() -> None:
+    @flow
+    def pipeline() -> bool:
+        futures = add.map([1, 2, 3])
+        futures.wait()
+        return all(f.done() for f in futures)
+
+    assert pipeline() is True
+
+
+async def test_many_submissions_in_async_flow() -> None:
+    @flow
+    async def pipeline(n: int) -> int:
+        futures = [async_add.submit(i) for i in range(n)]
+        total = 0
+        for future in futures:
+            total += await future
+        return total
+
+    async with Runtime(store="memory://"):
+        assert await pipeline(50) == sum(range(50))
+
+
+async def test_async_task_waits_on_event_set_by_another_task() -> None:
+    @flow
+    async def pipeline() -> str:
+        event = anyio.Event()
+
+        @task
+        async def waiter() -> str:
+            await event.wait()
+            return "released"
+
+        @task
+        async def releaser() -> None:
+            event.set()
+
+        future = waiter.submit()
+        await releaser()
+        return await future
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == "released"
