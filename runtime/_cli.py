@@ -17,17 +17,18 @@ import argparse
 import importlib.util
 import json
 import logging
-import os
 import sys
-from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager, suppress
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterator, Sequence
+from typing import Any
 from uuid import UUID
 
 import anyio
 
+from . import concurrency
 from ._exceptions import (
     ConfigurationError,
     FlowPauseTimeout,
@@ -36,6 +37,7 @@ from ._exceptions import (
     ObjectNotFound,
     ParameterBindError,
     StageflowError,
+    TerminationSignal,
 )
 from ._flow import Flow
 from ._logging import RUN_LOG_FORMAT
@@ -72,16 +74,20 @@ def _usage(message: str) -> CommandError:
 def format_table(headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
     """Return ``rows`` as left-aligned columns separated by two spaces (no trailing blanks).
 
-    Cells are ``str()``-ed and their line breaks flattened to spaces.
+    Cells are ``str()``-ed with their line breaks flattened to spaces; None shows as ``-``.
     """
     table = [list(headers)] if headers else []
-    table += [[" ".join(str(cell).split()) for cell in row] for row in rows]
+    table += [[_cell(cell) for cell in row] for row in rows]
     if not table:
         return ""
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table
     )
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else " ".join(str(value).split())
 
 
 def _time(value: datetime | None, *, precise: bool = False) -> str:
@@ -127,36 +133,26 @@ def _exit_code(state: State[Any]) -> int:
 
 
 def _store_url(args: argparse.Namespace) -> str | None:
-    return args.store or os.environ.get("STAGEFLOW_STORE") or None
+    # None selects the default store, which honours $STAGEFLOW_STORE itself.
+    return args.store or None
 
 
 @contextmanager
 def _reading(args: argparse.Namespace) -> Iterator[StoreBackend]:
-    """Yield the selected store's backend for direct reads (and small writes)."""
+    """Yield the selected store's backend, for reading."""
     url = _store_url(args)
-    try:
-        backend, owned = (default_backend(), False) if url is None else open_backend(url)
-    except ConfigurationError as exc:
-        raise _usage(_one_line(exc)) from None
+    backend, owned = (default_backend(), False) if url is None else open_backend(url)
     try:
         backend.sync_external()
         yield backend
-        if backend.has_pending_writes():
-            backend.commit()
     finally:
         if owned:
             backend.close()
 
 
-@asynccontextmanager
-async def _running(args: argparse.Namespace) -> AsyncIterator[Runtime]:
-    """Yield a runtime on the selected store; flows called inside use it."""
-    async with AsyncExitStack() as stack:
-        try:
-            runtime = await stack.enter_async_context(Runtime(store=_store_url(args)))
-        except ConfigurationError as exc:
-            raise _usage(_one_line(exc)) from None
-        yield runtime
+def _runtime(args: argparse.Namespace) -> Runtime:
+    """Return a runtime on the selected store: flows and run controls inside use it."""
+    return Runtime(store=_store_url(args))
 
 
 def _find_flow_run(backend: StoreBackend, text: str) -> FlowRun:
@@ -208,7 +204,7 @@ def _import_file(path: Path) -> Any:
     sys.path.insert(0, str(path.parent))
     try:
         spec.loader.exec_module(module)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the user's module raises
         del sys.modules[name]
         raise _usage(f"cannot import {path}: {type(exc).__name__}: {_one_line(exc)}") from None
     finally:
@@ -263,7 +259,9 @@ def _resume_hint(args: argparse.Namespace, run_id: UUID) -> str:
     return f"stageflow{store} runs resume {run_id}"
 
 
-def _report(args: argparse.Namespace, backend: StoreBackend, run_id: UUID, state: State[Any]) -> int:
+def _report(
+    args: argparse.Namespace, backend: StoreBackend, run_id: UUID, state: State[Any]
+) -> int:
     """Print how the run ended; return the exit code for it."""
     name = backend.read_flow_run(run_id).name
     if state.is_paused():
@@ -281,40 +279,65 @@ def _report(args: argparse.Namespace, backend: StoreBackend, run_id: UUID, state
     return _exit_code(state)
 
 
+@contextmanager
+def _runtime_for_sync_calls(args: argparse.Namespace) -> Iterator[Runtime]:
+    """Run a runtime on the selected store in a background thread, and make it the runtime
+    of the flow calls this thread makes meanwhile.
+
+    A sync flow then runs as a plain call does: its body on this (the main) thread, so
+    Ctrl-C interrupts it and the run is recorded as Crashed.
+    """
+    # No public API makes a runtime current for sync calls, so set the variable that
+    # ``async with Runtime(...)`` sets for async ones.
+    from ._runtime import _current_runtime
+
+    runtime = Runtime(store=_store_url(args))
+    with ExitStack() as stack:
+        portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
+        stack.enter_context(portal.wrap_async_context_manager(runtime))
+        token = _current_runtime.set(runtime)
+        try:
+            yield runtime
+        finally:
+            _current_runtime.reset(token)
+
+
+def _crashed(run_id: UUID, exc: BaseException) -> CommandError:
+    reason = type(exc).__name__ + (f": {_one_line(exc)}" if str(exc) else "")
+    if isinstance(exc, KeyboardInterrupt):
+        return CommandError(f"flow run {run_id} was interrupted ({reason})", EXIT_INTERRUPTED)
+    if isinstance(exc, TerminationSignal):
+        return CommandError(f"flow run {run_id} was terminated ({reason})", 128 + exc.signal)
+    return CommandError(f"flow run {run_id} crashed ({reason})")
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     flow = load_flow_target(args.target)
-    params = parse_params(args.param)
-    call = partial(flow, **params, return_state=True)
+    call = partial(flow, **parse_params(args.param), return_state=True)
+    with _runtime_for_sync_calls(args) as runtime:
+        backend = runtime.backend
+        assert backend is not None
+        created: list[UUID] = []
 
-    async def go() -> int:
-        async with _running(args) as runtime:
-            backend = runtime.backend
-            assert backend is not None
-            created: list[UUID] = []
+        def first_flow_run(run: Any, state: State[Any]) -> None:
+            if not created and isinstance(run, FlowRun):
+                created.append(run.id)
 
-            def first_flow_run(run: Any, state: State[Any]) -> None:
-                if not created and isinstance(run, FlowRun):
-                    created.append(run.id)
-
-            unsubscribe = backend.subscribe(None, first_flow_run)
-            try:
-                if flow.is_async:
-                    state = await call()
-                else:
-                    state = await anyio.to_thread.run_sync(call)
-            except ParameterBindError as exc:
-                raise _usage(_one_line(exc)) from None
-            except Exception as exc:
-                if not created:
-                    raise
-                raise CommandError(f"flow run {created[0]} crashed: {_one_line(exc)}") from None
-            finally:
-                unsubscribe()
-            run_id = state.state_details.flow_run_id
-            assert run_id is not None
-            return _report(args, backend, run_id, state)
-
-    return anyio.run(go)
+        unsubscribe = backend.subscribe(None, first_flow_run)
+        try:
+            state = anyio.run(call) if flow.is_async else call()
+        except ParameterBindError as exc:
+            raise _usage(_one_line(exc)) from None
+        except (Exception, SystemExit, KeyboardInterrupt, TerminationSignal) as exc:
+            # The engine recorded the run as Crashed; say which run it was.
+            if not created:
+                raise
+            raise _crashed(created[0], exc) from None
+        finally:
+            unsubscribe()
+        run_id = state.state_details.flow_run_id
+        assert run_id is not None
+        return _report(args, backend, run_id, state)
 
 
 # -- stageflow runs ------------------------------------------------------------------------
@@ -334,12 +357,10 @@ def _state_filter(values: Sequence[str]) -> tuple[set[StateType], set[str]]:
 def _cmd_runs_ls(args: argparse.Namespace) -> int:
     types, names = _state_filter(args.state or [])
     with _reading(args) as backend:
-        if names:
-            runs = [
-                run
-                for run in backend.read_flow_runs(flow_name=args.flow)
-                if run.state_type in types or (run.state_name or "").lower() in names
-            ][: args.limit]
+        if names:  # a state name is no store filter: filter here, then limit
+            runs = backend.read_flow_runs(flow_name=args.flow)
+            runs = [r for r in runs if r.state_type in types or _state_name(r) in names]
+            runs = runs[: args.limit]
         else:
             runs = backend.read_flow_runs(
                 state_types=types or None, flow_name=args.flow, limit=args.limit
@@ -347,12 +368,16 @@ def _cmd_runs_ls(args: argparse.Namespace) -> int:
     if not runs:
         print("No flow runs found.")
         return EXIT_OK
+    headers = ("ID", "FLOW", "NAME", "STATE", "START", "DURATION")
     rows = [
-        (run.id, run.flow_name, run.name, run.state_name or "-", _time(run.start_time), _duration(run))
-        for run in runs
+        (r.id, r.flow_name, r.name, r.state_name, _time(r.start_time), _duration(r)) for r in runs
     ]
-    print(format_table(("ID", "FLOW", "NAME", "STATE", "START", "DURATION"), rows))
+    print(format_table(headers, rows))
     return EXIT_OK
+
+
+def _state_name(run: FlowRun | TaskRun) -> str:
+    return (run.state_name or "").lower()
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
@@ -361,20 +386,17 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
         history = backend.read_state_history("flow", run.id)
         task_runs = backend.read_task_runs(flow_run_id=run.id)
         subflows = [
-            sub
-            for task_run in task_runs
-            for sub in backend.read_flow_runs(parent_task_run_id=task_run.id)
+            sub for t in task_runs for sub in backend.read_flow_runs(parent_task_run_id=t.id)
         ]
         parent = None
         if run.parent_task_run_id is not None:
-            try:
+            with suppress(ObjectNotFound):
                 parent = backend.read_task_run(run.parent_task_run_id).flow_run_id
-            except ObjectNotFound:
-                parent = None
-    fields = [
+    version = "" if run.flow_version is None else f" (version {run.flow_version})"
+    fields: list[tuple[str, Any]] = [
         ("id:", run.id),
-        ("flow:", run.flow_name if run.flow_version is None else f"{run.flow_name} (version {run.flow_version})"),
-        ("state:", run.state if run.state is not None else "-"),
+        ("flow:", f"{run.flow_name}{version}"),
+        ("state:", run.state),
         ("parameters:", json.dumps(run.parameters, default=repr)),
         ("tags:", ", ".join(run.tags) or "-"),
         ("created:", _time(run.created)),
@@ -386,31 +408,28 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     ]
     if parent is not None:
         fields.append(("parent run:", parent))
-    print(f"Flow run {run.name!r}")
-    print(_indent(format_table(None, fields)))
-    print("\nState history")
-    rows = [(_time(s.timestamp, precise=True), s.name, s.type.value, s.message or "") for s in history]
-    print(_indent(format_table(("TIME", "STATE", "TYPE", "MESSAGE"), rows)))
-    print("\nTask runs")
-    if task_runs:
-        rows = [
-            (t.id, t.name, t.state_name or "-", _time(t.start_time), _duration(t), t.state.message if t.state and t.state.message else "")
-            for t in task_runs
-        ]
-        print(_indent(format_table(("ID", "NAME", "STATE", "START", "DURATION", "MESSAGE"), rows)))
-    else:
-        print("  (none)")
-    print("\nSubflow runs")
-    if subflows:
-        rows = [(s.id, s.flow_name, s.name, s.state_name or "-", _duration(s)) for s in subflows]
-        print(_indent(format_table(("ID", "FLOW", "NAME", "STATE", "DURATION"), rows)))
-    else:
-        print("  (none)")
+    _section(f"Flow run {run.name!r}", None, fields)
+    rows: list[Sequence[Any]]
+    rows = [(_time(s.timestamp, precise=True), s.name, s.type, s.message or "") for s in history]
+    _section("\nState history", ("TIME", "STATE", "TYPE", "MESSAGE"), rows)
+    rows = [
+        (t.id, t.name, t.state_name, _time(t.start_time), _duration(t), _message(t))
+        for t in task_runs
+    ]
+    _section("\nTask runs", ("ID", "NAME", "STATE", "START", "DURATION", "MESSAGE"), rows)
+    rows = [(s.id, s.flow_name, s.name, s.state_name, _duration(s)) for s in subflows]
+    _section("\nSubflow runs", ("ID", "FLOW", "NAME", "STATE", "DURATION"), rows)
     return EXIT_OK
 
 
-def _indent(text: str) -> str:
-    return "\n".join(f"  {line}" for line in text.splitlines())
+def _message(run: FlowRun | TaskRun) -> str:
+    return "" if run.state is None else run.state.message or ""
+
+
+def _section(title: str, headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> None:
+    print(title)
+    text = format_table(headers, rows) if rows else "(none)"
+    print("\n".join(f"  {line}" for line in text.splitlines()))
 
 
 def _cmd_runs_resume(args: argparse.Namespace) -> int:
@@ -425,7 +444,7 @@ def _cmd_runs_resume(args: argparse.Namespace) -> int:
             raise _usage(f"--input is not valid JSON: {exc}") from None
 
     async def go() -> int:
-        async with _running(args) as runtime:
+        async with _runtime(args) as runtime:
             backend = runtime.backend
             assert backend is not None
             run = _find_flow_run(backend, args.id)
@@ -433,16 +452,18 @@ def _cmd_runs_resume(args: argparse.Namespace) -> int:
             try:
                 if state is not None and state.is_crashed():
                     if args.input is not None:
-                        raise _usage(f"flow run {run.id} crashed; --input applies only to a paused or suspended run")
+                        raise _usage(f"flow run {run.id} crashed: it takes no --input")
                     final = await rerun_flow_run(run.id)
                     return _report(args, backend, run.id, final)
                 suspended = state is not None and state.state_details.pause_reschedule
                 await flow_runs.resume_flow_run(run.id, run_input=run_input)
             except NotPausedError as exc:
-                raise CommandError(f"{_one_line(exc)} Only paused, suspended or crashed runs can be resumed.") from None
+                raise CommandError(
+                    f"{_one_line(exc)} Only paused, suspended or crashed runs can be resumed."
+                ) from None
             except InvalidRunInput as exc:
                 raise _usage(_one_line(exc)) from None
-            except (FlowPauseTimeout, ObjectNotFound) as exc:
+            except (FlowPauseTimeout, ObjectNotFound, RuntimeError) as exc:
                 raise CommandError(_one_line(exc)) from None
             current = backend.read_flow_run(run.id)
             if suspended and current.state is not None:
@@ -457,11 +478,13 @@ def _cmd_runs_cancel(args: argparse.Namespace) -> int:
     from . import flow_runs
 
     async def go() -> int:
-        async with _running(args) as runtime:
+        async with _runtime(args) as runtime:
             assert runtime.backend is not None
             run = _find_flow_run(runtime.backend, args.id)
             if run.state is not None and run.state.is_final():
-                raise CommandError(f"flow run {run.id} already finished in state {run.state}; nothing to cancel")
+                raise CommandError(
+                    f"flow run {run.id} already finished in state {run.state}; nothing to cancel"
+                )
             state = await flow_runs.cancel_flow_run(run.id)
             print(f"Cancelled flow run {run.name!r}: it is {state}")
             return EXIT_OK
@@ -473,28 +496,29 @@ def _cmd_runs_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_limits_set(args: argparse.Namespace) -> int:
-    with _reading(args) as backend:
-        backend.set_concurrency_limit(args.tag, args.limit)
+    try:
+        concurrency.set_concurrency_limit(args.tag, args.limit, store=_store_url(args))
+    except ValueError as exc:
+        raise _usage(_one_line(exc)) from None
     print(f"Tag {args.tag!r}: at most {args.limit} task runs at once.")
     return EXIT_OK
 
 
 def _cmd_limits_ls(args: argparse.Namespace) -> int:
-    with _reading(args) as backend:
-        limits = backend.read_concurrency_limits()
+    limits = concurrency.read_concurrency_limits(store=_store_url(args))
     if not limits:
         print("No concurrency limits.")
         return EXIT_OK
-    rows = [(tag, limit, len(holders)) for tag, (limit, holders) in sorted(limits.items())]
+    rows = [(limit.tag, limit.limit, len(limit.active_slots)) for limit in limits]
     print(format_table(("TAG", "LIMIT", "ACTIVE"), rows))
     return EXIT_OK
 
 
 def _cmd_limits_rm(args: argparse.Namespace) -> int:
-    with _reading(args) as backend:
-        if args.tag not in backend.read_concurrency_limits():
-            raise CommandError(f"no concurrency limit for tag {args.tag!r}")
-        backend.set_concurrency_limit(args.tag, None)
+    url = _store_url(args)
+    if all(limit.tag != args.tag for limit in concurrency.read_concurrency_limits(store=url)):
+        raise CommandError(f"no concurrency limit for tag {args.tag!r}")
+    concurrency.delete_concurrency_limit(args.tag, store=url)
     print(f"Removed the concurrency limit of tag {args.tag!r}.")
     return EXIT_OK
 
@@ -511,71 +535,99 @@ def _version() -> str:
         return "unknown"
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+def _at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    value = _non_negative(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("expected 1 or more, got 0")
-    return value
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+_ID_HELP = "the flow run id, or a unique prefix of it"
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # Global options work before and after the command: a subcommand's copies default
+    # to SUPPRESS, so they only replace the top-level value when given.
+    store_default = None if top else argparse.SUPPRESS
+    level_default = "INFO" if top else argparse.SUPPRESS
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        default=store_default,
+        help="memory:// or sqlite:///path.db (default: $STAGEFLOW_STORE, else the default)",
+    )
+    parser.add_argument(
+        "--log-level", default=level_default, choices=_LEVELS, help="run logs on stderr (INFO)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``stageflow`` argument parser."""
-    # Global options are accepted before and after the command: subparsers share them
-    # with SUPPRESS defaults, so they only override the top-level value when given.
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--store", metavar="URL", default=argparse.SUPPRESS, help="store URL (default: $STAGEFLOW_STORE, else the default store)")
-    common.add_argument("--log-level", default=argparse.SUPPRESS, choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="level of the run logs written to stderr (default: INFO)")
-
-    parser = argparse.ArgumentParser(prog="stageflow", description="Run stageflow flows and inspect their runs.")
+    parser = argparse.ArgumentParser(
+        prog="stageflow", description="Run flows; list, inspect, resume and cancel their runs."
+    )
     parser.add_argument("--version", action="version", version=f"stageflow {_version()}")
-    parser.add_argument("--store", metavar="URL", default=None, help="store URL: memory://, sqlite:///path/to.db (default: $STAGEFLOW_STORE, else the default store)")
-    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="level of the run logs written to stderr (default: INFO)")
+    _global_options(parser, top=True)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    run = commands.add_parser("run", parents=[common], help="run a flow", description="Load a flow from a file and run it to its final state.")
-    run.add_argument("target", metavar="FILE.py:FLOW", help="the file and the name of the @flow function in it")
-    run.add_argument("--param", "-p", metavar="KEY=VALUE", action="append", default=[], help="a flow parameter; VALUE is JSON when it parses as JSON, else a string (repeatable)")
-    run.set_defaults(handler=_cmd_run)
+    def command(group: Any, name: str, handler: Any, text: str) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(name, help=text, description=f"{text}.")
+        _global_options(sub, top=False)
+        sub.set_defaults(handler=handler)
+        return sub
 
-    runs = commands.add_parser("runs", help="list, show, resume or cancel flow runs", description="Work with the flow runs in the store.")
+    run = command(commands, "run", _cmd_run, "Run a flow from a file to its final state")
+    run.add_argument("target", metavar="FILE.py:FLOW", help="a file and a @flow function in it")
+    run.add_argument(
+        *("-p", "--param"),
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="a flow parameter; VALUE is read as JSON if it parses, else as a string",
+    )
+
+    runs = commands.add_parser("runs", help="List, show, resume or cancel flow runs")
     runs_commands = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
-    ls = runs_commands.add_parser("ls", parents=[common], help="list flow runs, newest first", description="List flow runs, newest first.")
-    ls.add_argument("--state", action="append", metavar="STATE", help="only runs in this state type (COMPLETED, FAILED...) or state name (Suspended, Cached...); repeatable")
+    ls = command(runs_commands, "ls", _cmd_runs_ls, "List flow runs, newest first")
+    ls.add_argument(
+        "--state",
+        action="append",
+        help="a state type (COMPLETED...) or name (Suspended...) to show; repeatable",
+    )
     ls.add_argument("--flow", metavar="NAME", help="only runs of the flow with this name")
-    ls.add_argument("--limit", type=_positive, default=20, metavar="N", help="show at most N runs (default: 20)")
-    ls.set_defaults(handler=_cmd_runs_ls)
-    show = runs_commands.add_parser("show", parents=[common], help="show a flow run", description="Show a flow run: its fields, state history, task runs and subflow runs.")
-    show.add_argument("id", metavar="ID", help="the flow run id, or a unique prefix of it")
-    show.set_defaults(handler=_cmd_runs_show)
-    resume = runs_commands.add_parser("resume", parents=[common], help="resume a paused, suspended or crashed flow run", description="Resume a paused flow run, or run a suspended or crashed one again in this process.")
-    resume.add_argument("id", metavar="ID", help="the flow run id, or a unique prefix of it")
-    resume.add_argument("--input", metavar="JSON", help="the input the paused run waits for, as JSON")
-    resume.set_defaults(handler=_cmd_runs_resume)
-    cancel = runs_commands.add_parser("cancel", parents=[common], help="cancel a flow run", description="Cancel a flow run that has not finished.")
-    cancel.add_argument("id", metavar="ID", help="the flow run id, or a unique prefix of it")
-    cancel.set_defaults(handler=_cmd_runs_cancel)
+    ls.add_argument("--limit", metavar="N", type=_at_least(1), default=20, help="at most N (20)")
+    show = command(
+        runs_commands, "show", _cmd_runs_show, "Show a flow run, its states and its task runs"
+    )
+    show.add_argument("id", metavar="ID", help=_ID_HELP)
+    resume = command(
+        runs_commands,
+        "resume",
+        _cmd_runs_resume,
+        "Resume a paused flow run, or run a suspended or crashed one again here",
+    )
+    resume.add_argument("id", metavar="ID", help=_ID_HELP)
+    resume.add_argument("--input", metavar="JSON", help="the input the run waits for, as JSON")
+    cancel = command(runs_commands, "cancel", _cmd_runs_cancel, "Cancel a flow run")
+    cancel.add_argument("id", metavar="ID", help=_ID_HELP)
 
-    limits = commands.add_parser("limits", help="manage tag concurrency limits", description="Manage tag concurrency limits.")
-    limits_commands = limits.add_subparsers(dest="limits_command", metavar="COMMAND", required=True)
-    limit_set = limits_commands.add_parser("set", parents=[common], help="limit how many task runs with a tag run at once")
+    limits = commands.add_parser("limits", help="Manage tag concurrency limits")
+    limit_commands = limits.add_subparsers(dest="limits_command", metavar="COMMAND", required=True)
+    limit_set = command(
+        limit_commands, "set", _cmd_limits_set, "Let at most N task runs with a tag run at once"
+    )
     limit_set.add_argument("tag", metavar="TAG")
-    limit_set.add_argument("limit", metavar="N", type=_non_negative, help="at most N task runs at once (0 holds them all)")
-    limit_set.set_defaults(handler=_cmd_limits_set)
-    limit_ls = limits_commands.add_parser("ls", parents=[common], help="list concurrency limits")
-    limit_ls.set_defaults(handler=_cmd_limits_ls)
-    limit_rm = limits_commands.add_parser("rm", parents=[common], help="remove a tag's concurrency limit")
+    limit_set.add_argument("limit", metavar="N", type=_at_least(0), help="0 holds them all")
+    command(limit_commands, "ls", _cmd_limits_ls, "List tag concurrency limits")
+    limit_rm = command(limit_commands, "rm", _cmd_limits_rm, "Remove a tag's concurrency limit")
     limit_rm.add_argument("tag", metavar="TAG")
-    limit_rm.set_defaults(handler=_cmd_limits_rm)
     return parser
 
 
@@ -627,6 +679,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stageflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except TerminationSignal as exc:
+        print(f"stageflow: {exc}", file=sys.stderr)
+        return 128 + exc.signal
+    except ConfigurationError as exc:  # a bad --store URL, or a bad option of the flow
+        print(f"stageflow: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except StageflowError as exc:
         print(f"stageflow: {_one_line(exc)}", file=sys.stderr)
         return EXIT_FAILED

@@ -29,6 +29,7 @@ from ._runtime import Runtime, background_runtime, current_runtime, inherited_ba
 from ._task_engine import TaskRunActor, TaskRunEngine, create_task_run, new_task_run, run_submitted
 from .annotations import allow_failure, quote, unmapped
 from .futures import TaskRunFuture, TaskRunFutureList
+from .transactions import get_transaction
 
 if TYPE_CHECKING:
     from ._flow import Flow
@@ -185,6 +186,7 @@ def _new_future(flow_ctx: FlowRunContext, task: Task[..., Any], parameters: dict
     # The run record (and its dynamic key) is made here, on the submitting thread, so
     # dynamic keys follow submission order.
     future: TaskRunFuture[Any] = TaskRunFuture(new_task_run(task, flow_ctx, parameters, wait_for))
+    future._transaction = get_transaction()  # the run joins the submitter's transaction
     flow_ctx.submitted.append(future)
     return future
 
@@ -202,6 +204,7 @@ def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> 
             flow_ctx.runtime,
             flow_ctx,
             flow_ctx.sync_target,
+            future._transaction,
         )
         future.set_inline_runner(home, partial(_run_inline, flow_ctx, task, parameters, wait_for, future))
         spec = ChildSpec(
@@ -224,7 +227,9 @@ async def _run_claimed_on_loop(
 ) -> None:
     async with runtime_scope() as runtime:
         target = SyncTarget(BodyPlacement.WAITING_THREAD, loop)
-        engine = TaskRunEngine(task, future.task_run, parameters, wait_for, runtime, flow_ctx, target)
+        engine = TaskRunEngine(
+            task, future.task_run, parameters, wait_for, runtime, flow_ctx, target, future._transaction
+        )
         await run_submitted(engine, future)
 
 

@@ -32,6 +32,7 @@ __all__ = [
     "ResultSerializationError",
     "StageflowError",
     "StoreClosed",
+    "StoreError",
     "TaskRunTimeoutError",
     "TerminationSignal",
     "UnfinishedRun",
@@ -100,6 +101,11 @@ class NotPausedError(StageflowError, RuntimeError):
 
 class StoreClosed(StageflowError, RuntimeError):
     """Raised when a store is used after it was closed, or cannot be opened."""
+
+
+class StoreError(StageflowError, RuntimeError):
+    """Raised when a store file cannot be opened, read or written (unreadable, corrupt, or
+    locked by another process for longer than the store waits)."""
 
 
 class ConfigurationError(StageflowError, ValueError):

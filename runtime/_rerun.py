@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ._flow import Flow
     from ._models import FlowRun
 
-__all__ = ["load_flow", "register_flow", "rerun_flow_run"]
+__all__ = ["load_flow", "register_flow", "register_run_flow", "rerun_flow_run"]
 
 _flows: weakref.WeakValueDictionary[str, Flow[..., Any]] = weakref.WeakValueDictionary()
 _flows_lock = threading.Lock()
@@ -39,6 +39,16 @@ def register_flow(flow: Flow[..., Any]) -> None:
             _flows.setdefault(flow.entrypoint, flow)
 
 
+_run_flows: weakref.WeakValueDictionary[UUID, Flow[..., Any]] = weakref.WeakValueDictionary()
+
+
+def register_run_flow(flow_run_id: UUID, flow: Flow[..., Any]) -> None:
+    """Remember which flow a suspended run of this process belongs to, so resuming it here
+    works even for a flow without an entrypoint (defined inside a function)."""
+    with _flows_lock:
+        _run_flows[flow_run_id] = flow
+
+
 def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
     """Return the flow of ``flow_run``: the one defined in this process, else the one its
     entrypoint file defines (imported without running its ``__main__`` block).
@@ -48,6 +58,10 @@ def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
     """
     from ._flow import Flow
 
+    with _flows_lock:
+        flow = _run_flows.get(flow_run.id)
+    if flow is not None:
+        return flow
     entrypoint = flow_run.entrypoint
     if not entrypoint:
         raise ObjectNotFound(

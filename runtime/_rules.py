@@ -196,7 +196,7 @@ def _leaving_pause(current: State[Any], proposed: State[Any], ctx: RuleContext) 
         return Accept(proposed)
     verb = "suspended" if current.state_details.pause_reschedule else "paused"
     timeout = current.state_details.pause_timeout
-    if timeout is not None and timeout < ctx.now:
+    if timeout is not None and timeout <= ctx.now:
         return Reject(
             S.Failed(message=f"The flow was {verb} and never resumed."),
             "The flow run pause has timed out and can no longer resume.",

@@ -190,10 +190,13 @@ class StoreBackend(abc.ABC):
     def notify(self, run: FlowRun | TaskRun, state: State[Any]) -> None:
         """Tell the subscribers of ``run`` (and of every run) about its new state."""
         listeners = self._listeners
-        if not listeners:
+        run_id = run.id
+        # Most runs have no subscriber: check without the lock first (a membership test
+        # is atomic, and a listener added meanwhile could as well have come after us).
+        if run_id not in listeners and None not in listeners:
             return
         with self._listeners_lock:
-            targets = [*listeners.get(run.id, ()), *listeners.get(None, ())]
+            targets = [*listeners.get(run_id, ()), *listeners.get(None, ())]
         for listener in targets:
             listener(run, state)
 

@@ -21,8 +21,8 @@ from ._context import FlowRunContext, TaskRunContext, _task_run_context, current
 from ._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskError
 from ._hooks import run_hooks
 from ._ids import new_id
-from ._logging import _log_prints, install_print_patch, task_run_logger
-from ._models import TaskRun, TaskRunInput, TaskRunPolicy
+from ._logging import RunLogger, _log_prints, install_print_patch, task_run_logger
+from ._models import TaskRun, TaskRunInput, TaskRunPolicy, new_task_run_record
 from ._orchestrator import CreateRun, ProposeState, Transition, _as_datetime
 from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
 from ._resolve import collect_upstreams, resolve_parameters, wait_for_upstreams
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
 
 _cancelled_exc = anyio.get_cancelled_exc_class
+_task_runs_logger = logging.getLogger("stageflow.task_runs")  # what every run logger wraps
 
 
 def new_task_run(
@@ -64,7 +65,7 @@ def new_task_run(
     if wait_for:
         inputs["wait_for"] = [_as_input(item) for item in collect_upstreams(list(wait_for))]
     tags = task.tags | current_tags() if task.tags or current_tags() else task.tags
-    return TaskRun(
+    return new_task_run_record(
         name=f"{task.name}-{dynamic_key[:3]}",
         flow_run_id=flow_run_id,
         task_key=task.task_key,
@@ -115,9 +116,7 @@ class TaskRunEngine:
         self.runtime = runtime
         self.flow_ctx = flow_ctx
         self.target = target
-        self.logger = task_run_logger(
-            task_run, task, flow_ctx.flow_run if flow_ctx else None, flow_ctx.flow if flow_ctx else None
-        )
+        self._logger: RunLogger | None = None
         self._orchestrator = runtime.orchestrator
         self._last_exception: BaseException | None = None
         self._transaction = Transaction(parent=transaction or get_transaction())
@@ -126,11 +125,23 @@ class TaskRunEngine:
 
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
-        flow_ctx = self.flow_ctx
         self.task_run = task_run
-        self.logger = task_run_logger(
-            task_run, self.task, flow_ctx.flow_run if flow_ctx else None, flow_ctx.flow if flow_ctx else None
-        )
+        self._logger = None
+
+    @property
+    def logger(self) -> RunLogger:
+        """The run's logger; built on first use, since most runs log nothing at the
+        default level (building it formats two UUIDs)."""
+        logger = self._logger
+        if logger is None:
+            flow_ctx = self.flow_ctx
+            logger = self._logger = task_run_logger(
+                self.task_run,
+                self.task,
+                flow_ctx.flow_run if flow_ctx else None,
+                flow_ctx.flow if flow_ctx else None,
+            )
+        return logger
 
     # -- the run ----------------------------------------------------------------------
 
@@ -150,9 +161,8 @@ class TaskRunEngine:
             raise
 
     async def _run(self) -> State[Any]:
-        logger = self.logger
-        if logger.isEnabledFor(logging.INFO):
-            logger.info("Created task run %r for task %r", self.task_run.name, self.task.name)
+        if _task_runs_logger.isEnabledFor(logging.INFO):
+            self.logger.info("Created task run %r for task %r", self.task_run.name, self.task.name)
         try:
             parameters = await resolve_parameters(self.parameters)
             await wait_for_upstreams(self.wait_for)
@@ -391,7 +401,7 @@ class TaskRunEngine:
         if state is None:
             return
         level = logging.INFO if state.is_completed() else logging.ERROR
-        if self.logger.isEnabledFor(level):
+        if _task_runs_logger.isEnabledFor(level):
             message = f"Finished in state {state}"
             if state.is_pending():
                 message += (

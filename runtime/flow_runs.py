@@ -17,6 +17,7 @@ when called from a running event loop and block otherwise.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, TypeVar
 from uuid import UUID
 
@@ -165,7 +166,7 @@ async def _pause(
         backend = runtime.backend
         assert backend is not None
         make = S.Suspended if suspend else S.Paused
-        proposed = make(timeout_seconds=timeout, pause_key=pause_key)
+        proposed = make(pause_expiration_time=_expiration(runtime, timeout), pause_key=pause_key)
         keyset = keyset_for(pause_key) if model is not None else None
         proposed.state_details.run_input_keyset = keyset
         if keyset is not None:
@@ -182,6 +183,9 @@ async def _pause(
         if not state.is_paused():
             raise RuntimeError(f"Flow run cannot be paused: it is {state}.")
         if suspend:
+            from ._rerun import register_run_flow
+
+            register_run_flow(flow_run.id, ctx.flow)
             logger.info("Suspending flow run; it runs again from the top when it is resumed.")
             raise Pause("The flow run was suspended.", state=state)
         logger.info("Pausing flow run; it continues when it is resumed.")
@@ -214,6 +218,14 @@ async def _pause(
         return _load_input(backend, flow_run, keyset, model)
 
 
+def _expiration(runtime: Any, timeout: float | None) -> datetime | None:
+    """When a pause of ``timeout`` seconds starting now expires, on the runtime's clock
+    (the one the orchestrator judges expiry by)."""
+    if timeout is None:
+        return None
+    return datetime.fromtimestamp(runtime.clock.now() + timeout, timezone.utc)
+
+
 def _load_input(backend: Any, flow_run: FlowRun, keyset: dict[str, str] | None, model: Any) -> Any:
     if keyset is None or model is None:
         return None
@@ -227,7 +239,10 @@ async def _suspend_other(flow_run_id: UUID, timeout: float | None, key: str | No
     async with runtime_scope() as runtime:
         assert runtime.backend is not None
         flow_run = runtime.backend.read_flow_run(flow_run_id)
-        proposed = S.Suspended(timeout_seconds=timeout, pause_key=key or f"external-{flow_run.run_count}")
+        proposed = S.Suspended(
+            pause_expiration_time=_expiration(runtime, timeout),
+            pause_key=key or f"external-{flow_run.run_count}",
+        )
         transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, proposed))  # type: ignore[union-attr]
         if transition.status == "ABORT":
             raise RuntimeError(f"Flow run cannot be suspended: {transition.reason}")

@@ -49,6 +49,7 @@ class TaskRunFuture(Generic[R]):
         self._inline: Callable[[], None] | None = None
         self._home_thread: int | None = None
         self._claimed = False
+        self._transaction: Any = None  # the transaction it was submitted in
 
     @property
     def task_run_id(self) -> Any:

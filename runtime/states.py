@@ -300,13 +300,76 @@ def state_exception(state: State[Any]) -> BaseException:
     return wrapper(state.message or f"Run is in {state.type.value} state.")
 
 
+# -- fast construction ----------------------------------------------------------------
+#
+# The engine builds several states per task run, and validating one costs ~5 µs. When
+# every keyword is one that validation would keep unchanged (a ``str`` name and message,
+# any data, a StateDetails instance), the state is assembled directly: the same field
+# values, defaults, ``model_fields_set`` and post-validation defaults as ``State(...)``.
+# Anything else (another keyword, a value of another type) is validated as usual.
+
+_object_new = object.__new__
+_object_setattr = object.__setattr__
+_DETAILS_DEFAULTS = {name: field.default for name, field in StateDetails.model_fields.items()}
+if any(field.default_factory is not None for field in StateDetails.model_fields.values()):
+    raise AssertionError("_new_details() assumes StateDetails has only plain defaults")
+_FAST_KEYWORDS = frozenset({"name", "message", "data", "state_details"})
+_DEFAULT_NAMES = {state_type: state_type.value.title() for state_type in StateType}
+
+
+def _new_details() -> StateDetails:
+    """``StateDetails()``, without validation (every field takes its immutable default)."""
+    details = _object_new(StateDetails)
+    _object_setattr(details, "__dict__", _DETAILS_DEFAULTS.copy())
+    _object_setattr(details, "__pydantic_fields_set__", set())
+    _object_setattr(details, "__pydantic_extra__", None)
+    _object_setattr(details, "__pydantic_private__", None)
+    return details
+
+
+def _new_state(state_type: StateType, kwargs: dict[str, Any]) -> State[Any]:
+    """``State(type=state_type, **kwargs)``; see the section comment."""
+    if kwargs.keys() <= _FAST_KEYWORDS:
+        name = kwargs.get("name")
+        message = kwargs.get("message")
+        details = kwargs.get("state_details", _new_details)
+        if (
+            (name is None or type(name) is str)
+            and (message is None or type(message) is str)
+            and (details is _new_details or type(details) is StateDetails)
+        ):
+            if details is _new_details:
+                details = _new_details()
+            state = _object_new(State)
+            _object_setattr(
+                state,
+                "__dict__",
+                {
+                    "id": new_id(),
+                    "type": state_type,
+                    "name": _DEFAULT_NAMES[state_type] if name is None else name,
+                    "timestamp": now_utc(),
+                    "message": message,
+                    "state_details": details,
+                    "data": kwargs.get("data"),
+                },
+            )
+            _object_setattr(state, "__pydantic_fields_set__", {"type", "name", *kwargs})
+            _object_setattr(state, "__pydantic_extra__", None)
+            _object_setattr(state, "__pydantic_private__", None)
+            if state_type is StateType.SCHEDULED and details.scheduled_time is None:
+                details.scheduled_time = now_utc()
+            return state
+    return State(type=state_type, **kwargs)
+
+
 # -- constructors ---------------------------------------------------------------------
 
 
 def _details(kwargs: dict[str, Any]) -> StateDetails:
     details = kwargs.pop("state_details", None)
     if details is None:
-        return StateDetails()
+        return _new_details()
     if isinstance(details, StateDetails):
         return details.model_copy()
     return StateDetails.model_validate(details)
@@ -318,42 +381,42 @@ def Scheduled(scheduled_time: datetime | None = None, **kwargs: Any) -> State[An
     if scheduled_time is not None and details.scheduled_time is not None:
         raise ValueError("An extra scheduled_time was provided in state_details")
     details.scheduled_time = scheduled_time or details.scheduled_time or now_utc()
-    return State(type=StateType.SCHEDULED, state_details=details, **kwargs)
+    return _new_state(StateType.SCHEDULED, {"state_details": details, **kwargs})
 
 
 def Pending(**kwargs: Any) -> State[Any]:
     """A run that is about to start."""
-    return State(type=StateType.PENDING, **kwargs)
+    return _new_state(StateType.PENDING, kwargs)
 
 
 def Running(**kwargs: Any) -> State[Any]:
     """A run whose code is executing."""
-    return State(type=StateType.RUNNING, **kwargs)
+    return _new_state(StateType.RUNNING, kwargs)
 
 
 def Completed(**kwargs: Any) -> State[Any]:
     """A run that finished successfully; ``data`` holds its result."""
-    return State(type=StateType.COMPLETED, **kwargs)
+    return _new_state(StateType.COMPLETED, kwargs)
 
 
 def Failed(**kwargs: Any) -> State[Any]:
     """A run whose code raised; ``data`` holds the exception."""
-    return State(type=StateType.FAILED, **kwargs)
+    return _new_state(StateType.FAILED, kwargs)
 
 
 def Crashed(**kwargs: Any) -> State[Any]:
     """A run stopped by something outside its code: an interrupt, a signal, a cancellation."""
-    return State(type=StateType.CRASHED, **kwargs)
+    return _new_state(StateType.CRASHED, kwargs)
 
 
 def Cancelling(**kwargs: Any) -> State[Any]:
     """A run that was asked to cancel and is winding down."""
-    return State(type=StateType.CANCELLING, **kwargs)
+    return _new_state(StateType.CANCELLING, kwargs)
 
 
 def Cancelled(**kwargs: Any) -> State[Any]:
     """A run that was cancelled."""
-    return State(type=StateType.CANCELLED, **kwargs)
+    return _new_state(StateType.CANCELLED, kwargs)
 
 
 def Paused(
@@ -374,7 +437,7 @@ def Paused(
     details.pause_timeout = pause_expiration_time
     details.pause_reschedule = reschedule
     details.pause_key = pause_key
-    return State(type=StateType.PAUSED, state_details=details, **kwargs)
+    return _new_state(StateType.PAUSED, {"state_details": details, **kwargs})
 
 
 def Suspended(
@@ -409,7 +472,7 @@ def AwaitingConcurrencySlot(scheduled_time: datetime | None = None, **kwargs: An
 def Retrying(**kwargs: Any) -> State[Any]:
     """A run executing again after a failure."""
     kwargs.setdefault("name", "Retrying")
-    return State(type=StateType.RUNNING, **kwargs)
+    return _new_state(StateType.RUNNING, kwargs)
 
 
 def Late(scheduled_time: datetime | None = None, **kwargs: Any) -> State[Any]:

@@ -82,6 +82,7 @@ class Transaction:
         self.value: Any = None
         self._values: dict[str, Any] = {}
         self._staged: list[_Staged] = []
+        self._children: list[Transaction] = []  # nested blocks that handed their work up
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -159,6 +160,7 @@ class Transaction:
             self.state = TransactionState.STAGED
             with self.parent._lock:
                 self.parent._staged.extend(staged)
+                self.parent._children.append(self)
             return True
         self._finish_commit(staged)
         return True
@@ -170,10 +172,14 @@ class Transaction:
                     item.write()
                 except Exception:
                     _logger.exception("Could not write the staged result of %r", item.transaction)
-        self.state = TransactionState.COMMITTED
+        self._settle(TransactionState.COMMITTED)
         for item in staged:
             item.transaction.state = TransactionState.COMMITTED
             _run_hooks(item.on_commit, item.transaction, "on_commit")
+
+    def _settle(self, state: TransactionState) -> None:
+        """Give this transaction and the nested blocks it absorbed their final state."""
+        _settle_children(self, state)
 
     def rollback(self) -> bool:
         """Roll back: run the staged ``on_rollback`` hooks, newest first; write nothing.
@@ -184,11 +190,17 @@ class Transaction:
             return False
         with self._lock:
             staged, self._staged = self._staged, []
-        self.state = TransactionState.ROLLED_BACK
+        self._settle(TransactionState.ROLLED_BACK)
         for item in reversed(staged):
             item.transaction.state = TransactionState.ROLLED_BACK
             _run_hooks(list(reversed(item.on_rollback)), item.transaction, "on_rollback")
         return True
+
+
+def _settle_children(txn: Transaction, state: TransactionState) -> None:
+    txn.state = state
+    for child in txn._children:
+        _settle_children(child, state)
 
 
 def _run_hooks(hooks: list[Hook], txn: Transaction, kind: str) -> None:

@@ -1,0 +1,9 @@
+"""``python -m runtime``: the ``stageflow`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+sys.exit(main())

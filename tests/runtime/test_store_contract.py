@@ -1,0 +1,789 @@
+"""The store contract: every :class:`StoreBackend` method, on each backend (memory, SQLite).
+
+Then what only the SQLite store does: a file that outlives the store, schema upgrades,
+several stores (as several processes would) on one file, threads, a real subprocess, and
+the URLs and environment variables that choose it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+
+from runtime import states as S
+from runtime._exceptions import ConfigurationError, ObjectNotFound, StoreClosed, StoreError
+from runtime._memory_store import MemoryStore
+from runtime._models import FlowRun, RunKind, TaskRun
+from runtime._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from runtime._sqlite_store import SqliteStore
+from runtime._store import CacheRecord, StoreBackend
+from runtime._stores import default_backend, open_backend
+from runtime.results import ResultRef
+from runtime.states import UNAVAILABLE, State, StateType
+
+Run = FlowRun | TaskRun
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
+    """Each backend, empty."""
+    backend: StoreBackend = MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
+    yield backend
+    backend.close()
+
+
+def apply(store: StoreBackend, kind: RunKind, run: Run, state: State[Any]) -> State[Any]:
+    """Make ``state`` the run's current state and record it, as the orchestrator does."""
+    run.state = state
+    run.state_history.append(state)
+    store.record_state(kind, run, state)
+    return state
+
+
+def new_flow_run(store: StoreBackend, name: str = "my-flow", **fields: Any) -> FlowRun:
+    """Add a flow run in state Pending, as the orchestrator does."""
+    run = FlowRun(name=f"{name}-run", flow_name=name, **fields)
+    run.state = S.Pending()
+    run.state_history.append(run.state)
+    store.add_flow_run(run)
+    return run
+
+
+def new_task_run(store: StoreBackend, flow_run: FlowRun | None, key: str = "t", dynamic_key: str = "0") -> TaskRun:
+    """Add a task run in state Pending, as the orchestrator does."""
+    run = TaskRun(
+        name=f"{key}-{dynamic_key}",
+        task_key=key,
+        dynamic_key=dynamic_key,
+        flow_run_id=None if flow_run is None else flow_run.id,
+    )
+    run.state = S.Pending()
+    run.state_history.append(run.state)
+    store.add_task_run(run)
+    return run
+
+
+def summary(state: State[Any]) -> tuple[Any, ...]:
+    """What a stored state keeps, apart from its data."""
+    return (state.id, state.type, state.name, state.timestamp, state.message, state.state_details)
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+class TestRuns:
+    def test_read_returns_the_added_object(self, store: StoreBackend) -> None:
+        """A read answers with the very object the engine added and changes."""
+        flow_run = new_flow_run(store)
+        task_run = new_task_run(store, flow_run)
+        assert store.read_flow_run(flow_run.id) is flow_run
+        assert store.read_task_run(task_run.id) is task_run
+        assert store.read_run("flow", flow_run.id) is flow_run
+        assert store.read_run("task", task_run.id) is task_run
+
+    def test_unknown_ids_raise(self, store: StoreBackend) -> None:
+        """Unknown ids, and ids of the other kind of run, raise ObjectNotFound."""
+        flow_run = new_flow_run(store)
+        missing = uuid4()
+        with pytest.raises(ObjectNotFound, match=rf"^Flow run {missing} not found in {store.url}\.$"):
+            store.read_flow_run(missing)
+        with pytest.raises(ObjectNotFound, match=rf"^Task run {flow_run.id} not found in {store.url}\.$"):
+            store.read_task_run(flow_run.id)
+        with pytest.raises(ObjectNotFound):
+            store.read_state_history("flow", missing)
+        with pytest.raises(ObjectNotFound):
+            store.read_state_history("task", flow_run.id)
+
+    def test_state_history_in_order(self, store: StoreBackend) -> None:
+        """Every recorded state is in the history, oldest first, with its data."""
+        run = new_task_run(store, new_flow_run(store))
+        apply(store, "task", run, S.Running())
+        apply(store, "task", run, S.Completed(data={"answer": 42}))
+        history = store.read_state_history("task", run.id)
+        assert [state.name for state in history] == ["Pending", "Running", "Completed"]
+        assert [summary(state) for state in history] == [summary(state) for state in run.state_history]
+        assert history[-1].result() == {"answer": 42}
+        assert store.read_task_run(run.id).state is run.state
+
+    def test_flow_run_states(self, store: StoreBackend) -> None:
+        """Flow runs record states like task runs."""
+        run = new_flow_run(store)
+        apply(store, "flow", run, S.Running())
+        apply(store, "flow", run, S.Failed(message="boom", data=ValueError("boom")))
+        history = store.read_state_history("flow", run.id)
+        assert [state.type for state in history] == [StateType.PENDING, StateType.RUNNING, StateType.FAILED]
+        with pytest.raises(ValueError, match="^boom$"):
+            history[-1].result()
+
+    def test_update_run(self, store: StoreBackend) -> None:
+        """Changed fields are kept."""
+        run = new_flow_run(store)
+        run.name = "renamed"
+        run.empirical_policy.pause_keys.append("1")
+        store.update_run("flow", run)
+        assert store.read_flow_run(run.id).name == "renamed"
+        assert store.read_flow_run(run.id).empirical_policy.pause_keys == ["1"]
+
+    def test_find_task_run(self, store: StoreBackend) -> None:
+        """Task runs are found by flow run, task key and dynamic key; the newest wins."""
+        flow_run = new_flow_run(store)
+        first = new_task_run(store, flow_run, "t", "0")
+        other = new_task_run(store, flow_run, "t", "1")
+        loose = new_task_run(store, None, "t", "0")
+        assert store.find_task_run(flow_run.id, "t", "0") is first
+        assert store.find_task_run(flow_run.id, "t", "1") is other
+        assert store.find_task_run(None, "t", "0") is loose  # type: ignore[arg-type]
+        assert store.find_task_run(flow_run.id, "t", "2") is None
+        assert store.find_task_run(flow_run.id, "u", "0") is None
+        assert store.find_task_run(uuid4(), "t", "0") is None
+        retried = new_task_run(store, flow_run, "t", "0")  # a flow retry makes the same keys
+        assert store.find_task_run(flow_run.id, "t", "0") is retried
+
+    def test_read_flow_runs_newest_first_and_filtered(self, store: StoreBackend) -> None:
+        """Flow runs list newest first, filtered by state type, flow name, parent and limit."""
+        parent_task = uuid4()
+        a = new_flow_run(store, "a")
+        b = new_flow_run(store, "b", parent_task_run_id=parent_task)
+        c = new_flow_run(store, "a")
+        apply(store, "flow", a, S.Running())
+        apply(store, "flow", c, S.Completed())
+        assert store.read_flow_runs() == [c, b, a]
+        assert all(x is y for x, y in zip(store.read_flow_runs(), [c, b, a]))
+        assert store.read_flow_runs(flow_name="a") == [c, a]
+        assert store.read_flow_runs(flow_name="zzz") == []
+        assert store.read_flow_runs(state_types=[StateType.RUNNING, StateType.PENDING]) == [b, a]
+        assert store.read_flow_runs(state_types={StateType.COMPLETED}) == [c]
+        assert store.read_flow_runs(state_types=[]) == []
+        assert store.read_flow_runs(parent_task_run_id=parent_task) == [b]
+        assert store.read_flow_runs(limit=2) == [c, b]
+        assert store.read_flow_runs(flow_name="a", state_types=[StateType.RUNNING], limit=5) == [a]
+
+    def test_read_task_runs_oldest_first(self, store: StoreBackend) -> None:
+        """Task runs list oldest first, all or one flow run's."""
+        one, two = new_flow_run(store), new_flow_run(store)
+        runs = [new_task_run(store, one, "a"), new_task_run(store, two, "b"), new_task_run(store, one, "c")]
+        assert store.read_task_runs() == runs
+        assert store.read_task_runs(flow_run_id=one.id) == [runs[0], runs[2]]
+        assert store.read_task_runs(flow_run_id=uuid4()) == []
+        assert all(x is y for x, y in zip(store.read_task_runs(), runs))
+
+
+# -- pause inputs, cache records ----------------------------------------------------------
+
+
+class TestRunInputs:
+    def test_write_read_replace(self, store: StoreBackend) -> None:
+        """Inputs are kept per flow run and key; a write replaces the previous value."""
+        run_id = uuid4()
+        assert store.read_run_input(run_id, "k") is None
+        store.write_run_input(run_id, "k", '{"value": 1}')
+        store.write_run_input(run_id, "other", '"x"')
+        assert store.read_run_input(run_id, "k") == '{"value": 1}'
+        store.write_run_input(run_id, "k", '{"value": 2}')
+        assert store.read_run_input(run_id, "k") == '{"value": 2}'
+        assert store.read_run_input(uuid4(), "k") is None
+
+
+class TestCacheRecords:
+    def test_write_read_replace_delete(self, store: StoreBackend, tmp_path: Path) -> None:
+        """Records are kept by key, replaced by a new write, and removed by a delete."""
+        ref = ResultRef(storage_path=str(tmp_path), key="abc", serializer="pickle")
+        later = datetime.now(timezone.utc) + timedelta(hours=1)
+        record = CacheRecord("key", S.Completed(data=ref), later)
+        assert store.read_cache_record("key") is None
+        store.write_cache_record(record)
+        read = store.read_cache_record("key")
+        assert read is not None
+        assert (read.key, read.expiration, summary(read.state), read.state.data) == (
+            "key", later, summary(record.state), ref
+        )
+        replacement = CacheRecord("key", S.Completed(data=ref))
+        store.write_cache_record(replacement)
+        read = store.read_cache_record("key")
+        assert read is not None and read.expiration is None and read.state.id == replacement.state.id
+        store.delete_cache_record("key")
+        assert store.read_cache_record("key") is None
+        store.delete_cache_record("key")  # deleting nothing is fine
+
+    def test_expired_records_are_still_returned(self, store: StoreBackend) -> None:
+        """Expiration is the reader's business (the orchestrator's): the store keeps and
+        returns expired records."""
+        past = datetime.now(timezone.utc) - timedelta(days=1)
+        store.write_cache_record(CacheRecord("old", S.Completed(data=1), past))
+        read = store.read_cache_record("old")
+        assert read is not None and read.expiration == past
+        assert read.state.result() == 1  # written in this process: its value is here
+
+
+# -- concurrency limits -------------------------------------------------------------------
+
+
+class TestConcurrencyLimits:
+    def test_set_read_remove(self, store: StoreBackend) -> None:
+        """Limits are listed in the order they were first set; None removes one."""
+        assert store.read_concurrency_limits() == {}
+        store.set_concurrency_limit("db", 2)
+        store.set_concurrency_limit("api", 0)
+        store.set_concurrency_limit("db", 3)
+        assert list(store.read_concurrency_limits().items()) == [("db", (3, [])), ("api", (0, []))]
+        store.set_concurrency_limit("api", None)
+        store.set_concurrency_limit("gone", None)
+        assert store.read_concurrency_limits() == {"db": (3, [])}
+
+    def test_acquire_and_release(self, store: StoreBackend) -> None:
+        """Slots of every limited tag are taken all or none; a release frees them all."""
+        one, two, three = uuid4(), uuid4(), uuid4()
+        store.set_concurrency_limit("db", 2)
+        store.set_concurrency_limit("api", 1)
+        assert store.acquire_slots([], one)
+        assert store.acquire_slots(["unlimited"], one)
+        assert store.acquire_slots(["db", "api", "unlimited"], one)
+        assert store.acquire_slots(["db", "api"], one)  # a holder may ask again
+        assert not store.acquire_slots(["db", "api"], two)  # api is full: db is not taken
+        assert store.read_concurrency_limits() == {"db": (2, [one]), "api": (1, [one])}
+        assert store.acquire_slots(["db"], two)
+        assert not store.acquire_slots(["db"], three)
+        store.release_slots(one)
+        store.release_slots(uuid4())  # releasing nothing is fine
+        assert store.read_concurrency_limits() == {"db": (2, [two]), "api": (1, [])}
+        assert store.acquire_slots(["db", "db", "api"], three)
+        assert store.read_concurrency_limits() == {"db": (2, [two, three]), "api": (1, [three])}
+
+    def test_zero_limit_refuses(self, store: StoreBackend) -> None:
+        """A limit of 0 blocks the tag."""
+        store.set_concurrency_limit("off", 0)
+        assert not store.acquire_slots(["off"], uuid4())
+
+
+# -- notifications, durability, closing ---------------------------------------------------
+
+
+class TestNotifications:
+    def test_subscribe_notify_unsubscribe(self, store: StoreBackend) -> None:
+        """Subscribers of a run, and of every run, hear its changes until they unsubscribe."""
+        run, other = new_flow_run(store), new_flow_run(store)
+        heard: list[tuple[str, UUID, str | None]] = []
+        stop_one = store.subscribe(run.id, lambda r, s: heard.append(("one", r.id, s.name)))
+        stop_all = store.subscribe(None, lambda r, s: heard.append(("all", r.id, s.name)))
+        store.notify(run, apply(store, "flow", run, S.Running()))
+        store.notify(other, apply(store, "flow", other, S.Cancelled()))
+        assert heard == [("one", run.id, "Running"), ("all", run.id, "Running"), ("all", other.id, "Cancelled")]
+        stop_one()
+        stop_all()
+        stop_one()  # twice is fine
+        store.notify(run, apply(store, "flow", run, S.Completed()))
+        assert len(heard) == 3
+
+
+class TestDurability:
+    def test_commit_leaves_nothing_pending(self, store: StoreBackend) -> None:
+        """After a commit nothing is pending; a commit with nothing to do is fine."""
+        store.commit()
+        run = new_task_run(store, new_flow_run(store))
+        apply(store, "task", run, S.Running())
+        store.commit()
+        assert not store.has_pending_writes()
+        store.commit()
+        store.sync_external()
+
+
+class TestClose:
+    def test_a_closed_store_raises(self, store: StoreBackend) -> None:
+        """Every use of a closed store raises StoreClosed, saying what to do."""
+        run = new_flow_run(store)
+        store.close()
+        assert store.closed
+        message = rf"^The store {store.url!r} is closed; open a new Runtime to use it\.$"
+        calls: list[Callable[[], object]] = [
+            lambda: store.add_flow_run(FlowRun(name="x", flow_name="x")),
+            lambda: store.add_task_run(TaskRun(name="x", task_key="x", dynamic_key="0")),
+            lambda: store.read_flow_run(run.id),
+            lambda: store.read_task_run(run.id),
+            lambda: store.find_task_run(run.id, "t", "0"),
+            lambda: store.read_flow_runs(),
+            lambda: store.read_task_runs(),
+            lambda: store.record_state("flow", run, S.Running()),
+            lambda: store.update_run("flow", run),
+            lambda: store.read_state_history("flow", run.id),
+            lambda: store.write_run_input(run.id, "k", "1"),
+            lambda: store.read_run_input(run.id, "k"),
+            lambda: store.write_cache_record(CacheRecord("k", S.Completed())),
+            lambda: store.read_cache_record("k"),
+            lambda: store.delete_cache_record("k"),
+            lambda: store.set_concurrency_limit("t", 1),
+            lambda: store.read_concurrency_limits(),
+            lambda: store.acquire_slots(["t"], run.id),
+        ]
+        for call in calls:
+            with pytest.raises(StoreClosed, match=message):
+                call()
+        store.release_slots(run.id)  # never fails, as in a final state's cleanup
+        store.commit()
+        store.close()
+        assert not store.has_pending_writes()
+
+
+# -- SQLite: the file ---------------------------------------------------------------------
+
+
+def sqlite_store(path: Path, **options: Any) -> SqliteStore:
+    return SqliteStore(path, **options)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Path:
+    return tmp_path / "deep" / "dir" / "runs.db"
+
+
+class TestSqliteFile:
+    def test_everything_survives_reopening(self, db: Path, tmp_path: Path) -> None:
+        """Runs, histories, inputs, cache records and limits outlive the store; states keep
+        persisted-result references, and data that was only in memory reads as unavailable."""
+        ref = ResultRef(storage_path=str(tmp_path), key="r", serializer="json")
+        store = sqlite_store(db)
+        flow_run = new_flow_run(store, parameters={"x": 1, "when": "now"}, tags=["a"])
+        apply(store, "flow", flow_run, S.Running())
+        task = new_task_run(store, flow_run)
+        apply(store, "task", task, S.Running())
+        task.total_run_time = timedelta(seconds=1.5)
+        task.end_time = datetime.now(timezone.utc)
+        apply(store, "task", task, S.Completed(data=ref))
+        loose = new_task_run(store, None, "loose")
+        apply(store, "task", loose, S.Completed(data=[1, 2]))
+        apply(store, "task", loose, S.Completed(data=None, name="Again"))
+        flow_run.name = "renamed"
+        store.update_run("flow", flow_run)
+        apply(store, "flow", flow_run, S.Failed(message="boom", data=ValueError("boom")))
+        store.write_run_input(flow_run.id, "k", "1")
+        store.write_cache_record(CacheRecord("c", S.Completed(data=ref)))
+        store.set_concurrency_limit("a", 2)
+        store.acquire_slots(["a"], task.id)
+        store.close()
+
+        again = sqlite_store(db)
+        try:
+            (read,) = again.read_flow_runs()
+            assert read is not flow_run
+            assert read.model_dump(exclude={"state", "state_history"}) == flow_run.model_dump(
+                exclude={"state", "state_history"}
+            )
+            assert [summary(s) for s in read.state_history] == [summary(s) for s in flow_run.state_history]
+            assert read.state is read.state_history[-1]
+            assert read.state.data is UNAVAILABLE
+            assert type(read.state.result(raise_on_failure=False)).__name__ == "FailedRun"
+            read_task, read_loose = again.read_task_runs()
+            assert read_task.model_dump(exclude={"state", "state_history"}) == task.model_dump(
+                exclude={"state", "state_history"}
+            )
+            assert [s.data for s in read_task.state_history] == [None, None, ref]
+            assert [s.data for s in again.read_state_history("task", loose.id)] == [None, UNAVAILABLE, None]
+            assert again.find_task_run(flow_run.id, "t", "0") is read_task
+            assert again.read_run_input(flow_run.id, "k") == "1"
+            record = again.read_cache_record("c")
+            assert record is not None and record.state.data == ref
+            assert again.read_concurrency_limits() == {"a": (2, [task.id])}
+        finally:
+            again.close()
+
+    def test_task_run_writes_wait_for_commit(self, db: Path) -> None:
+        """Task-run writes are pending until commit; flow-run writes are committed at once."""
+        store, other = sqlite_store(db, commit_delay=60), sqlite_store(db)
+        try:
+            flow_run = new_flow_run(store)
+            assert not store.has_pending_writes()
+            assert other.read_flow_run(flow_run.id).id == flow_run.id
+            task = new_task_run(store, flow_run)
+            assert store.has_pending_writes()
+            assert other.read_task_runs() == []
+            store.commit()
+            assert not store.has_pending_writes()
+            assert [run.id for run in other.read_task_runs()] == [task.id]
+            apply(store, "task", task, S.Running())
+            apply(store, "flow", flow_run, S.Completed())  # commits the task's state too
+            assert not store.has_pending_writes()
+            assert other.read_task_run(task.id).state_name == "Running"
+        finally:
+            store.close()
+            other.close()
+
+    def test_pending_writes_are_committed_soon(self, db: Path) -> None:
+        """Without a commit, pending writes are committed after ``commit_delay``."""
+        store, other = sqlite_store(db, commit_delay=0.001), sqlite_store(db)
+        committed = threading.Event()
+        try:
+            task = new_task_run(store, None)
+
+            def check() -> None:
+                while not committed.is_set():
+                    try:
+                        other.read_task_run(task.id)
+                    except ObjectNotFound:
+                        committed.wait(0.001)
+                    else:
+                        committed.set()
+
+            watcher = threading.Thread(target=check)
+            watcher.start()
+            watcher.join(10)
+            assert committed.is_set()
+        finally:
+            committed.set()
+            store.close()
+            other.close()
+
+    def test_close_commits(self, db: Path) -> None:
+        """Closing commits what is pending."""
+        store = sqlite_store(db, commit_delay=60)
+        task = new_task_run(store, None)
+        store.close()
+        again = sqlite_store(db)
+        assert again.read_task_run(task.id).id == task.id
+        again.close()
+
+    def test_fsync_setting(self, db: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """fsync=True syncs every commit (synchronous=FULL); the default is NORMAL."""
+        def synchronous(store: SqliteStore) -> int:
+            conn = store._conn
+            assert conn is not None
+            return int(conn.execute("PRAGMA synchronous").fetchone()[0])
+
+        for fsync, expected in ((True, 2), (False, 1)):
+            store = sqlite_store(db, fsync=fsync)
+            assert (store.fsync, synchronous(store)) == (fsync, expected)
+            store.close()
+        monkeypatch.setenv("STAGEFLOW_STORE_FSYNC", "1")
+        store = sqlite_store(db)
+        assert store.fsync
+        store.close()
+        store = sqlite_store(db, fsync=False)
+        assert not store.fsync
+        store.close()
+
+
+class TestSqliteSchema:
+    def test_new_file_is_current_and_in_wal_mode(self, db: Path) -> None:
+        """A new file (and its directories) is created at the current schema version."""
+        sqlite_store(db).close()
+        conn = sqlite3.connect(db)
+        try:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        finally:
+            conn.close()
+
+    def test_empty_version_0_file_is_upgraded(self, db: Path) -> None:
+        """An empty SQLite file (version 0) becomes a store."""
+        db.parent.mkdir(parents=True)
+        sqlite3.connect(db).close()
+        store = sqlite_store(db)
+        assert store.read_flow_runs() == []
+        store.close()
+
+    def test_version_1_file_is_upgraded(self, db: Path) -> None:
+        """A file at schema version 1, made by hand, is upgraded and keeps its runs."""
+        db.parent.mkdir(parents=True)
+        run = FlowRun(name="old-run", flow_name="old")
+        state = S.Completed(message="done")
+        conn = sqlite3.connect(db, isolation_level=None)
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO flow_runs (id, name, flow_name, state_type, state_name, created, body) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (str(run.id), run.name, run.flow_name, "COMPLETED", "Completed", run.created.isoformat(),
+             run.model_dump_json(exclude={"state", "state_history"})),
+        )
+        conn.execute(
+            "INSERT INTO states (run_id, kind, id, type, name, timestamp, body) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (str(run.id), "flow", str(state.id), "COMPLETED", "Completed", state.timestamp.isoformat(),
+             state.model_dump_json(exclude={"data"})),
+        )
+        conn.execute("PRAGMA user_version = 1")
+        conn.close()
+
+        store = sqlite_store(db)
+        try:
+            (read,) = store.read_flow_runs(state_types=[StateType.COMPLETED])
+            assert (read.id, read.name, summary(read.state)) == (run.id, "old-run", summary(state))  # type: ignore[arg-type]
+            read.name = "renamed"
+            store.update_run("flow", read)  # uses the version-2 table
+        finally:
+            store.close()
+        conn = sqlite3.connect(db)
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        conn.close()
+
+    def test_newer_version_is_refused(self, db: Path) -> None:
+        """A file from a newer stageflow is refused, saying to upgrade."""
+        sqlite_store(db).close()
+        conn = sqlite3.connect(db)
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+        conn.close()
+        message = (
+            rf"^The store file {db} has schema version {SCHEMA_VERSION + 1}, but this stageflow "
+            rf"only knows versions up to {SCHEMA_VERSION}: it was written by a newer stageflow\. "
+            r"Upgrade stageflow \(pip install -U stageflow\), or choose another store file\.$"
+        )
+        with pytest.raises(ConfigurationError, match=message):
+            sqlite_store(db)
+
+    def test_other_programs_database_is_refused(self, db: Path) -> None:
+        """An SQLite file of another program is not taken over."""
+        db.parent.mkdir(parents=True)
+        conn = sqlite3.connect(db)
+        conn.execute("CREATE TABLE users (name TEXT)")
+        conn.close()
+        with pytest.raises(ConfigurationError, match=r"is an SQLite database of another program \(it has the tables users\)"):
+            sqlite_store(db)
+
+    def test_corrupt_file_raises(self, db: Path) -> None:
+        """A file that is not an SQLite database raises StoreError at once."""
+        db.parent.mkdir(parents=True)
+        db.write_bytes(b"this is not a database" * 100)
+        with pytest.raises(StoreError, match=rf"^The store file {db} cannot be read as an SQLite database"):
+            sqlite_store(db)
+
+    def test_unwritable_location_raises(self, tmp_path: Path) -> None:
+        """A path under a regular file cannot be a store."""
+        (tmp_path / "file").write_text("")
+        with pytest.raises(StoreError, match=r"^Cannot open the store file "):
+            sqlite_store(tmp_path / "file" / "runs.db")
+
+
+# -- SQLite: several stores, threads and processes on one file -------------------------------
+
+
+class TestSqliteSharing:
+    def test_two_stores_see_each_others_runs(self, db: Path) -> None:
+        """Runs written through one store are read, as fresh objects, through another."""
+        one, two = sqlite_store(db), sqlite_store(db)
+        try:
+            run = new_flow_run(one)
+            task = new_task_run(one, run)
+            one.commit()
+            read = two.read_flow_run(run.id)
+            assert read is not run and read.id == run.id and summary(read.state) == summary(run.state)  # type: ignore[arg-type]
+            assert two.read_flow_run(run.id) is read  # then held
+            assert [t.id for t in two.read_task_runs(flow_run_id=run.id)] == [task.id]
+            assert two.find_task_run(run.id, "t", "0") is two.read_task_run(task.id)
+        finally:
+            one.close()
+            two.close()
+
+    def test_sync_external_applies_and_notifies(self, db: Path) -> None:
+        """Another store's state changes reach the held objects, and their subscribers."""
+        one, two = sqlite_store(db), sqlite_store(db)
+        try:
+            run = new_flow_run(one)
+            apply(one, "flow", run, S.Running())
+            heard: list[tuple[Any, str | None]] = []
+            one.subscribe(run.id, lambda r, s: heard.append((r, s.name)))
+            one.sync_external()
+            assert heard == []  # its own changes are not news
+
+            theirs = two.read_flow_run(run.id)
+            apply(two, "flow", theirs, S.Cancelling())
+            apply(two, "flow", theirs, S.Cancelled())
+            theirs.name = "renamed elsewhere"
+            two.update_run("flow", theirs)
+            assert run.state_name == "Running"
+            one.sync_external()
+            assert heard == [(run, "Cancelling"), (run, "Cancelled")]
+            assert run.state_name == "Cancelled" and run.name == "renamed elsewhere"
+            assert [s.name for s in run.state_history] == ["Pending", "Running", "Cancelling", "Cancelled"]
+            one.sync_external()
+            assert len(heard) == 2
+        finally:
+            one.close()
+            two.close()
+
+    def test_reads_pick_up_other_stores_changes(self, db: Path) -> None:
+        """A read of a held run first applies what others committed."""
+        one, two = sqlite_store(db), sqlite_store(db)
+        try:
+            run = new_flow_run(one)
+            theirs = two.read_flow_run(run.id)
+            apply(one, "flow", run, S.Paused())
+            assert two.read_flow_run(run.id) is theirs
+            assert theirs.state_name == "Paused"
+            assert [s.name for s in two.read_state_history("flow", run.id)] == ["Pending", "Paused"]
+        finally:
+            one.close()
+            two.close()
+
+    def test_own_later_state_wins_over_older_external_one(self, db: Path) -> None:
+        """When another store wrote a state before this store's newer one, the held run
+        stays in the newest state."""
+        one, two = sqlite_store(db), sqlite_store(db)
+        try:
+            run = new_flow_run(one)
+            theirs = two.read_flow_run(run.id)
+            apply(two, "flow", theirs, S.Cancelling())
+            apply(one, "flow", run, S.Completed())  # one has not looked yet
+            one.sync_external()
+            assert run.state_name == "Completed"
+            assert [s.name for s in one.read_state_history("flow", run.id)] == ["Pending", "Cancelling", "Completed"]
+        finally:
+            one.close()
+            two.close()
+
+    def test_slots_are_shared(self, db: Path) -> None:
+        """A slot taken through one store is taken for the other."""
+        one, two = sqlite_store(db), sqlite_store(db)
+        try:
+            one.set_concurrency_limit("db", 1)
+            first, second = uuid4(), uuid4()
+            assert one.acquire_slots(["db"], first)
+            assert not two.acquire_slots(["db"], second)
+            one.release_slots(first)
+            assert two.acquire_slots(["db"], second)
+        finally:
+            one.close()
+            two.close()
+
+    def test_concurrent_writes_from_threads(self, db: Path) -> None:
+        """Threads writing through one store and through two stores lose nothing."""
+        one, two = sqlite_store(db), sqlite_store(db)
+        one.set_concurrency_limit("x", 3)
+        flow_run = new_flow_run(one)
+        errors: list[BaseException] = []
+        granted: list[UUID] = []
+        start = threading.Barrier(8)
+
+        def work(store: StoreBackend, n: int) -> None:
+            try:
+                start.wait()
+                for i in range(25):
+                    task = new_task_run(store, flow_run, f"w{n}", str(i))
+                    apply(store, "task", task, S.Running())
+                    if store.acquire_slots(["x"], task.id):
+                        granted.append(task.id)
+                    apply(store, "task", task, S.Completed(data=i))
+                    store.release_slots(task.id)
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=((one, two)[n % 2], n)) for n in range(8)]
+        try:
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(60)
+            assert errors == []
+            one.commit()
+            two.commit()
+            runs = one.read_task_runs(flow_run_id=flow_run.id)
+            assert len(runs) == 200 and len({run.id for run in runs}) == 200
+            for run in runs:
+                assert [s.name for s in one.read_state_history("task", run.id)] == ["Pending", "Running", "Completed"]
+            assert len(granted) >= 3
+            assert one.read_concurrency_limits() == {"x": (3, [])}
+        finally:
+            one.close()
+            two.close()
+
+    def test_another_process(self, db: Path) -> None:
+        """A real subprocess writes into the file; this process reads it and hears it."""
+        store = sqlite_store(db)
+        try:
+            run = new_flow_run(store)
+            apply(store, "flow", run, S.Running())
+            heard: list[str | None] = []
+            store.subscribe(run.id, lambda r, s: heard.append(s.name))
+            child = textwrap.dedent(
+                f"""
+                from uuid import UUID
+                from runtime import states as S
+                from runtime._models import TaskRun
+                from runtime._sqlite_store import SqliteStore
+
+                store = SqliteStore({str(db)!r})
+                run = store.read_flow_run(UUID({str(run.id)!r}))
+                assert run.state.name == "Running", run.state
+                task = TaskRun(name="child-task", task_key="k", dynamic_key="0", flow_run_id=run.id)
+                task.state = S.Completed(message="from the child")
+                store.add_task_run(task)
+                cancelling = S.Cancelling(message="cancelled by the child")
+                run.state = cancelling
+                run.state_history.append(cancelling)
+                store.record_state("flow", run, cancelling)
+                store.close()
+                """
+            )
+            done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            store.sync_external()
+            assert heard == ["Cancelling"]
+            assert run.state is not None and run.state.message == "cancelled by the child"
+            (task,) = store.read_task_runs(flow_run_id=run.id)
+            assert (task.name, task.state.message) == ("child-task", "from the child")  # type: ignore[union-attr]
+        finally:
+            store.close()
+
+
+# -- choosing the store -----------------------------------------------------------------------
+
+
+class TestStoreUrls:
+    def test_absolute_and_relative_urls(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """``sqlite:///`` is followed by the path: absolute with a fourth slash, else
+        relative to the working directory when the store is opened."""
+        absolute, owned = open_backend(f"sqlite:///{tmp_path / 'abs.db'}")
+        assert isinstance(absolute, SqliteStore) and owned
+        assert absolute.path == tmp_path / "abs.db" and absolute.url == f"sqlite:///{tmp_path / 'abs.db'}"
+        absolute.close()
+        monkeypatch.chdir(tmp_path)
+        relative, _ = open_backend("sqlite:///sub/rel.db")
+        assert isinstance(relative, SqliteStore) and relative.path == tmp_path / "sub" / "rel.db"
+        assert relative.path.exists()
+        relative.close()
+        memory, owned = open_backend("memory://")
+        assert isinstance(memory, MemoryStore) and owned
+
+    def test_fsync_option(self, tmp_path: Path) -> None:
+        """``?fsync=1`` turns fsync on; unknown options are refused."""
+        store, _ = open_backend(f"sqlite:///{tmp_path / 'f.db'}?fsync=1")
+        assert isinstance(store, SqliteStore) and store.fsync
+        store.close()
+        store, _ = open_backend(f"sqlite:///{tmp_path / 'f.db'}?fsync=off")
+        assert isinstance(store, SqliteStore) and not store.fsync
+        store.close()
+        url = f"sqlite:///{tmp_path / 'f.db'}?sync=1"
+        with pytest.raises(ConfigurationError, match=r"^Unsupported option sync='1' in the store URL "):
+            open_backend(url)
+
+    @pytest.mark.parametrize("url", ["sqlite://relative.db", "sqlite:///", "sqlite:///?fsync=1"])
+    def test_bad_urls(self, url: str) -> None:
+        """URLs that name no file are refused."""
+        with pytest.raises(ConfigurationError):
+            open_backend(url)
+
+    def test_default_store(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The default store is ``$STAGEFLOW_HOME/stageflow.db``, or ``$STAGEFLOW_STORE``;
+        one per process, replaced once closed."""
+        monkeypatch.setenv("STAGEFLOW_HOME", str(tmp_path / "home"))
+        monkeypatch.delenv("STAGEFLOW_STORE", raising=False)
+        default_backend().close()
+        try:
+            store = default_backend()
+            assert isinstance(store, SqliteStore) and store.path == tmp_path / "home" / "stageflow.db"
+            assert default_backend() is store
+            store.close()
+            monkeypatch.setenv("STAGEFLOW_STORE", "memory://")
+            assert isinstance(default_backend(), MemoryStore)
+            default_backend().close()
+            monkeypatch.setenv("STAGEFLOW_STORE", f"sqlite:///{tmp_path / 'env.db'}")
+            env_store = default_backend()
+            assert isinstance(env_store, SqliteStore) and env_store.path == tmp_path / "env.db"
+        finally:
+            default_backend().close()
