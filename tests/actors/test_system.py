@@ -86,6 +86,16 @@ async def test_body_error_propagates_unwrapped_after_shutdown() -> None:
     assert log == ["a"]
 
 
+async def test_a_base_exception_in_the_body_propagates_unwrapped() -> None:
+    """KeyboardInterrupt & co. come out as themselves, not in an exception group."""
+    log: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        async with open_actor_system(clock=FakeClock()) as system:
+            await system.spawn(ChildSpec("a", partial(Logged, "a", log)))
+            raise KeyboardInterrupt
+    assert log == ["a"]
+
+
 async def test_outer_cancellation_cancels_the_actors() -> None:
     log: list[str] = []
     with anyio.CancelScope() as scope:
