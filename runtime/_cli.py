@@ -8,13 +8,16 @@ store directly.
 
 Exit codes: 0 success (or the run Completed), 1 the run ended Failed/Crashed/Cancelled
 or the command could not be done (unknown id, run not paused, run already final),
-2 usage error, 3 the run stopped without finishing (paused or suspended), 130 interrupted.
+2 usage error, 3 the run stopped without finishing (paused or suspended), 130 interrupted
+(128 + N after signal N).
+
+Why one module of ~700 lines: it is the whole command line (parser, nine commands and
+their output), one job that nothing else imports; its sections follow the commands.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import logging
 import sys
@@ -42,6 +45,7 @@ from ._exceptions import (
 from ._flow import Flow
 from ._logging import RUN_LOG_FORMAT
 from ._models import FlowRun, TaskRun
+from ._rerun import import_flow_file
 from ._runtime import Runtime
 from ._store import StoreBackend
 from ._stores import default_backend, open_backend
@@ -139,15 +143,23 @@ def _store_url(args: argparse.Namespace) -> str | None:
 
 @contextmanager
 def _reading(args: argparse.Namespace) -> Iterator[StoreBackend]:
-    """Yield the selected store's backend, for reading."""
+    """Yield the selected store's backend for reading, once orphaned runs are marked."""
     url = _store_url(args)
     backend, owned = (default_backend(), False) if url is None else open_backend(url)
     try:
         backend.sync_external()
+        anyio.run(_open_runtime, backend)
         yield backend
     finally:
         if owned:
             backend.close()
+
+
+async def _open_runtime(backend: StoreBackend) -> None:
+    # Opening a runtime marks Crashed the runs whose process died, so that what the
+    # command shows is true (a run killed with -9 does not stay Running forever).
+    async with Runtime(store=backend):
+        pass
 
 
 def _runtime(args: argparse.Namespace) -> Runtime:
@@ -189,27 +201,17 @@ def _find_flow_run(backend: StoreBackend, text: str) -> FlowRun:
 # -- stageflow run -------------------------------------------------------------------------
 
 
-def _import_file(path: Path) -> Any:
-    # The module name matches the one runtime._rerun gives an entrypoint's file, so a
-    # resume in this process reuses this module instead of importing the file again.
-    name = f"stageflow_entrypoint_{abs(hash(str(path)))}"
-    module = sys.modules.get(name)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise _usage(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))
+def _import_file(path: Path, code: int = EXIT_USAGE) -> Any:
+    """Import the file at ``path`` once per process (see :func:`runtime._rerun.import_flow_file`).
+
+    Raises:
+        CommandError: with ``code``, when the file fails to import.
+    """
     try:
-        spec.loader.exec_module(module)
+        return import_flow_file(path)
     except Exception as exc:  # noqa: BLE001 - whatever the user's module raises
-        del sys.modules[name]
-        raise _usage(f"cannot import {path}: {type(exc).__name__}: {_one_line(exc)}") from None
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
+        reason = f"{type(exc).__name__}: {_one_line(exc)}"
+        raise CommandError(f"cannot import {path}: {reason}", code) from None
 
 
 def load_flow_target(target: str) -> Flow[..., Any]:
@@ -432,6 +434,17 @@ def _section(title: str, headers: Sequence[str] | None, rows: Sequence[Sequence[
     print("\n".join(f"  {line}" for line in text.splitlines()))
 
 
+def _preload_entrypoint(run: FlowRun) -> None:
+    """Import the file of the run's flow as ``stageflow run`` did, before it runs again.
+
+    The flow registers itself, so the rerun uses it, and results persisted by the first
+    process unpickle (see :func:`_import_file`).
+    """
+    path = Path((run.entrypoint or "").rpartition(":")[0])
+    if path.is_file():
+        _import_file(path, EXIT_FAILED)
+
+
 def _cmd_runs_resume(args: argparse.Namespace) -> int:
     from . import flow_runs
     from ._rerun import rerun_flow_run
@@ -453,9 +466,12 @@ def _cmd_runs_resume(args: argparse.Namespace) -> int:
                 if state is not None and state.is_crashed():
                     if args.input is not None:
                         raise _usage(f"flow run {run.id} crashed: it takes no --input")
+                    _preload_entrypoint(run)
                     final = await rerun_flow_run(run.id)
                     return _report(args, backend, run.id, final)
                 suspended = state is not None and state.state_details.pause_reschedule
+                if suspended:
+                    _preload_entrypoint(run)
                 await flow_runs.resume_flow_run(run.id, run_input=run_input)
             except NotPausedError as exc:
                 raise CommandError(

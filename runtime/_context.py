@@ -57,6 +57,10 @@ class FlowRunContext:
     submitted: list[Any] = attrs.field(repr=False, factory=list)
     inbox: Any = attrs.field(repr=False, default=None)
     sync_target: Any = attrs.field(repr=False, default=None)
+    # Set when the engine stopped waiting for this attempt's body (timeout, cancellation):
+    # a sync body that runs on regardless gets this error from its next task or subflow
+    # call, instead of starting runs in a flow run that is over.
+    abandoned: BaseException | None = attrs.field(repr=False, default=None)
 
     def next_dynamic_key(self, task_key: str) -> str:
         """Return the next dynamic key for ``task_key`` in this flow run: "0", "1", ..."""

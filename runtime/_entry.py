@@ -135,6 +135,7 @@ async def _run_task(
 ) -> Any:
     async with runtime_scope() as runtime:
         flow_ctx = FlowRunContext.get()
+        _refuse_if_abandoned(flow_ctx)
         task_run, done = await create_task_run(
             runtime, new_task_run(task, flow_ctx, parameters, wait_for), flow_ctx
         )
@@ -179,7 +180,21 @@ def _require_flow_context() -> FlowRunContext:
             "task outside of a flow, please use `.delay` to submit the task run for deferred "
             "execution."
         )
+    _refuse_if_abandoned(flow_ctx)
     return flow_ctx
+
+
+def _refuse_if_abandoned(flow_ctx: FlowRunContext | None) -> None:
+    """Refuse new runs from a flow body the engine stopped waiting for (a sync body that
+    ran on after its flow run timed out or was cancelled).
+
+    Raises:
+        FlowRunTimeoutError: the flow run timed out.
+        CancelledRun: the flow run was cancelled or terminated.
+    """
+    if flow_ctx is not None and flow_ctx.abandoned is not None:
+        error = flow_ctx.abandoned
+        raise type(error)(*error.args)
 
 
 def _new_future(flow_ctx: FlowRunContext, task: Task[..., Any], parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
@@ -341,6 +356,7 @@ async def _background_task(task: Task[..., Any], parameters: dict[str, Any], wai
 
 def _check_wait_for(wait_for: Any) -> FlowRunContext | None:
     parent = FlowRunContext.get()
+    _refuse_if_abandoned(parent)
     if wait_for is not None and parent is None:
         raise ValueError("Only flows run as subflows can wait for dependencies.")
     return parent

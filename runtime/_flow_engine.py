@@ -26,6 +26,7 @@ from . import states as S
 from ._body import SyncTarget, call_body
 from ._context import FlowRunContext, _flow_run_context, _task_run_context, current_tags
 from ._exceptions import (
+    CancelledRun,
     EngineSignal,
     FlowRunTimeoutError,
     Pause,
@@ -117,6 +118,7 @@ class FlowRunEngine:
         self._named = False
         self._body_scope: anyio.CancelScope | None = None
         self._interrupt: BaseException | None = None
+        self._timed_out = False  # this attempt's body hit the flow's timeout
         self.inbox: LoopInbox | None = None
         self._settings: ResultSettings | None = None
 
@@ -252,6 +254,10 @@ class FlowRunEngine:
                 await self._resolve_name(parameters)
                 result = await self._call_body(parameters)
             except _Interrupted:
+                ctx.abandoned = CancelledRun(
+                    f"Flow run {self.flow_run.name!r} was stopped; its body can no longer start "
+                    "task runs or subflow runs."
+                )
                 return self._interrupted_state()
             except TimeoutError as exc:
                 message = (
@@ -261,6 +267,13 @@ class FlowRunEngine:
                 )
                 self.logger.error(message)
                 self._raised = exc
+                # The run's time is up: its task runs still running are stopped, not awaited.
+                self._timed_out = isinstance(exc, FlowRunTimeoutError)
+                if self._timed_out:
+                    ctx.abandoned = FlowRunTimeoutError(
+                        f"Flow run {self.flow_run.name!r} timed out; its body can no longer "
+                        "start task runs or subflow runs."
+                    )
                 return S.Failed(data=exc, message=message, name="TimedOut")
             except Pause:
                 return None
@@ -475,6 +488,7 @@ class FlowRunEngine:
         )
         submitted: list[Any] = []
         interrupted = False
+        self._timed_out = False
         try:
             yield supervisor, submitted
         except BaseException as exc:
@@ -482,7 +496,7 @@ class FlowRunEngine:
             interrupted = not isinstance(exc, Exception)
             raise
         finally:
-            interrupted = interrupted or self._interrupt is not None
+            interrupted = interrupted or self._interrupt is not None or self._timed_out
             with anyio.CancelScope(shield=True):
                 if not interrupted:
                     await _wait_for_all(submitted)

@@ -7,11 +7,13 @@ task runs completed before, matched by their dynamic keys.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import sys
 import threading
 import weakref
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from ._flow import Flow
     from ._models import FlowRun
 
-__all__ = ["load_flow", "register_flow", "register_run_flow", "rerun_flow_run"]
+__all__ = ["import_flow_file", "load_flow", "register_flow", "register_run_flow", "rerun_flow_run"]
 
 _flows: weakref.WeakValueDictionary[str, Flow[..., Any]] = weakref.WeakValueDictionary()
 _flows_lock = threading.Lock()
@@ -47,6 +49,39 @@ def register_run_flow(flow_run_id: UUID, flow: Flow[..., Any]) -> None:
     works even for a flow without an entrypoint (defined inside a function)."""
     with _flows_lock:
         _run_flows[flow_run_id] = flow
+
+
+def import_flow_file(path: Path) -> ModuleType:
+    """Import the Python file at ``path`` once per process (its ``__main__`` block does
+    not run) and return the module.
+
+    The module's name is the same in every process (a digest of the resolved path):
+    pickled results refer to the classes the file defines by module name, so a run resumed
+    by another process must find them under the name the first one used.
+
+    Raises:
+        ImportError: the file is not a Python file.
+        Exception: whatever importing the file raised.
+    """
+    path = path.resolve()
+    name = f"stageflow_entrypoint_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
 
 
 def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
@@ -75,19 +110,10 @@ def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
     path, _, qualname = entrypoint.rpartition(":")
     if not Path(path).is_file():
         raise ObjectNotFound(f"The file of flow run {flow_run.id}'s flow is gone: {path}")
-    module_name = f"stageflow_entrypoint_{abs(hash(path))}"
-    module = sys.modules.get(module_name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(module_name, path)
-        if spec is None or spec.loader is None:
-            raise ObjectNotFound(f"Cannot import {path} to run flow run {flow_run.id} again.")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        sys.path.insert(0, str(Path(path).parent))
-        try:
-            spec.loader.exec_module(module)
-        finally:
-            sys.path.remove(str(Path(path).parent))
+    try:
+        module = import_flow_file(Path(path))
+    except ImportError as exc:
+        raise ObjectNotFound(f"Cannot import {path} to run flow run {flow_run.id} again: {exc}") from exc
     target: Any = module
     for part in qualname.split("."):
         target = getattr(target, part, None)

@@ -1,4 +1,5 @@
-"""The SQLite store's file: its schema, the migrations that build it, and opening it.
+"""The SQLite store's file: its schema, the migrations that build it, opening it, and how
+runs and states map to rows.
 
 The schema version lives in ``PRAGMA user_version``. :data:`MIGRATIONS` is an ordered list;
 step ``i`` takes a file from version ``i`` to ``i + 1``, so a file of any older version is
@@ -26,11 +27,35 @@ Tables (``seq`` columns give insertion order; ids are UUID strings):
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from ._exceptions import ConfigurationError, StoreError
+from ._models import FlowRun, RunKind, TaskRun
+from .results import ResultRef
+from .states import UNAVAILABLE, State
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "open_connection"]
+__all__ = [
+    "INSERT_RUN",
+    "INSERT_STATE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SELECT_RUN",
+    "TABLES",
+    "UPDATE_RUN",
+    "UPDATE_STATE",
+    "build_run",
+    "iso",
+    "open_connection",
+    "parse_datetime",
+    "run_times",
+    "run_values",
+    "set_times",
+    "state_from_row",
+    "state_values",
+]
 
 _RUN_COLUMNS = """
     seq INTEGER PRIMARY KEY,
@@ -106,8 +131,17 @@ SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this stageflow writes."""
 
 _OUR_TABLES = frozenset(
-    {"flow_runs", "task_runs", "states", "run_inputs", "cache_records", "concurrency_limits",
-     "concurrency_slots", "run_updates", "sqlite_sequence"}
+    {
+        "flow_runs",
+        "task_runs",
+        "states",
+        "run_inputs",
+        "cache_records",
+        "concurrency_limits",
+        "concurrency_slots",
+        "run_updates",
+        "sqlite_sequence",
+    }
 )
 
 
@@ -178,7 +212,10 @@ def _migrate(conn: sqlite3.Connection, path: Path, migrations: list[tuple[str, .
         version = _version(conn)  # another process may have migrated meanwhile
         _check_version(version, path, known)
         if version == 0:
-            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
             if tables - _OUR_TABLES:
                 raise ConfigurationError(
                     f"The file {path} is an SQLite database of another program (it has the "
@@ -194,3 +231,153 @@ def _migrate(conn: sqlite3.Connection, path: Path, migrations: list[tuple[str, .
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+# -- rows <-> models ------------------------------------------------------------------------
+
+Run = FlowRun | TaskRun
+
+TABLES: dict[str, str] = {"flow": "flow_runs", "task": "task_runs"}
+_MODELS: dict[str, type[FlowRun | TaskRun]] = {"flow": FlowRun, "task": TaskRun}
+_LINKS = {
+    "flow": ("flow_name", "parent_task_run_id"),
+    "task": ("flow_run_id", "task_key", "dynamic_key"),
+}
+_WRITTEN = {
+    kind: (
+        "name",
+        "state_type",
+        "state_name",
+        "run_count",
+        "start_time",
+        "end_time",
+        "expected_start_time",
+        "total_run_time_us",
+        "created",
+        "body",
+        *links,
+    )
+    for kind, links in _LINKS.items()
+}
+_NOT_IN_BODY = {"state", "state_history"}
+_NO_DATA = {"data"}
+_MICROSECOND = timedelta(microseconds=1)
+
+SELECT_RUN = {
+    kind: "SELECT id, body, run_count, start_time, end_time, expected_start_time, "
+    f"total_run_time_us FROM {table}"
+    for kind, table in TABLES.items()
+}
+"""Per kind, the start of a query for rows :func:`build_run` and :func:`set_times` take."""
+
+INSERT_RUN = {
+    kind: f"INSERT OR IGNORE INTO {TABLES[kind]} (id, {', '.join(columns)}) "
+    f"VALUES (?{', ?' * len(columns)})"
+    for kind, columns in _WRITTEN.items()
+}
+"""Per kind, insert a run: parameters ``(id, *run_values(kind, run))``."""
+
+UPDATE_RUN = {
+    kind: f"UPDATE {TABLES[kind]} SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
+    for kind, columns in _WRITTEN.items()
+}
+"""Per kind, rewrite a run: parameters ``(*run_values(kind, run), id)``."""
+
+UPDATE_STATE = {
+    kind: f"UPDATE {table} SET state_type = ?, state_name = ?, run_count = ?, start_time = ?, "
+    "end_time = ?, expected_start_time = ?, total_run_time_us = ? WHERE id = ?"
+    for kind, table in TABLES.items()
+}
+"""Per kind, a run's new state: ``(type, name, *run_times(run), id)``."""
+
+INSERT_STATE = (
+    "INSERT INTO states (run_id, kind, id, type, name, timestamp, body, result, has_data, writer) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+"""Parameters ``(run id, kind, state id, type, name, timestamp, *state_values(state), writer)``."""
+
+
+def iso(value: datetime | None) -> str | None:
+    """Return ``value`` as ISO 8601 text (None stays None)."""
+    return None if value is None else value.isoformat()
+
+
+def parse_datetime(text: str | None) -> datetime | None:
+    """Return the datetime :func:`iso` wrote (None stays None)."""
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _unencodable(value: Any) -> str:
+    return f"<{type(value).__name__}>"
+
+
+def run_values(kind: RunKind, run: Run) -> tuple[Any, ...]:
+    """Return the values of the columns :data:`INSERT_RUN` and :data:`UPDATE_RUN` write.
+
+    Fields JSON cannot encode (a parameter holding an object) are stored as
+    ``"<TypeName>"``, as ``Flow.serialize_parameters`` does.
+    """
+    state = run.state
+    return (
+        run.name,
+        None if state is None else state.type.value,
+        None if state is None else state.name,
+        *run_times(run),
+        run.created.isoformat(),
+        run.model_dump_json(exclude=_NOT_IN_BODY, fallback=_unencodable),
+        *(
+            None if (value := getattr(run, column)) is None else str(value)
+            for column in _LINKS[kind]
+        ),
+    )
+
+
+def run_times(run: Run) -> tuple[Any, ...]:
+    """Return the values of the fields that change with every state, as stored."""
+    return (
+        run.run_count,
+        iso(run.start_time),
+        iso(run.end_time),
+        iso(run.expected_start_time),
+        run.total_run_time // _MICROSECOND,
+    )
+
+
+def set_times(run: Run, row: Sequence[Any]) -> None:
+    """Set the fields that change with every state from a :data:`SELECT_RUN` row."""
+    run.run_count = row[2]
+    run.start_time = parse_datetime(row[3])
+    run.end_time = parse_datetime(row[4])
+    run.expected_start_time = parse_datetime(row[5])
+    run.total_run_time = timedelta(microseconds=row[6])
+
+
+def build_run(kind: RunKind, row: Sequence[Any], history: list[State[Any]]) -> Run:
+    """Return the run of a :data:`SELECT_RUN` row, with its state history."""
+    run = _MODELS[kind].model_validate_json(row[1])
+    set_times(run, row)
+    run.state_history = history
+    run.state = history[-1] if history else None
+    return run
+
+
+def state_values(state: State[Any]) -> tuple[str, str | None, bool]:
+    """Return ``(body, result, has_data)`` for a state: its JSON without its data, the
+    persisted-result reference if its data is one, and whether it had data at all."""
+    data = state.data
+    return (
+        state.model_dump_json(exclude=_NO_DATA, exclude_defaults=True),
+        data.to_json() if isinstance(data, ResultRef) else None,
+        data is not None,
+    )
+
+
+def state_from_row(body: str, result: str | None, has_data: int) -> State[Any]:
+    """Rebuild a state from :func:`state_values`; data that was not a persisted result
+    (an exception, a value) was kept only in memory and reads as ``UNAVAILABLE``."""
+    state: State[Any] = State.model_validate_json(body)
+    if result is not None:
+        state.data = ResultRef.from_json(result)
+    elif has_data:
+        state.data = UNAVAILABLE
+    return state

@@ -17,13 +17,14 @@ from actors import Actor
 
 from . import states as S
 from ._body import SyncTarget, call_body
-from ._context import FlowRunContext, TaskRunContext, _task_run_context, current_tags
+from ._context import FlowRunContext, TaskRunContext, _flow_run_context, _task_run_context, current_tags
 from ._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskError
 from ._hooks import run_hooks
 from ._ids import new_id
 from ._logging import RunLogger, _log_prints, install_print_patch, task_run_logger
 from ._models import TaskRun, TaskRunInput, TaskRunPolicy, new_task_run_record
-from ._orchestrator import CreateRun, ProposeState, Transition, _as_datetime
+from ._orchestrator import CreateRun, ProposeState, Transition, UpdateRun, _as_datetime
+from ._parameters import resolve_run_name
 from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
 from ._resolve import collect_upstreams, resolve_parameters, wait_for_upstreams
 from ._store import CacheRecord
@@ -122,6 +123,7 @@ class TaskRunEngine:
         self._transaction = Transaction(parent=transaction or get_transaction())
         self._settings: ResultSettings | None = None
         self._result: Any = None
+        self._named = False  # task_run_name applied
 
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
@@ -243,11 +245,16 @@ class TaskRunEngine:
         task = self.task
         ctx = self._context(parameters)
         task_token = _task_run_context.set(ctx)
+        # A submitted run's actor task does not inherit the flow body's context: give the
+        # body its flow run's context (for get_run_logger(), FlowRunContext.get(), ...).
+        flow_token = _flow_run_context.set(self.flow_ctx)
         prints_token = _log_prints.set(ctx.log_prints)
         if ctx.log_prints:
             install_print_patch()
         timeout = task.timeout_seconds
         try:
+            if not self._named and task.task_run_name is not None:
+                await self._resolve_name(parameters)
             args, kwargs = task.signature.to_call(parameters)
             if timeout is None:
                 result = await call_body(task.is_async, task.fn, args, kwargs, self.target)
@@ -274,6 +281,7 @@ class TaskRunEngine:
         finally:
             _log_prints.reset(prints_token)
             _task_run_context.reset(task_token)
+            _flow_run_context.reset(flow_token)
         state = return_value_to_state(result)
         if state.is_completed() and not isinstance(result, State):
             try:
@@ -282,6 +290,20 @@ class TaskRunEngine:
                 self._last_exception = exc
                 return exception_to_failed_state(exc, "Task run encountered an exception")
         return state
+
+    async def _resolve_name(self, parameters: dict[str, Any]) -> None:
+        """Rename the run after ``task_run_name`` (a template or a callable), once; called
+        inside the run's context, so a callable may use ``get_run_context()``.
+
+        Raises:
+            TypeError: the callable did not return a string.
+            KeyError: the template names a parameter the task does not have.
+        """
+        assert self.task.task_run_name is not None
+        name = resolve_run_name(self.task.task_run_name, parameters, "task_run_name")
+        await self._orchestrator.ask(UpdateRun("task", self.task_run, {"name": name}))  # type: ignore[union-attr]
+        self._logger = None  # rebuilt with the new name
+        self._named = True
 
     def _completed(self, result: Any, state: State[Any]) -> State[Any]:
         """Persist the result when the run's settings say so; carry its cache details.
@@ -348,7 +370,7 @@ class TaskRunEngine:
                 when = (
                     "immediately"
                     if state.is_running()
-                    else f"{_seconds_until(state):g} second(s) from now"
+                    else f"{_seconds_until(state, self.runtime.clock.now()):g} second(s) from now"
                 )
                 self.logger.info(
                     "Task run failed with exception: %r - Retry %s/%s will start %s",
@@ -431,11 +453,13 @@ def _log_prints_for(task: Task[..., Any], flow_ctx: FlowRunContext | None) -> bo
     return flow_ctx.log_prints if flow_ctx is not None else False
 
 
-def _seconds_until(state: State[Any]) -> float:
+def _seconds_until(state: State[Any], now: float) -> float:
+    """Seconds from ``now`` (the runtime clock's reading, which decided the schedule) to
+    the state's scheduled time."""
     scheduled = state.state_details.scheduled_time
     if scheduled is None:
         return 0.0
-    return max(0.0, round((scheduled - now_utc()).total_seconds(), 3))
+    return max(0.0, round(scheduled.timestamp() - now, 3))
 
 
 async def create_task_run(
@@ -474,9 +498,21 @@ class TaskRunActor(Actor):
         self._future = future
 
     async def run(self) -> None:
-        """Run the task run and resolve its future, unless someone else claimed it."""
-        if self._future.claim():
+        """Run the task run and resolve its future, unless someone else claimed it.
+
+        A body that raised ``KeyboardInterrupt``, ``SystemExit`` or another non-``Exception``
+        left the run Crashed and its future holding that state: whoever waits on the future
+        gets the exception. It does not go up to the supervisor, where it would tear down
+        the whole runtime (the orchestrator with it) and leave the flow run hanging.
+        """
+        if not self._future.claim():
+            return
+        try:
             await run_submitted(self._engine_factory(), self._future)
+        except (Exception, _cancelled_exc(), EngineSignal):
+            raise
+        except BaseException as exc:
+            self._future.set_final_state(exception_to_crashed_state(exc))  # if not set yet
 
 
 async def run_submitted(engine: TaskRunEngine, future: TaskRunFuture[Any]) -> None:

@@ -6,7 +6,7 @@ Not a test module: the engine test modules import from it.
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
@@ -53,7 +53,10 @@ def task_runs_of(rt: Runtime, flow_run_id: UUID | None) -> list[TaskRun]:
     """Return the task runs of ``flow_run_id`` (None: those outside any flow), by dynamic key."""
     assert rt.backend is not None
     runs = [run for run in rt.backend.read_task_runs() if run.flow_run_id == flow_run_id]
-    return sorted(runs, key=lambda run: (run.task_key, int(run.dynamic_key) if run.dynamic_key.isdigit() else 0))
+    return sorted(
+        runs,
+        key=lambda run: (run.task_key, int(run.dynamic_key) if run.dynamic_key.isdigit() else 0),
+    )
 
 
 def state_names(run: FlowRun | TaskRun) -> list[str]:
@@ -69,4 +72,3 @@ def records_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.Lo
 def messages(caplog: pytest.LogCaptureFixture, logger: str = "stageflow") -> list[str]:
     """Return the formatted messages captured from ``logger`` (and its children)."""
     return [r.getMessage() for r in records_of(caplog, logger)]
-

@@ -31,8 +31,26 @@ HAVE_SQLITE = importlib.util.find_spec("runtime._sqlite_store") is not None
 needs_sqlite = pytest.mark.skipif(not HAVE_SQLITE, reason="runtime._sqlite_store is not there yet")
 
 FLOWS = """
+from dataclasses import dataclass
+
 from runtime import flow, task
 from runtime.flow_runs import pause_flow_run, suspend_flow_run
+
+
+@dataclass
+class Point:
+    x: int
+
+
+@task(persist_result=True)
+def make_point(x: int) -> Point:
+    return Point(x)
+
+
+@flow
+def point_then_number(x: int = 7) -> int:
+    point = make_point(x)  # its result is reused (unpickled) when the run is resumed
+    return point.x * suspend_flow_run(wait_for_input=int, timeout=None)
 
 
 @task
@@ -73,6 +91,16 @@ def waits_for_number() -> int:
 @flow
 def pauses() -> str:
     return "got " + pause_flow_run(wait_for_input=str, timeout=60)
+
+
+@flow
+def dies_once(marker: str) -> str:
+    import os, pathlib, signal
+
+    if not pathlib.Path(marker).exists():
+        pathlib.Path(marker).touch()
+        os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` would
+    return "survived"
 
 
 def not_a_flow() -> None:
@@ -724,13 +752,32 @@ def test_python_dash_m_runtime(env: dict[str, str]) -> None:
 
 @needs_sqlite
 def test_runs_outlive_the_process(flows: Path, tmp_path: Path, env: dict[str, str]) -> None:
-    """A run made by one process is listed, and resumed, by the next."""
+    """A run made by one process is listed, and resumed, by the next; the task result the
+    first process persisted (an instance of a class the flow file defines) is reused."""
     store = ["--store", f"sqlite:///{tmp_path / 'runs.db'}"]
-    suspended = stageflow(*store, "run", f"{flows}:waits_for_number", env=env)
+    suspended = stageflow(*store, "run", f"{flows}:point_then_number", env=env)
     assert suspended.returncode == 3, suspended.stderr
     run_id = run_id_of(suspended.stdout)
     listed = stageflow(*store, "runs", "ls", env=env)
     assert [(row[0], row[3]) for row in table_rows(listed.stdout)] == [(run_id, "Suspended")]
     resumed = stageflow(*store, "runs", "resume", run_id, "--input", "5", env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert "result: 50" in resumed.stdout
+    assert "result: 35" in resumed.stdout
+
+
+@needs_sqlite
+def test_a_killed_run_shows_crashed_and_resumes(
+    capsys: pytest.CaptureFixture[str], flows: Path, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A run whose process was killed is listed as Crashed, and resume runs it again."""
+    store = ["--store", f"sqlite:///{tmp_path / 'runs.db'}"]
+    marker = tmp_path / "marker"
+    killed = stageflow(*store, "run", f"{flows}:dies_once", "-p", f"marker={marker}", env=env)
+    assert killed.returncode == -9
+    code, out, _ = cli(capsys, *store, "runs", "ls")
+    ((run_id, flow_name, _, state, *_),) = table_rows(out)
+    assert (flow_name, state) == ("dies-once", "Crashed")
+    code, out, _ = cli(capsys, *store, "runs", "resume", run_id)
+    assert code == 0
+    assert "finished in state Completed()" in out
+    assert "result: 'survived'" in out

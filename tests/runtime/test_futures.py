@@ -138,7 +138,7 @@ def test_future_passed_to_a_task_is_resolved() -> None:
     def pipeline() -> int:
         first = add.submit(1, 1)
         second = add.submit(first, 10)
-        return add(second, first)
+        return add(second, first)  # type: ignore[no-any-return]
 
     assert pipeline() == 14
 
@@ -147,7 +147,7 @@ async def test_upstream_links_are_recorded() -> None:
     @flow
     async def pipeline() -> int:
         first = async_add.submit(1)
-        return await async_add(first, 1)
+        return await async_add(first, 1)  # type: ignore[no-any-return]
 
     async with Runtime(store="memory://") as rt:
         assert await pipeline() == 2
@@ -183,7 +183,7 @@ def test_states_passed_to_a_task_are_resolved() -> None:
     @flow
     def pipeline() -> int:
         state = add(2, 3, return_state=True)
-        return add(state, 1)
+        return add(state, 1)  # type: ignore[no-any-return]
 
     assert pipeline() == 6
 
@@ -304,7 +304,7 @@ def test_wait_for_on_a_called_task() -> None:
     @flow
     def pipeline() -> int:
         a = add.submit(1)
-        return add(2, wait_for=[a])
+        return add(2, wait_for=[a])  # type: ignore[no-any-return]
 
     assert pipeline() == 2
 
@@ -317,7 +317,7 @@ def test_map_over_one_iterable_with_static_args() -> None:
     def pipeline() -> list[int]:
         futures = add.map([1, 2, 3], 10)
         assert all(isinstance(f, TaskRunFuture) for f in futures)
-        return futures.result()
+        return futures.result()  # type: ignore[no-any-return]
 
     assert pipeline() == [11, 12, 13]
 
@@ -325,7 +325,7 @@ def test_map_over_one_iterable_with_static_args() -> None:
 def test_map_over_several_iterables_and_keywords() -> None:
     @flow
     def pipeline() -> list[int]:
-        return add.map(x=[1, 2], y=(10, 20)).result()
+        return add.map(x=[1, 2], y=(10, 20)).result()  # type: ignore[no-any-return]
 
     assert pipeline() == [11, 22]
 
@@ -337,7 +337,7 @@ def test_map_with_unmapped_iterable() -> None:
 
     @flow
     def pipeline() -> list[int]:
-        return count.map([1, 2, 3], unmapped([0, 0, 0, 0])).result()
+        return count.map([1, 2, 3], unmapped([0, 0, 0, 0])).result()  # type: ignore[no-any-return]
 
     assert pipeline() == [5, 6, 7]
 
@@ -351,7 +351,7 @@ def test_map_with_quoted_iterable_is_mapped_but_not_searched() -> None:
     def pipeline() -> list[str]:
         future = add.submit(1)
         future.wait()
-        return kind.map(quote([future, 2])).result()
+        return kind.map(quote([future, 2])).result()  # type: ignore[no-any-return]
 
     assert pipeline() == ["TaskRunFuture", "int"]
 
@@ -363,7 +363,7 @@ def test_map_over_a_future_of_a_list() -> None:
 
     @flow
     def pipeline() -> list[int]:
-        return add.map(numbers.submit(), 1).result()
+        return add.map(numbers.submit(), 1).result()  # type: ignore[no-any-return]
 
     assert pipeline() == [2, 3, 4]
 
@@ -372,7 +372,7 @@ def test_map_over_futures() -> None:
     @flow
     def pipeline() -> list[int]:
         first = add.map([1, 2])
-        return add.map(first, unmapped(100)).result()
+        return add.map(first, unmapped(100)).result()  # type: ignore[no-any-return]
 
     assert pipeline() == [101, 102]
 
@@ -402,7 +402,7 @@ def test_map_strings_are_not_iterated() -> None:
 
     @flow
     def pipeline() -> list[str]:
-        return join.map("n", [1, 2]).result()
+        return join.map("n", [1, 2]).result()  # type: ignore[no-any-return]
 
     assert pipeline() == ["n1", "n2"]
 
@@ -544,7 +544,30 @@ async def test_async_task_waits_on_event_set_by_another_task() -> None:
 
         future = waiter.submit()
         await releaser()
-        return await future
+        return await future  # type: ignore[no-any-return]
 
     async with Runtime(store="memory://"):
         assert await pipeline() == "released"
+
+
+def test_states_as_inputs_and_in_wait_for() -> None:
+    from runtime import states as S
+
+    @task
+    def fails() -> Any:
+        return S.Failed(message="manual failure")
+
+    @flow
+    def pipeline() -> tuple[Any, ...]:
+        ok = identity(1, return_state=True)
+        bad = fails(return_state=True)
+        return (
+            identity(ok),
+            identity(2, wait_for=[ok]),
+            identity(allow_failure(bad)),
+            identity(3, wait_for=[bad], return_state=True).name,
+        )
+
+    first, second, tolerated, blocked = pipeline()
+    assert (first, second, blocked) == (1, 2, "NotReady")
+    assert str(tolerated) == "manual failure"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import datetime, timezone
 from typing import Any
@@ -92,12 +93,12 @@ def test_submitted_task_retries() -> None:
 
     @flow
     def pipeline() -> int:
-        return flaky.submit().result()
+        return flaky.submit().result()  # type: ignore[no-any-return]
 
     assert pipeline() == 2
 
 
-async def test_retry_delay_number_waits_on_the_clock() -> None:
+async def test_retry_delay_number_waits_on_the_clock(caplog: pytest.LogCaptureFixture) -> None:
     clock = fake_clock()
 
     @task(retries=2, retry_delay_seconds=10)
@@ -112,7 +113,8 @@ async def test_retry_delay_number_waits_on_the_clock() -> None:
         return await flaky()
 
     async with Runtime(store="memory://", clock=clock) as rt:
-        assert await pipeline() == 3
+        with caplog.at_level(logging.INFO, logger="stageflow"):
+            assert await pipeline() == 3
         (task_run,) = task_runs_of(rt, only_flow_run(rt).id)
     assert _scheduled_offsets(task_run) == [10.0, 20.0]
     assert clock.now() == START + 20
@@ -127,6 +129,11 @@ async def test_retry_delay_number_waits_on_the_clock() -> None:
     ]
     awaiting = [s for s in task_run.state_history if s.name == "AwaitingRetry"]
     assert all(s.type is StateType.SCHEDULED for s in awaiting)
+    retry_lines = [r.getMessage() for r in caplog.records if "will start" in r.getMessage()]
+    assert retry_lines == [
+        "Task run failed with exception: Boom('again') - Retry 1/2 will start 10 second(s) from now",
+        "Task run failed with exception: Boom('again') - Retry 2/2 will start 10 second(s) from now",
+    ]
 
 
 async def test_retry_delay_list_repeats_its_last_value() -> None:
@@ -200,7 +207,7 @@ def test_retry_delay_list_is_validated() -> None:
     with pytest.raises(ValueError, match="more than 50 retry delays"):
         task(retries=1, retry_delay_seconds=[1] * 51)(lambda: None)
     with pytest.raises(TypeError, match="retry_delay_seconds must be"):
-        task(retries=1, retry_delay_seconds="soon")(lambda: None)  # type: ignore[arg-type]
+        task(retries=1, retry_delay_seconds="soon")(lambda: None)
 
 
 async def test_retry_condition_fn_can_veto_retries() -> None:
@@ -305,7 +312,7 @@ def test_flow_retries_rerun_the_body() -> None:
 
     @flow(retries=2)
     def flaky_flow() -> str:
-        count = get_run_context().flow_run.run_count
+        count = get_run_context().flow_run.run_count  # type: ignore[union-attr]
         counts.append(count)
         if count < 3:
             raise Boom(f"flow attempt {count}")
@@ -323,11 +330,13 @@ async def test_async_flow_retries_with_delay_and_hooks() -> None:
 
     @task
     async def step() -> int:
-        return get_run_context().task_run.flow_run_run_count  # type: ignore[union-attr, no-any-return]
+        return get_run_context().task_run.flow_run_run_count  # type: ignore[union-attr]
 
-    @flow(retries=2, retry_delay_seconds=30, on_failure=[lambda f, r, s: failures.append(r.run_count)])
+    @flow(
+        retries=2, retry_delay_seconds=30, on_failure=[lambda f, r, s: failures.append(r.run_count)]
+    )
     async def always_fails() -> None:
-        counts.append(get_run_context().flow_run.run_count)
+        counts.append(get_run_context().flow_run.run_count)  # type: ignore[union-attr]
         task_runs_per_attempt.append(await step())
         raise Boom("flow fails")
 
@@ -356,12 +365,15 @@ async def test_task_timeout_fails_with_timed_out() -> None:
     async def hangs() -> None:
         await anyio.Event().wait()
 
+    states: list[Any] = []
+
     @flow
-    async def pipeline() -> Any:
-        return await hangs(return_state=True)
+    async def pipeline() -> None:
+        states.append(await hangs(return_state=True))
 
     async with Runtime(store="memory://"):
-        state = await pipeline()
+        await pipeline()
+    (state,) = states
     assert state.is_failed()
     assert state.name == "TimedOut"
     assert state.message == "Task run exceeded timeout of 0.05 second(s)"
@@ -416,15 +428,17 @@ def test_submitted_sync_task_timeout_abandons_the_body() -> None:
         finished.append(True)
         return "late"
 
+    states: list[Any] = []
+
     @flow
-    def pipeline() -> Any:
+    def pipeline() -> None:
         future = blocks.submit()
         future.wait()
-        state = future.state
+        states.append(future.state)
         release.set()  # let the abandoned body finish
-        return state
 
-    state = pipeline()
+    pipeline()
+    (state,) = states
     assert state.name == "TimedOut"
     assert isinstance(state.result(raise_on_failure=False), TaskRunTimeoutError)
 
@@ -438,11 +452,12 @@ async def test_flow_timeout_fails_with_timed_out() -> None:
         state = await hangs(return_state=True)
         with pytest.raises(FlowRunTimeoutError):
             await hangs()
+        runs = rt.backend.read_flow_runs()  # type: ignore[union-attr]
     assert state.is_failed() and state.name == "TimedOut"
     assert state.message == "Flow run exceeded timeout of 0.05 second(s)"
     error = state.result(raise_on_failure=False)
     assert isinstance(error, FlowRunTimeoutError) and isinstance(error, TimeoutError)
-    assert len(rt.backend.read_flow_runs()) == 2  # type: ignore[union-attr]
+    assert [r.state.name for r in runs] == ["TimedOut", "TimedOut"]  # type: ignore[union-attr]
 
 
 async def test_flow_timeout_stops_running_task_runs() -> None:
@@ -468,7 +483,7 @@ async def test_timed_out_flow_with_retries_is_retried() -> None:
 
     @flow(timeout_seconds=0.05, retries=1)
     async def hangs_once() -> str:
-        count = get_run_context().flow_run.run_count
+        count = get_run_context().flow_run.run_count  # type: ignore[union-attr]
         counts.append(count)
         if count == 1:
             await anyio.Event().wait()
@@ -477,3 +492,54 @@ async def test_timed_out_flow_with_retries_is_retried() -> None:
     async with Runtime(store="memory://"):
         assert await hangs_once() == "recovered"
     assert counts == [1, 2]
+
+
+def test_sync_task_timeout_in_sync_flow() -> None:
+    # The body runs on the flow's own thread, so it cannot be interrupted: the run is
+    # TimedOut at once, and the call returns once the body gives the thread back.
+    release = threading.Event()
+
+    async def on_failure(tsk: Any, task_run: Any, state: Any) -> None:
+        release.set()  # an async hook runs on the engine's loop, not on the busy thread
+
+    @task(timeout_seconds=0.05, on_failure=[on_failure])
+    def blocks() -> str:
+        release.wait(10)
+        return "ignored"
+
+    @flow
+    def pipeline() -> str:
+        with pytest.raises(TaskRunTimeoutError):
+            blocks()
+        return "flow goes on"
+
+    assert pipeline() == "flow goes on"
+
+
+def test_abandoned_sync_flow_body_cannot_start_new_runs() -> None:
+    release = threading.Event()
+    after_timeout: list[str] = []
+
+    async def on_failure(flw: Any, flow_run: Any, state: Any) -> None:
+        release.set()
+
+    @task
+    def step(x: int = 0) -> str:
+        return "ran"
+
+    @flow(timeout_seconds=0.05, on_failure=[on_failure])
+    def slow_flow() -> None:
+        release.wait(10)
+        for call in (step, step.submit, lambda: step.map([1])):
+            try:
+                call()  # type: ignore[no-untyped-call]
+            except FlowRunTimeoutError as exc:
+                after_timeout.append(str(exc))
+
+    state = slow_flow(return_state=True)
+    assert state.name == "TimedOut"
+    assert len(after_timeout) == 3
+    assert all(
+        m.endswith("timed out; its body can no longer start task runs or subflow runs.")
+        for m in after_timeout
+    )

@@ -125,7 +125,7 @@ async def test_task_return_state_inside_a_flow() -> None:
         state = await pipeline(return_state=True)
     # Returning a failed state fails the flow; the states are its data.
     assert state.is_failed()
-    ok, bad = state.result(raise_on_failure=False)  # type: ignore[misc]
+    ok, bad = state.result(raise_on_failure=False)
     assert ok.is_completed() and ok.result() == 2
     assert bad.is_failed() and isinstance(bad.result(raise_on_failure=False), Boom)
 
@@ -164,7 +164,7 @@ def test_task_as_a_method() -> None:
 
     @flow
     def pipeline() -> int:
-        return Counter(10).add(5)
+        return Counter(10).add(5)  # type: ignore[no-any-return]
 
     assert isinstance(Counter.add, Task)
     assert pipeline() == 15
@@ -183,7 +183,7 @@ async def test_async_task_as_a_method() -> None:
     @flow
     async def pipeline() -> int:
         counter = Counter(10)
-        return await counter.add(5) + await counter.add.submit(1)
+        return await counter.add(5) + await counter.add.submit(1)  # type: ignore[no-any-return]
 
     async with Runtime(store="memory://"):
         assert await pipeline() == 26
@@ -192,7 +192,7 @@ async def test_async_task_as_a_method() -> None:
 def test_task_bad_arguments_raise_before_running() -> None:
     @flow
     def pipeline() -> None:
-        double(1, 2)  # type: ignore[call-arg]
+        double(1, 2)
 
     with pytest.raises(ParameterBindError, match="double"):
         pipeline()
@@ -205,7 +205,7 @@ def test_task_options_are_validated_once() -> None:
     with pytest.raises(ValueError, match=r"^retries must be >= 0, got -1\.$"):
         task(retries=-1)(fn)
     with pytest.raises(TypeError, match="Expected a list of callables for 'on_failure'"):
-        task(on_failure=lambda *a: None)(fn)  # type: ignore[arg-type]
+        task(on_failure=lambda *a: None)(fn)
     with pytest.raises(ValueError, match="contains an invalid character '/'"):
         task(name="a/b")(fn)
     # A function's own name is not checked: a lambda task is named "<lambda>".
@@ -237,3 +237,72 @@ def test_tags_reach_task_runs() -> None:
 
     pipeline()
     assert seen == [["outer", "own"], ["own"]]
+
+
+def test_tasks_started_from_inside_tasks_belong_to_the_flow_run() -> None:
+    @task
+    def leaf(x: int) -> int:
+        return x * 2
+
+    @task
+    def branch(x: int) -> int:
+        return leaf(x) + leaf.submit(x).result() + sum(leaf.map([x, x]).result())  # type: ignore[no-any-return]
+
+    @flow
+    def pipeline() -> tuple[int, int]:
+        return branch.submit(1).result(), branch(2)
+
+    assert pipeline() == (8, 16)
+
+
+async def test_async_tasks_started_from_inside_submitted_tasks() -> None:
+    @task
+    async def leaf(x: int) -> int:
+        return x * 2
+
+    @task
+    async def branch(x: int) -> int:
+        return await leaf(x) + await leaf.submit(x)  # type: ignore[no-any-return]
+
+    @flow
+    async def pipeline() -> int:
+        return await branch.submit(1)  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://") as rt:
+        assert await pipeline() == 4
+        run = only_flow_run(rt)
+        runs = task_runs_of(rt, run.id)
+    assert len(runs) == 3
+    assert all(r.flow_run_id == run.id for r in runs)
+
+
+def test_flow_run_tags() -> None:
+    from runtime import tags
+
+    @flow
+    def tagged() -> list[str]:
+        return get_run_context().flow_run.tags  # type: ignore[union-attr]
+
+    with tags("a", "b"):
+        assert tagged() == ["a", "b"]
+    assert tagged() == []
+
+
+def test_task_returning_a_state_takes_it() -> None:
+    from runtime import states as S
+
+    @task
+    def completes() -> Any:
+        return S.Completed(data=5, message="by hand")
+
+    @task
+    def fails() -> Any:
+        return S.Failed(message="chose to fail")
+
+    @flow
+    def pipeline() -> tuple[Any, Any]:
+        return completes(), fails(return_state=True)
+
+    value, failed = pipeline()
+    assert value == 5
+    assert failed.is_failed() and failed.message == "chose to fail"

@@ -1,0 +1,94 @@
+"""What a task run costs a store: the memory store next to the SQLite store.
+
+Run: ``python benchmarks/store_bench.py [--quick]``.
+
+One task run here is what the orchestrator does to the store for a task run in a flow
+run: ``add_task_run``, three ``record_state`` calls (Pending, Running, Completed) and one
+``read_flow_run`` of its flow run (the parent-state check on the Running proposal), with a
+``commit()`` after every N task runs (N = 1 is a commit per task run; "never" leaves the
+commits to the store's own 20 ms bound and the final close). It prints µs per task run,
+best of several repetitions, and the ratio to the memory store. Each SQLite repetition uses
+a new file in a temporary directory; "fsync" rows sync every commit to disk.
+
+This measures the store alone. The engine's whole per-task-run cost, memory vs SQLite,
+is measured by ``benchmarks/engine_bench.py --store sqlite``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from runtime import states as S
+from runtime._memory_store import MemoryStore
+from runtime._models import FlowRun, TaskRun
+from runtime._sqlite_store import SqliteStore
+from runtime._store import StoreBackend
+
+
+def one_pass(store: StoreBackend, n: int, commit_every: int | None) -> float:
+    """Run ``n`` task runs through ``store``; return µs per task run."""
+    flow_run = FlowRun(name="bench", flow_name="bench")
+    flow_run.state = S.Running()
+    flow_run.state_history.append(flow_run.state)
+    store.add_flow_run(flow_run)
+    start = time.perf_counter()
+    for i in range(n):
+        run = TaskRun(name=f"t-{i}", task_key="t", dynamic_key=str(i), flow_run_id=flow_run.id)
+        store.add_task_run(run)
+        for make in (S.Pending, S.Running, S.Completed):
+            state = make()
+            if state.is_running():
+                store.read_flow_run(flow_run.id)
+            run.state = state
+            run.state_history.append(state)
+            store.record_state("task", run, state)
+        if commit_every is not None and (i + 1) % commit_every == 0 and store.has_pending_writes():
+            store.commit()
+    store.commit()
+    return (time.perf_counter() - start) / n * 1e6
+
+
+def best(make_store: Callable[[], StoreBackend], n: int, repeats: int, commit_every: int | None) -> float:
+    """Return the best µs per task run over ``repeats`` fresh stores."""
+    times = []
+    for _ in range(repeats):
+        store = make_store()
+        try:
+            times.append(one_pass(store, n, commit_every))
+        finally:
+            store.close()
+    return min(times)
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer task runs and repetitions")
+    args = parser.parse_args()
+    n, repeats = (500, 2) if args.quick else (3000, 5)
+    tmp = Path(tempfile.mkdtemp(prefix="stageflow-store-bench-"))
+    counter = iter(range(1_000_000))
+
+    def sqlite(fsync: bool) -> Callable[[], StoreBackend]:
+        return lambda: SqliteStore(tmp / f"bench-{next(counter)}.db", fsync=fsync)
+
+    memory = best(MemoryStore, n, repeats, None)
+    print(f"{'store':<24}{'commit every':>14}{'µs/task run':>14}{'x memory':>10}")
+    print(f"{'memory://':<24}{'-':>14}{memory:>14.1f}{1.0:>10.1f}")
+    for label, make, sizes in (
+        ("sqlite", sqlite(False), (1, 10, 100, None)),
+        ("sqlite, fsync", sqlite(True), (1, 100, None)),
+    ):
+        for every in sizes:
+            count = n if not (label.endswith("fsync") and every == 1) else max(100, n // 10)
+            us = best(make, count, repeats, every)
+            shown = "never" if every is None else str(every)
+            print(f"{label:<24}{shown:>14}{us:>14.1f}{us / memory:>10.1f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,333 @@
+"""Where code runs: the caller's loop and thread, worker threads, embedding the Runtime,
+and a clean process exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
+
+from runtime import Runtime, flow, task
+from runtime._exceptions import StoreClosed
+from runtime._memory_store import MemoryStore
+
+
+def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before]
+
+
+# -- async: the caller's loop, no extra thread ------------------------------------------------
+
+
+async def test_async_engine_runs_in_the_callers_thread() -> None:
+    idents: dict[str, int] = {}
+
+    @task
+    async def called() -> None:
+        idents["called task"] = threading.get_ident()
+
+    @task
+    async def submitted() -> None:
+        idents["submitted task"] = threading.get_ident()
+
+    @flow
+    async def pipeline() -> None:
+        idents["flow"] = threading.get_ident()
+        await called()
+        await submitted.submit()
+        await anyio.wait_all_tasks_blocked()
+
+    async with Runtime(store="memory://"):
+        before = set(threading.enumerate())
+        await pipeline()
+        created = _new_threads(before)
+    me = threading.get_ident()
+    assert idents == {"flow": me, "called task": me, "submitted task": me}
+    assert created == []
+
+
+async def test_async_flow_without_runtime_makes_no_thread() -> None:
+    @flow
+    async def pipeline() -> int:
+        return threading.get_ident()
+
+    before = set(threading.enumerate())
+    assert await pipeline() == threading.get_ident()
+    assert _new_threads(before) == []
+
+
+async def test_submitted_sync_task_in_async_flow_runs_on_a_worker_thread() -> None:
+    @task
+    def blocking() -> int:
+        return threading.get_ident()
+
+    @flow
+    async def pipeline() -> int:
+        return await blocking.submit()  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() != threading.get_ident()
+
+
+# -- sync: the caller's thread ----------------------------------------------------------------
+
+
+def test_sync_flow_body_and_called_tasks_run_on_the_callers_thread() -> None:
+    idents: dict[str, int] = {}
+
+    @task
+    def called() -> None:
+        idents["called task"] = threading.get_ident()
+
+    @flow
+    def pipeline() -> None:
+        idents["flow"] = threading.get_ident()
+        called()
+
+    pipeline()
+    me = threading.get_ident()
+    assert idents == {"flow": me, "called task": me}
+
+
+def test_submitted_sync_tasks_run_on_worker_threads() -> None:
+    @task
+    def where(x: int = 0) -> int:
+        return threading.get_ident()
+
+    @flow
+    def pipeline() -> list[int]:
+        return [where.submit().result(), *where.map([1, 2]).result()]
+
+    idents = pipeline()
+    assert threading.get_ident() not in idents
+
+
+def test_sync_flow_called_from_another_thread() -> None:
+    results: dict[str, Any] = {}
+
+    @task
+    def called() -> int:
+        return threading.get_ident()
+
+    @flow
+    def pipeline() -> tuple[int, int]:
+        return threading.get_ident(), called()
+
+    def in_thread() -> None:
+        results["thread"] = threading.get_ident()
+        results["ran"] = pipeline()
+
+    worker = threading.Thread(target=in_thread)
+    worker.start()
+    worker.join(30)
+    assert results["ran"] == (results["thread"], results["thread"])
+
+
+def test_concurrent_sync_flows_from_several_threads() -> None:
+    @task
+    def square(x: int) -> int:
+        return x * x
+
+    @flow
+    def pipeline(x: int) -> int:
+        return square(x) + sum(square.map([x, x]).result())  # type: ignore[no-any-return]
+
+    results: list[int] = []
+    lock = threading.Lock()
+
+    def call(x: int) -> None:
+        value = pipeline(x)
+        with lock:
+            results.append(value)
+
+    threads = [threading.Thread(target=call, args=(x,)) for x in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == [3 * x * x for x in range(4)]
+
+
+async def test_sync_flow_called_from_async_code_lands_in_the_open_runtime() -> None:
+    @task
+    def step() -> int:
+        return 1
+
+    @flow
+    def sync_pipeline() -> int:
+        return step()
+
+    async with Runtime(store="memory://") as rt:
+        assert sync_pipeline() == 1
+        run = only_flow_run(rt)
+        (task_run,) = task_runs_of(rt, run.id)
+    assert run.flow_name == "sync-pipeline"
+    assert task_run.state is not None and task_run.state.is_completed()
+
+
+# -- embedding the Runtime ----------------------------------------------------------------
+
+
+async def test_runtime_inside_a_user_task_group() -> None:
+    @task
+    async def step(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        return x
+
+    @flow
+    async def pipeline(x: int) -> int:
+        return await step(x)
+
+    results: list[int] = []
+    all_done = anyio.Event()
+    async with anyio.create_task_group() as tg, Runtime(store="memory://") as rt:
+
+        async def call(x: int) -> None:
+            results.append(await pipeline(x))
+            if len(results) == 6:
+                all_done.set()
+
+        async with anyio.create_task_group() as inner:
+            for x in range(5):
+                inner.start_soon(call, x)
+        # A flow started in the user's outer task group runs under the Runtime too.
+        tg.start_soon(call, 10)
+        await all_done.wait()
+        runs = rt.backend.read_flow_runs()  # type: ignore[union-attr]
+    assert sorted(results) == [0, 1, 2, 3, 4, 10]
+    assert len(runs) == 6
+    assert all(r.state is not None and r.state.is_completed() for r in runs)
+
+
+async def test_runtime_lifecycle() -> None:
+    rt = Runtime(store="memory://")
+    assert not rt.running
+    async with rt:
+        assert rt.running
+        with pytest.raises(RuntimeError, match="already running"):
+            await rt.__aenter__()
+    assert not rt.running
+    # The memory store it opened closed with it.
+    assert rt.backend is not None
+    with pytest.raises(StoreClosed, match="closed"):
+        rt.backend.read_flow_runs()
+
+
+async def test_a_store_backend_outlives_the_runtimes_using_it() -> None:
+    @flow
+    async def pipeline() -> None:
+        pass
+
+    backend = MemoryStore()
+    async with Runtime(backend):
+        await pipeline()
+    async with Runtime(backend):
+        await pipeline()
+    assert len(backend.read_flow_runs()) == 2
+
+
+async def test_cancelled_caller_crashes_the_run() -> None:
+    crashed: list[str | None] = []
+
+    @flow(on_crashed=[lambda f, r, s: crashed.append(s.message)])
+    async def hangs() -> None:
+        await anyio.Event().wait()
+
+    async with Runtime(store="memory://") as rt:
+        with anyio.move_on_after(0.05) as scope:
+            await hangs()
+        run = only_flow_run(rt)
+    assert scope.cancelled_caught
+    assert run.state is not None and run.state.is_crashed()
+    assert run.state.message == "Execution was cancelled by the runtime environment."
+    assert crashed == ["Execution was cancelled by the runtime environment."]
+
+
+async def test_cancelled_caller_stops_submitted_task_runs() -> None:
+    @task
+    async def hangs() -> None:
+        await anyio.Event().wait()
+
+    @flow
+    async def pipeline() -> None:
+        hangs.submit()
+        await anyio.Event().wait()
+
+    async with Runtime(store="memory://") as rt:
+        with anyio.move_on_after(0.05):
+            await pipeline()
+        run = only_flow_run(rt)
+        (task_run,) = task_runs_of(rt, run.id)
+    assert run.state is not None and run.state.is_crashed()
+    assert task_run.state is not None and task_run.state.is_final()
+
+
+# -- process exit -------------------------------------------------------------------------
+
+_SCRIPT = """
+import atexit, sys, threading
+sys.path.insert(0, {root!r})
+from runtime import flow, task
+
+def report():
+    alive = [t.name for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()]
+    print("non-daemon threads at exit:", alive, flush=True)
+
+atexit.register(report)
+
+@task
+def square(x):
+    return x * x
+
+@flow
+def pipeline():
+    return square(2) + sum(square.map([1, 2]).result()) + square.submit(3).result()
+
+{body}
+"""
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        pytest.param("print('result', pipeline())", id="sync"),
+        pytest.param(
+            textwrap.dedent(
+                """
+                import anyio
+                @task
+                async def cube(x):
+                    return x ** 3
+                @flow
+                async def apipeline():
+                    return await cube(2) + await cube.submit(1)
+                print('result', anyio.run(apipeline) + pipeline() - 18, anyio.run(apipeline, backend='trio') - 9)
+                """
+            ),
+            id="async",
+        ),
+    ],
+)
+def test_process_exits_promptly_after_flows(tmp_path: Path, body: str) -> None:
+    script = tmp_path / "script.py"
+    root = str(Path(__file__).resolve().parents[2])
+    script.write_text(_SCRIPT.format(root=root, body=body))
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={"STAGEFLOW_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] in ("result 18", "result 9 0")
+    assert lines[-1] == "non-daemon threads at exit: []"
