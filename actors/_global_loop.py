@@ -98,6 +98,11 @@ class GlobalLoop:
         return self._backend
 
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (the loop accepts no more calls)."""
+        return self._closed
+
+    @property
     def thread(self) -> threading.Thread | None:
         """The loop's thread, or None before the first use."""
         return self._thread

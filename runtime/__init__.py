@@ -23,13 +23,13 @@ from ._task import Task as Task
 from ._task import task as task
 from .annotations import allow_failure as allow_failure
 from .annotations import quote as quote
+from .annotations import unmapped as unmapped
 from .cache_policies import DEFAULT as DEFAULT
 from .cache_policies import FLOW_PARAMETERS as FLOW_PARAMETERS
 from .cache_policies import INPUTS as INPUTS
 from .cache_policies import NONE as NONE
 from .cache_policies import RUN_ID as RUN_ID
 from .cache_policies import TASK_SOURCE as TASK_SOURCE
-from .annotations import unmapped as unmapped
 from .flow_runs import cancel_flow_run as cancel_flow_run
 from .flow_runs import pause_flow_run as pause_flow_run
 from .flow_runs import resume_flow_run as resume_flow_run

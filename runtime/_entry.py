@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
 
 from actors import ChildSpec, GlobalLoop, Restart, StartChild, global_loop
 
-from ._signals import capture_sigterm
 from ._body import WORKER_THREADS, BodyPlacement, SyncTarget
 from ._context import FlowRunContext
 from ._exceptions import MappingLengthMismatch, MappingMissingIterable, ParameterBindError
-from ._runtime import Runtime, background_runtime, current_runtime, inherited_backend
+from ._runtime import _current_runtime, Runtime, background_runtime, current_runtime, inherited_backend
+from ._signals import capture_sigterm
 from ._task_engine import TaskRunActor, TaskRunEngine, create_task_run, new_task_run, run_submitted
 from .annotations import allow_failure, quote, unmapped
 from .futures import TaskRunFuture, TaskRunFutureList
@@ -64,16 +64,25 @@ def current_global_loop() -> GlobalLoop | None:
     return None
 
 
+def _preferred_loop() -> GlobalLoop | None:
+    """The global loop the current runtime asks sync calls to use, if any."""
+    flow_ctx = FlowRunContext.get()
+    runtime = flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
+    loop = runtime.sync_loop if runtime is not None else None
+    return loop if loop is not None and not loop.closed else None
+
+
 def _loop_for_sync_call() -> tuple[GlobalLoop, GlobalLoop | None]:
     """Return (loop to call, loop whose thread is calling or None)."""
-    primary = global_loop()
+    primary = _preferred_loop() or global_loop()
     with _loops_lock:
-        if not _loops or _loops[0] is not primary:
+        _loops[:] = [loop for loop in _loops if not loop.closed]
+        if primary not in _loops:
             _loops.insert(0, primary)
         mine = current_global_loop()
         if mine is None:
             return primary, None
-        for loop in _loops:
+        for loop in [primary, *_loops]:
             thread = loop.thread
             if loop is not mine and (thread is None or _waiting_loop_threads[thread.ident or 0] == 0):
                 return loop, mine

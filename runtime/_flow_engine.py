@@ -33,9 +33,8 @@ from ._exceptions import (
     TerminationSignal,
     UpstreamTaskError,
 )
-from ._inbox import LoopInbox, run_beside
-from ._signals import interruptible
 from ._hooks import run_hooks
+from ._inbox import LoopInbox, run_beside
 from ._logging import _log_prints, flow_run_logger, install_print_patch
 from ._models import FlowRun, FlowRunPolicy, TaskRun
 from ._names import generate_run_name
@@ -44,6 +43,7 @@ from ._outcomes import exception_to_crashed_state, exception_to_failed_state, re
 from ._ownership import active_flow_runs, process_owner
 from ._parameters import resolve_run_name, serialize_parameters
 from ._resolve import resolve_futures_to_states, resolve_parameters, wait_for_upstreams
+from ._signals import interruptible
 from ._store_actor import Commit
 from ._waiting import wait_before_proposing_again
 from .results import ResultSettings, persist_result, result_settings_for_flow

@@ -7,9 +7,9 @@ from typing import Any
 
 import anyio
 
+from . import states as S
 from ._exceptions import TerminationSignal
 from .states import State, StateType
-from . import states as S
 
 __all__ = [
     "exception_to_crashed_state",

@@ -34,9 +34,9 @@ from actors import (
 
 from ._context import FlowRunContext
 from ._orchestrator import Orchestrator
+from ._ownership import reap_orphans
 from ._store import StoreBackend
 from ._store_actor import StoreActor
-from ._ownership import reap_orphans
 from ._stores import default_backend, open_backend
 
 __all__ = ["Runtime", "current_runtime"]
@@ -45,22 +45,49 @@ _current_runtime: ContextVar[Runtime | None] = ContextVar("stageflow_runtime", d
 
 
 class Runtime:
-    """The actors that run flows in one event loop; an async context manager.
+    """The actors that run flows in one event loop.
+
+    As an async context manager, it starts the orchestrator and store actors in the
+    caller's task group. As a plain (sync) context manager, it makes its store (and its
+    global loop) the ones of every flow and task the calling thread runs in the block; the
+    actors then run on that global loop.
 
     Args:
         store: a store URL (``"memory://"``, ``"sqlite:///path/to.db"``), a
             :class:`~runtime._store.StoreBackend`, or None for the default store.
+        loop: where the engine of *sync* calls made under this runtime runs: an
+            :class:`actors.GlobalLoop`, a backend name (``"asyncio"`` or ``"trio"``: a
+            global loop of that backend, owned by this runtime and closed with it), or
+            None for the process's global loop.
         clock: the clock the engine reads (retry delays, pause timeouts); tests pass a
             :class:`actors.FakeClock`.
 
+    Raises:
+        ValueError: ``loop`` names no backend.
+
     Example::
 
-        async with Runtime(store="memory://") as rt:
-            await my_flow()
+        async with Runtime(store="memory://"):
+            await my_async_flow()
+
+        with Runtime(store="sqlite:///runs.db", loop="trio"):
+            my_sync_flow()
     """
 
-    def __init__(self, store: str | StoreBackend | None = None, *, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        store: str | StoreBackend | None = None,
+        *,
+        loop: GlobalLoop | str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if isinstance(loop, str) and loop not in ("asyncio", "trio"):
+            raise ValueError(f"loop must be 'asyncio', 'trio' or a GlobalLoop, got {loop!r}.")
+        if loop is not None and not isinstance(loop, (str, GlobalLoop)):
+            raise ValueError(f"loop must be 'asyncio', 'trio' or a GlobalLoop, got {loop!r}.")
         self._store_arg = store
+        self._loop_arg = loop
+        self.sync_loop: GlobalLoop | None = loop if isinstance(loop, GlobalLoop) else None
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.backend: StoreBackend | None = None
         self.orchestrator: ActorRef | None = None
@@ -70,9 +97,10 @@ class Runtime:
         self._token: Any = None
         self._owns_backend = False
         self._system: Any = None
+        self._sync_token: Any = None
 
-    async def __aenter__(self) -> Runtime:
-        if self._stack is not None:
+    def _open(self) -> StoreBackend:
+        if self._stack is not None or self._sync_token is not None:
             raise RuntimeError("This Runtime is already running; create a new one to nest.")
         if isinstance(self._store_arg, StoreBackend):
             backend = self._store_arg
@@ -81,6 +109,34 @@ class Runtime:
         else:
             backend, self._owns_backend = open_backend(self._store_arg)
         self.backend = backend
+        if isinstance(self._loop_arg, str):
+            self.sync_loop = GlobalLoop(self._loop_arg, name=f"stageflow-runtime-{self._loop_arg}")
+        return backend
+
+    def _close(self) -> None:
+        """Stop this runtime's companions, flush and close what it owns."""
+        _stop_companions(self)
+        backend = self.backend
+        if backend is not None and not backend.closed and backend.has_pending_writes():
+            backend.commit()
+        if self._owns_backend and backend is not None:
+            backend.close()
+        if isinstance(self._loop_arg, str) and self.sync_loop is not None:
+            self.sync_loop.close()
+            self.sync_loop = None
+
+    def __enter__(self) -> Runtime:
+        self._open()
+        self._sync_token = _current_runtime.set(self)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        token, self._sync_token = self._sync_token, None
+        _current_runtime.reset(token)
+        self._close()
+
+    async def __aenter__(self) -> Runtime:
+        backend = self._open()
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -117,16 +173,11 @@ class Runtime:
             # runtime cancelled from outside); the variable dies with that context.
             pass
         try:
-            await _stop_companions(self)
             return await stack.__aexit__(*exc_info)
         finally:
-            # The actors have stopped (perhaps cancelled mid-commit): flush what is left
-            # directly, so a runtime that exits never loses a recorded state.
-            backend = self.backend
-            if backend is not None and not backend.closed and backend.has_pending_writes():
-                backend.commit()
-            if self._owns_backend and backend is not None:
-                backend.close()
+            # The actors have stopped (perhaps cancelled mid-commit): _close flushes what
+            # is left directly, so a runtime that exits never loses a recorded state.
+            self._close()
             self._thread = None
 
     @property
@@ -149,6 +200,9 @@ class Runtime:
 
 # -- finding the runtime for the current loop ------------------------------------------
 
+COMPANION_STOP_TIMEOUT = 10.0
+"""Seconds a closing runtime waits for the background runtimes sharing its store."""
+
 _companions: dict[tuple[int, int], _Companion] = {}
 _companions_lock = threading.Lock()
 
@@ -157,11 +211,12 @@ class _Companion:
     """A runtime serving a backend in the background of a global loop."""
 
     def __init__(self, backend: StoreBackend, clock: Clock, loop: GlobalLoop) -> None:
-        self.runtime = Runtime(backend, clock=clock)
+        self.runtime = Runtime(backend, clock=clock, loop=loop)
         self.loop = loop
         self.ready = anyio.Event()
         self.failed: BaseException | None = None
         self._stop = anyio.Event()
+        self.exited = anyio.Event()
 
     async def serve(self) -> None:
         # The runtime runs shielded, so that when the loop closes (cancelling this task)
@@ -185,10 +240,17 @@ class _Companion:
             self.failed = exc
             self.ready.set()
             raise
+        finally:
+            self.exited.set()
 
     def request_stop(self) -> None:
         """Ask the runtime to stop; call on its loop."""
         self._stop.set()
+
+    async def stop(self) -> None:
+        """Stop the runtime and wait until it has; call on its loop."""
+        self._stop.set()
+        await self.exited.wait()
 
 
 async def background_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLoop) -> Runtime:
@@ -211,8 +273,9 @@ async def background_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLo
     return companion.runtime
 
 
-async def _stop_companions(runtime: Runtime) -> None:
-    """Stop the background runtimes that share the backend this runtime owned."""
+def _stop_companions(runtime: Runtime) -> None:
+    """Stop the background runtimes that share the backend this runtime owned, and wait
+    (a bounded time) until they have, so their last writes land before the store closes."""
     if not runtime._owns_backend or runtime.backend is None:
         return
     backend_id = id(runtime.backend)
@@ -221,7 +284,12 @@ async def _stop_companions(runtime: Runtime) -> None:
         companions = [_companions.pop(key) for key in doomed]
     for companion in companions:
         with contextlib.suppress(LoopClosed):
-            companion.loop.call_soon(companion.request_stop)
+            if companion.loop.is_loop_thread():
+                companion.request_stop()
+            else:
+                pending = companion.loop.call_soon(companion.stop)
+                with contextlib.suppress(TimeoutError):
+                    pending.result(timeout=COMPANION_STOP_TIMEOUT)
 
 
 def current_runtime() -> Runtime | None:

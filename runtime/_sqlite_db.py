@@ -1,13 +1,14 @@
-"""One SQLite connection shared by threads, with group commit and a bound on how long
-writes wait for it.
+"""One SQLite connection shared by threads, with write-behind group commit.
 
-:meth:`Database.write` runs inside a write transaction (``BEGIN IMMEDIATE``: the file's
-write lock, which every other process's writers then wait for). ``write(now=True)``
-commits at the end, with whatever was pending. ``write(now=False)`` leaves the transaction
-open, so many writes share one commit: the next :meth:`Database.commit` (the store actor's
-group commit), the next ``now`` write, or, at the latest ``commit_delay`` seconds after the
-transaction began, a helper thread's commit. The bound matters more than speed: an open
-write transaction blocks every other process's writers.
+Writes that can wait (:meth:`Database.defer`) are kept in memory, in order, and reach the
+file together: at the next :meth:`Database.commit` (the store actor's group commit), the
+next immediate write (:meth:`Database.write`, which commits them with its own), the next
+read of the tables (:meth:`Database.read` executes them first, so reads see them), or at
+the latest ``commit_delay`` seconds after the first of them, when a helper thread commits.
+So the file's write lock, which every other process's writers wait for, is held only
+while a batch is executed and committed, never while writes accumulate. Deferred updates
+may carry a key; a later one with the same key replaces the earlier (a run's current
+state is written once per batch, not once per state).
 
 Each open database is committed and closed when the interpreter exits. A forked child
 never touches its parent's connection (SQLite forbids it, closing included) and opens its
@@ -23,8 +24,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator
-from contextlib import contextmanager
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class Database:
         url: the store's URL, for error messages.
         fsync: sync every commit to disk (``synchronous=FULL``), else WAL's ``NORMAL``.
         busy_timeout: seconds to wait for another process's lock before failing.
-        commit_delay: longest time, in seconds, a ``now=False`` write waits for its commit.
+        commit_delay: longest time, in seconds, a deferred write waits for its commit.
 
     Raises:
         StoreError, ConfigurationError: as :func:`~runtime._sqlite_schema.open_connection`.
@@ -61,9 +61,15 @@ class Database:
         self.closed = False
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)
-        self._pending_since: float | None = None  # when the open write transaction began
+        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
+        self._latest: dict[Any, tuple[str, tuple[Any, ...]]] = {}  # keyed deferred updates
+        self._pending_since: float | None = None  # when the oldest uncommitted write was made
         self._flusher: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = self._connect()
+        # Stateless, so shared by every thread (the state is the lock and the connection).
+        self._peek = _Access(self, flush=False, commit=False)
+        self._read = _Access(self, flush=True, commit=False)
+        self._write = _Access(self, flush=True, commit=True)
         _open.add(self)
 
     def _connect(self) -> sqlite3.Connection:
@@ -74,52 +80,58 @@ class Database:
         """Whether writes wait for a commit."""
         return self._pending_since is not None
 
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        """Hold the connection (no other thread uses it meanwhile).
+    def peek(self) -> _Access:
+        """Hold the connection without executing deferred writes (for pragmas):
+        ``with db.peek() as conn``.
 
         Raises:
             StoreClosed: the database was closed.
             StoreError: SQLite failed (the file is locked for too long, or damaged).
         """
-        with self._lock:
-            if self.closed:
-                raise StoreClosed(
-                    f"The store {self.url!r} is closed; open a new Runtime to use it."
-                )
-            if self._conn is None:
-                self._conn = self._connect()
-            conn = self._conn
-            try:
-                yield conn
-            except sqlite3.Error as exc:
-                if not conn.in_transaction:
-                    self._pending_since = None
-                raise self._error(exc) from exc
+        return self._peek
 
-    @contextmanager
-    def write(self, *, now: bool) -> Iterator[sqlite3.Connection]:
-        """Hold the connection inside a write transaction; commit at the end if ``now``.
+    def read(self) -> _Access:
+        """Hold the connection, deferred writes executed (not committed) so reads see them.
 
         Raises:
-            StoreClosed, StoreError: as :meth:`read`.
+            StoreClosed, StoreError: as :meth:`peek`.
         """
-        with self.read() as conn:
-            if not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
+        return self._read
+
+    def write(self) -> _Access:
+        """Hold the connection in a write transaction, after the deferred writes; commit
+        everything at the end.
+
+        Raises:
+            StoreClosed, StoreError: as :meth:`peek`.
+        """
+        return self._write
+
+    def defer(self, sql: str, params: tuple[Any, ...], *, key: Any = None) -> None:
+        """Execute ``sql`` with ``params`` later (see the module docstring). With a ``key``,
+        replace the deferred write of the same key, and run after the unkeyed ones.
+
+        Raises:
+            StoreClosed: the database was closed.
+        """
+        with self._lock:
+            if self.closed:
+                raise StoreClosed(f"The store {self.url!r} is closed; open a new Runtime to use it.")
+            if key is None:
+                self._deferred.append((sql, params))
+            else:
+                self._latest[key] = (sql, params)
+            if self._pending_since is None:
                 self._pending_since = time.monotonic()
-                if not now:
-                    self._wake_flusher()
-            try:
-                yield conn
-            finally:
-                if now and conn.in_transaction:
-                    conn.execute("COMMIT")
-                if not conn.in_transaction:
-                    self._pending_since = None
+                self._wake_flusher()
+
+    def forget(self, key: Any) -> None:
+        """Drop the deferred write of ``key``, if any (a later unkeyed write covers it)."""
+        with self._lock:
+            self._latest.pop(key, None)
 
     def commit(self) -> None:
-        """Commit the open write transaction, if any (nothing to do once closed).
+        """Execute the deferred writes and commit (nothing to do once closed).
 
         Raises:
             StoreError: SQLite could not commit.
@@ -141,19 +153,60 @@ class Database:
         with self._lock:
             if self.closed:
                 return
-            self.closed = True
-            self._wake.notify_all()
-            conn, self._conn = self._conn, None
-            self._pending_since = None
             try:
-                if conn is not None and conn.in_transaction:
-                    conn.execute("COMMIT")
+                self._commit_locked()
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             finally:
+                self.closed = True
+                self._wake.notify_all()
+                conn, self._conn = self._conn, None
+                self._pending_since = None
+                self._deferred.clear()
+                self._latest.clear()
                 if conn is not None:
                     conn.close()
                 _open.discard(self)
+
+    # -- executing and committing (the lock held) -------------------------------------
+
+    def _connection(self) -> sqlite3.Connection:
+        if self.closed:
+            raise StoreClosed(f"The store {self.url!r} is closed; open a new Runtime to use it.")
+        conn = self._conn
+        if conn is None:
+            conn = self._conn = self._connect()
+        return conn
+
+    def _flush(self, conn: sqlite3.Connection) -> None:
+        """Execute the deferred writes in a write transaction, left open."""
+        if not self._deferred and not self._latest:
+            return
+        if not conn.in_transaction:
+            conn.execute("BEGIN IMMEDIATE")  # may time out: the writes are still here then
+        writes = [*self._deferred, *self._latest.values()]
+        self._deferred.clear()
+        self._latest.clear()
+        for sql, group in groupby(writes, key=lambda write: write[0]):
+            conn.executemany(sql, [params for _, params in group])
+
+    def _commit_locked(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._flush(conn)
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+        self._pending_since = None
+
+    def _error(self, exc: sqlite3.Error) -> StoreError:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return StoreError(
+                f"The store file {self.path} stayed locked by another process for more than "
+                f"{self.busy_timeout:g} s ({exc}); that process may be stuck. Try again, or "
+                "stop it."
+            )
+        return StoreError(f"The store file {self.path} could not be used: {exc}.")
 
     # -- the commit thread ------------------------------------------------------------
 
@@ -167,7 +220,7 @@ class Database:
             self._wake.notify()
 
     def _flush_loop(self) -> None:
-        """Commit each write transaction ``commit_delay`` seconds after it began."""
+        """Commit deferred writes ``commit_delay`` seconds after the first of them."""
         with self._wake:
             while not self.closed and self._flusher is threading.current_thread():
                 since = self._pending_since
@@ -178,27 +231,23 @@ class Database:
                 try:
                     self._commit_locked()
                 except sqlite3.Error:
-                    _logger.exception(
-                        "Could not commit to the store file %s; will retry.", self.path
-                    )
-                    self._pending_since = time.monotonic()
+                    self._after_failed_commit()
 
-    def _commit_locked(self) -> None:
-        conn = self._conn
-        if conn is not None and conn.in_transaction:
-            conn.execute("COMMIT")
-        self._pending_since = None
-
-    def _error(self, exc: sqlite3.Error) -> StoreError:
-        if isinstance(exc, sqlite3.OperationalError) and (
-            "locked" in str(exc) or "busy" in str(exc)
-        ):
-            return StoreError(
-                f"The store file {self.path} stayed locked by another process for more than "
-                f"{self.busy_timeout:g} s ({exc}); that process may be stuck. Try again, or "
-                "stop it."
-            )
-        return StoreError(f"The store file {self.path} could not be used: {exc}.")
+    def _after_failed_commit(self) -> None:
+        """Log; roll back a half-executed batch; retry later if the writes are still here
+        (the file was locked too long)."""
+        retry = bool(self._deferred or self._latest)
+        _logger.exception(
+            "Could not commit to the store file %s%s.",
+            self.path,
+            "; will retry" if retry else "; the writes of this batch are lost",
+        )
+        try:
+            if self._conn is not None and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            _logger.exception("Could not roll back in the store file %s.", self.path)
+        self._pending_since = time.monotonic() if retry else None
 
     def _after_fork_in_child(self) -> None:
         _inherited.append(self._conn)  # never closed here: it is the parent's
@@ -207,6 +256,53 @@ class Database:
         self._wake = threading.Condition(self._lock)
         self._flusher = None
         self._pending_since = None
+        self._deferred = []
+        self._latest = {}
+
+
+class _Access:
+    """``with``-able access to a :class:`Database`'s connection (see :meth:`Database.peek`,
+    :meth:`~Database.read` and :meth:`~Database.write`). A class rather than a
+    ``contextmanager`` generator: the store goes through here on every read."""
+
+    __slots__ = ("_commit", "_db", "_flush")
+
+    def __init__(self, db: Database, *, flush: bool, commit: bool) -> None:
+        self._db = db
+        self._flush = flush
+        self._commit = commit
+
+    def __enter__(self) -> sqlite3.Connection:
+        db = self._db
+        lock = db._lock
+        lock.acquire()
+        try:
+            conn = db._connection()
+            if self._flush:
+                db._flush(conn)
+            if self._commit and not conn.in_transaction:
+                conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            lock.release()
+            raise db._error(exc) from exc
+        except BaseException:
+            lock.release()
+            raise
+        return conn
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        db = self._db
+        try:
+            conn = db._conn
+            if self._commit and conn is not None and conn.in_transaction:
+                conn.execute("COMMIT")
+                db._pending_since = None
+        except sqlite3.Error as error:
+            raise db._error(error) from error
+        finally:
+            db._lock.release()
+        if isinstance(exc, sqlite3.Error):
+            raise db._error(exc) from exc
 
 
 # -- process lifetime ---------------------------------------------------------------------
@@ -221,7 +317,7 @@ def _close_at_exit() -> None:
     for database in list(_open):
         try:
             database.close()
-        except Exception:
+        except Exception:  # noqa: BLE001 - one failing file must not keep the others open
             _logger.exception("Could not commit to the store file %s at exit.", database.path)
 
 

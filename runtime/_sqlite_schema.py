@@ -7,7 +7,8 @@ brought up to date when it is opened, inside one write transaction (two processe
 a fresh file at once do not both migrate it). A file whose version is newer than
 ``len(MIGRATIONS)`` was written by a newer stageflow and is refused.
 
-Tables (``seq`` columns give insertion order; ids are UUID strings):
+Tables (``seq`` columns give insertion order; ids are UUID strings). ``states`` and
+``run_updates`` are append-only: other processes find what is new by ``seq``.
 
 - ``flow_runs`` / ``task_runs``: one row per run. The columns the store filters on or that
   the orchestrator changes with every state (state type and name, run count, start, end,
@@ -87,7 +88,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         # find_task_run answers with the newest, as the memory store does.
         "CREATE INDEX task_runs_by_key ON task_runs (flow_run_id, task_key, dynamic_key)",
         """CREATE TABLE states (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq INTEGER PRIMARY KEY,
             run_id TEXT NOT NULL,
             kind TEXT NOT NULL CHECK (kind IN ('flow', 'task')),
             id TEXT NOT NULL,
@@ -120,7 +121,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 1 -> 2: the log of run updates other processes poll.
     (
         """CREATE TABLE run_updates (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            seq INTEGER PRIMARY KEY,
             kind TEXT NOT NULL CHECK (kind IN ('flow', 'task')),
             run_id TEXT NOT NULL,
             writer INTEGER NOT NULL)""",
@@ -366,7 +367,7 @@ def state_values(state: State[Any]) -> tuple[str, str | None, bool]:
     persisted-result reference if its data is one, and whether it had data at all."""
     data = state.data
     return (
-        state.model_dump_json(exclude=_NO_DATA, exclude_defaults=True),
+        state.model_dump_json(exclude=_NO_DATA, exclude_none=True),
         data.to_json() if isinstance(data, ResultRef) else None,
         data is not None,
     )

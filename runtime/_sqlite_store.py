@@ -323,12 +323,13 @@ class SqliteStore(StoreBackend):
 
     def _hold(self, kind: RunKind, run: Run) -> None:
         """Answer with ``run`` from now on, and keep it in memory for a while."""
-        live = self._live[kind]
-        if live.get(run.id) is not run:
-            live[run.id] = run
         recent = self._recent
-        recent[run.id] = run
-        recent.move_to_end(run.id)
+        run_id = run.id
+        if recent.get(run_id) is run:
+            recent.move_to_end(run_id)
+            return
+        recent[run_id] = run
+        self._live[kind][run_id] = run
         if len(recent) > self._keep_recent:
             recent.popitem(last=False)
 
@@ -356,21 +357,26 @@ class SqliteStore(StoreBackend):
     def sync_external(self) -> None:
         """Apply to the runs held here what other processes committed since the last look,
         and notify their subscribers. Cheap when nothing changed."""
-        if self._closed:
+        if self._closed or not self._external_changes():
             return
-        changed: list[tuple[Run, State[Any]]] = []
         with self.lock, self._db.read() as conn:
             version = conn.execute("PRAGMA data_version").fetchone()[0]
             if version == self._data_version:
-                # Nobody else committed since the last look: every newer row is ours.
-                self._state_seq = max(self._state_seq, self._own_state_seq)
-                self._update_seq = max(self._update_seq, self._own_update_seq)
-                return
+                return  # another thread applied them meanwhile
             self._data_version = version
             changed = self._apply_new_states(conn)
             self._apply_run_updates(conn)
         for run, state in changed:
             self.notify(run, state)
+
+    def _external_changes(self) -> bool:
+        with self._db.read() as conn:
+            if conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
+                return True
+            # Nobody else committed since the last look: every newer row is this store's.
+            self._state_seq = max(self._state_seq, self._own_state_seq)
+            self._update_seq = max(self._update_seq, self._own_update_seq)
+            return False
 
     def _apply_new_states(self, conn: Any) -> list[tuple[Run, State[Any]]]:
         found = conn.execute(

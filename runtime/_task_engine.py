@@ -17,21 +17,33 @@ from actors import Actor
 
 from . import states as S
 from ._body import SyncTarget, call_body
-from ._context import FlowRunContext, TaskRunContext, _flow_run_context, _task_run_context, current_tags
+from ._context import (
+    FlowRunContext,
+    TaskRunContext,
+    _flow_run_context,
+    _task_run_context,
+    current_tags,
+)
 from ._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskError
 from ._hooks import run_hooks
 from ._ids import new_id
 from ._logging import RunLogger, _log_prints, install_print_patch, task_run_logger
-from ._models import TaskRun, TaskRunInput, TaskRunPolicy, new_task_run_record
+from ._models import TaskRun, TaskRunInput, new_task_run_record
 from ._orchestrator import CreateRun, ProposeState, Transition, UpdateRun, _as_datetime
-from ._parameters import resolve_run_name
 from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
+from ._parameters import resolve_run_name
 from ._resolve import collect_upstreams, resolve_parameters, wait_for_upstreams
 from ._store import CacheRecord
 from ._waiting import wait_before_proposing_again
-from .results import ResultSettings, persist_result, refresh_cache_by_default, result_settings_for_task, task_cache_key
-from .transactions import Transaction, get_transaction
+from .results import (
+    ResultSettings,
+    persist_result,
+    refresh_cache_by_default,
+    result_settings_for_task,
+    task_cache_key,
+)
 from .states import State, now_utc
+from .transactions import Transaction, get_transaction
 
 if TYPE_CHECKING:
     from ._runtime import Runtime

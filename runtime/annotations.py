@@ -8,7 +8,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["BaseAnnotation", "allow_failure", "quote", "unmapped"]
 

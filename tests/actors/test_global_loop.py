@@ -5,10 +5,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
-import signal
 import threading
 import traceback
 from collections.abc import Callable, Iterator

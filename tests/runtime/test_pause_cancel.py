@@ -14,8 +14,8 @@ import pytest
 
 from actors import FakeClock
 from runtime import (
-    Runtime,
     RunInput,
+    Runtime,
     cancel_flow_run,
     flow,
     get_run_context,
@@ -353,10 +353,17 @@ async def test_a_tag_limit_holds_runs_in_awaiting_concurrency_slot() -> None:
         running -= 1
         return i
 
+    def waiting_for_a_slot() -> int:
+        return sum(
+            1
+            for t in runtime.backend.read_task_runs()
+            if t.state is not None and t.state.name == "AwaitingConcurrencySlot"
+        )
+
     @flow
     async def f() -> list[int]:
         futures = query.map(range(3))
-        while running < 1:
+        while running < 1 or waiting_for_a_slot() < 2:
             await anyio.sleep(0)
         gate.set()
         return [await future for future in futures]

@@ -331,3 +331,62 @@ def test_process_exits_promptly_after_flows(tmp_path: Path, body: str) -> None:
     lines = done.stdout.splitlines()
     assert lines[0] in ("result 18", "result 9 0")
     assert lines[-1] == "non-daemon threads at exit: []"
+
+
+# -- a Runtime used from sync code ----------------------------------------------------------
+
+
+def test_a_sync_runtime_block_records_sync_flows_in_its_store(tmp_path: Path) -> None:
+    from runtime import Runtime, flow, task
+
+    @task
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @flow
+    def adder() -> int:
+        return add(1, 2)
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    with Runtime(store=url) as runtime:
+        assert adder() == 3
+        (run,) = runtime.backend.read_flow_runs(flow_name="adder")
+        assert run.state.is_completed()
+    from runtime._sqlite_store import SqliteStore
+
+    store = SqliteStore(tmp_path / "runs.db")
+    try:
+        assert [r.flow_name for r in store.read_flow_runs()] == ["adder"]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_loop_chooses_the_backend_of_the_loop_sync_calls_use(backend: str) -> None:
+    import sniffio
+
+    from runtime import Runtime, flow
+
+    seen: list[str] = []
+
+    @flow
+    async def probe() -> None:
+        seen.append(sniffio.current_async_library())
+
+    @flow
+    def outer() -> None:
+        probe()  # an async subflow called from a sync flow runs on the global loop
+
+    with Runtime(store="memory://", loop=backend) as runtime:
+        outer()
+        loop = runtime.sync_loop
+        assert loop is not None and loop.backend == backend
+    assert seen == [backend]
+    assert loop.closed
+
+
+def test_loop_must_name_a_backend() -> None:
+    from runtime import Runtime
+
+    with pytest.raises(ValueError, match="'asyncio', 'trio' or a GlobalLoop"):
+        Runtime(loop="curio")
