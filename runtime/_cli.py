@@ -22,7 +22,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from functools import partial
 from pathlib import Path
@@ -281,27 +281,13 @@ def _report(
     return _exit_code(state)
 
 
-@contextmanager
-def _runtime_for_sync_calls(args: argparse.Namespace) -> Iterator[Runtime]:
-    """Run a runtime on the selected store in a background thread, and make it the runtime
-    of the flow calls this thread makes meanwhile.
+def _runtime_for_sync_calls(args: argparse.Namespace) -> Runtime:
+    """A runtime on the selected store for the flow calls this thread makes in its block.
 
-    A sync flow then runs as a plain call does: its body on this (the main) thread, so
-    Ctrl-C interrupts it and the run is recorded as Crashed.
+    Used as a plain ``with`` block, a sync flow then runs as a plain call does: its body on
+    this (the main) thread, so Ctrl-C interrupts it and the run is recorded as Crashed.
     """
-    # No public API makes a runtime current for sync calls, so set the variable that
-    # ``async with Runtime(...)`` sets for async ones.
-    from ._runtime import _current_runtime
-
-    runtime = Runtime(store=_store_url(args))
-    with ExitStack() as stack:
-        portal = stack.enter_context(anyio.from_thread.start_blocking_portal())
-        stack.enter_context(portal.wrap_async_context_manager(runtime))
-        token = _current_runtime.set(runtime)
-        try:
-            yield runtime
-        finally:
-            _current_runtime.reset(token)
+    return Runtime(store=_store_url(args))
 
 
 def _crashed(run_id: UUID, exc: BaseException) -> CommandError:

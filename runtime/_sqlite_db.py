@@ -6,9 +6,14 @@ next immediate write (:meth:`Database.write`, which commits them with its own), 
 read of the tables (:meth:`Database.read` executes them first, so reads see them), or at
 the latest ``commit_delay`` seconds after the first of them, when a helper thread commits.
 So the file's write lock, which every other process's writers wait for, is held only
-while a batch is executed and committed, never while writes accumulate. Deferred updates
-may carry a key; a later one with the same key replaces the earlier (a run's current
-state is written once per batch, not once per state).
+while a batch is executed and committed, never while writes accumulate; and deferring
+takes only a short lock of its own, so it never waits for a batch being committed.
+Deferred updates may carry a key; a later one with the same key replaces the earlier (a
+run's current state is written once per batch, not once per state).
+
+The same thread checkpoints the WAL (copies it into the database file) about once a second,
+on a connection of its own, so commits do not pay for it: a connection's automatic
+checkpoint only starts once the WAL is large (see ``open_connection``).
 
 Each open database is committed and closed when the interpreter exits. A forked child
 never touches its parent's connection (SQLite forbids it, closing included) and opens its
@@ -24,7 +29,6 @@ import sqlite3
 import threading
 import time
 import weakref
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +38,11 @@ from ._sqlite_schema import open_connection
 __all__ = ["Database"]
 
 _logger = logging.getLogger("stageflow")
+
+Write = tuple[str, tuple[Any, ...]]
+
+CHECKPOINT_INTERVAL = 1.0
+"""Seconds between the commit thread's WAL checkpoints."""
 
 
 class Database:
@@ -59,10 +68,13 @@ class Database:
         self.busy_timeout = busy_timeout
         self.commit_delay = commit_delay
         self.closed = False
-        self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
-        self._deferred: list[tuple[str, tuple[Any, ...]]] = []
-        self._latest: dict[Any, tuple[str, tuple[Any, ...]]] = {}  # keyed deferred updates
+        self.writes = 0
+        """How many batches or immediate writes have reached the file so far."""
+        self._lock = threading.RLock()  # the connection; may be held when taking _buffer
+        self._buffer = threading.Lock()  # the deferred writes and _pending_since
+        self._due = threading.Condition(self._buffer)
+        self._deferred: list[Write] = []
+        self._latest: dict[Any, Write] = {}  # keyed deferred updates
         self._pending_since: float | None = None  # when the oldest uncommitted write was made
         self._flusher: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = self._connect()
@@ -70,6 +82,7 @@ class Database:
         self._peek = _Access(self, flush=False, commit=False)
         self._read = _Access(self, flush=True, commit=False)
         self._write = _Access(self, flush=True, commit=True)
+        self._held = _Held(self)
         _open.add(self)
 
     def _connect(self) -> sqlite3.Connection:
@@ -90,6 +103,13 @@ class Database:
         """
         return self._peek
 
+    def peek_if_free(self) -> _Held | None:
+        """Like :meth:`peek`, but None at once if another thread holds the connection
+        (the lock is taken already: use the answer in a ``with``)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        return self._held
+
     def read(self) -> _Access:
         """Hold the connection, deferred writes executed (not committed) so reads see them.
 
@@ -107,27 +127,36 @@ class Database:
         """
         return self._write
 
-    def defer(self, sql: str, params: tuple[Any, ...], *, key: Any = None) -> None:
-        """Execute ``sql`` with ``params`` later (see the module docstring). With a ``key``,
-        replace the deferred write of the same key, and run after the unkeyed ones.
+    def defer(self, writes: list[Write], latest: tuple[Any, Write] | None = None) -> None:
+        """Execute ``writes`` (INSERTs and UPDATEs, as ``(sql, params)``) later, in a batch
+        (see the module docstring), then ``latest`` (``(key, write)``), unless a later
+        ``latest`` of the same key replaces it. A batch runs each statement once with all
+        its parameters (``executemany``): the INSERTs, then the UPDATEs, then the latest.
 
         Raises:
             StoreClosed: the database was closed.
         """
-        with self._lock:
+        with self._buffer:
             if self.closed:
                 raise StoreClosed(f"The store {self.url!r} is closed; open a new Runtime to use it.")
-            if key is None:
-                self._deferred.append((sql, params))
-            else:
-                self._latest[key] = (sql, params)
+            self._deferred += writes
+            if latest is not None:
+                self._latest[latest[0]] = latest[1]
             if self._pending_since is None:
                 self._pending_since = time.monotonic()
-                self._wake_flusher()
+                if self._flusher is None:
+                    self._flusher = threading.Thread(
+                        target=self._flush_loop,
+                        name=f"stageflow-commit {self.path.name}",
+                        daemon=True,
+                    )
+                    self._flusher.start()
+                else:
+                    self._due.notify()
 
     def forget(self, key: Any) -> None:
         """Drop the deferred write of ``key``, if any (a later unkeyed write covers it)."""
-        with self._lock:
+        with self._buffer:
             self._latest.pop(key, None)
 
     def commit(self) -> None:
@@ -158,17 +187,18 @@ class Database:
             except sqlite3.Error as exc:
                 raise self._error(exc) from exc
             finally:
-                self.closed = True
-                self._wake.notify_all()
+                with self._buffer:
+                    self.closed = True
+                    self._pending_since = None
+                    self._deferred.clear()
+                    self._latest.clear()
+                    self._due.notify_all()
                 conn, self._conn = self._conn, None
-                self._pending_since = None
-                self._deferred.clear()
-                self._latest.clear()
                 if conn is not None:
                     conn.close()
                 _open.discard(self)
 
-    # -- executing and committing (the lock held) -------------------------------------
+    # -- executing and committing (self._lock held) -----------------------------------
 
     def _connection(self) -> sqlite3.Connection:
         if self.closed:
@@ -184,11 +214,18 @@ class Database:
             return
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")  # may time out: the writes are still here then
-        writes = [*self._deferred, *self._latest.values()]
-        self._deferred.clear()
-        self._latest.clear()
-        for sql, group in groupby(writes, key=lambda write: write[0]):
-            conn.executemany(sql, [params for _, params in group])
+        with self._buffer:
+            writes = [*self._deferred, *self._latest.values()]
+            self._deferred.clear()
+            self._latest.clear()
+        self.writes += 1
+        batches: dict[str, list[tuple[Any, ...]]] = {}
+        for sql, params in writes:
+            batches.setdefault(sql, []).append(params)
+        # One executemany per statement: the INSERTs first, then the UPDATEs (each kind in
+        # the order deferred), so an update never runs before the insert of its row.
+        for sql in sorted(batches, key=lambda sql: not sql.startswith("INSERT")):
+            conn.executemany(sql, batches[sql])
 
     def _commit_locked(self) -> None:
         conn = self._conn
@@ -196,7 +233,13 @@ class Database:
             self._flush(conn)
             if conn.in_transaction:
                 conn.execute("COMMIT")
-        self._pending_since = None
+        self._committed()
+
+    def _committed(self) -> None:
+        with self._buffer:
+            # Writes deferred during the commit keep the old time: they are due at once.
+            if not self._deferred and not self._latest:
+                self._pending_since = None
 
     def _error(self, exc: sqlite3.Error) -> StoreError:
         text = str(exc)
@@ -210,28 +253,48 @@ class Database:
 
     # -- the commit thread ------------------------------------------------------------
 
-    def _wake_flusher(self) -> None:
-        if self._flusher is None:
-            self._flusher = threading.Thread(
-                target=self._flush_loop, name=f"stageflow-commit {self.path.name}", daemon=True
-            )
-            self._flusher.start()
-        else:
-            self._wake.notify()
-
     def _flush_loop(self) -> None:
-        """Commit deferred writes ``commit_delay`` seconds after the first of them."""
-        with self._wake:
-            while not self.closed and self._flusher is threading.current_thread():
-                since = self._pending_since
-                delay = None if since is None else since + self.commit_delay - time.monotonic()
-                if delay is None or delay > 0:
-                    self._wake.wait(delay)
-                    continue
-                try:
-                    self._commit_locked()
-                except sqlite3.Error:
-                    self._after_failed_commit()
+        """Commit deferred writes ``commit_delay`` seconds after the first of them; now and
+        then, checkpoint the WAL into the database file."""
+        checkpointer: sqlite3.Connection | None = None
+        last_checkpoint = time.monotonic()
+        try:
+            while True:
+                with self._due:
+                    while True:
+                        if self.closed or self._flusher is not threading.current_thread():
+                            return
+                        since = self._pending_since
+                        delay = (
+                            None if since is None else since + self.commit_delay - time.monotonic()
+                        )
+                        if delay is not None and delay <= 0:
+                            break
+                        self._due.wait(delay)
+                with self._lock:
+                    if self.closed:
+                        return
+                    try:
+                        self._commit_locked()
+                    except sqlite3.Error:
+                        self._after_failed_commit()
+                if time.monotonic() - last_checkpoint >= CHECKPOINT_INTERVAL:
+                    last_checkpoint = time.monotonic()
+                    checkpointer = self._checkpoint(checkpointer)
+        finally:
+            if checkpointer is not None:
+                checkpointer.close()
+
+    def _checkpoint(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """Copy committed WAL pages into the database file, on a connection of this thread:
+        the commits themselves then rarely pay for it (and the fsync it implies)."""
+        try:
+            if conn is None:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        except sqlite3.Error:
+            _logger.debug("Could not checkpoint the store file %s.", self.path, exc_info=True)
+        return conn
 
     def _after_failed_commit(self) -> None:
         """Log; roll back a half-executed batch; retry later if the writes are still here
@@ -247,13 +310,15 @@ class Database:
                 self._conn.execute("ROLLBACK")
         except sqlite3.Error:
             _logger.exception("Could not roll back in the store file %s.", self.path)
-        self._pending_since = time.monotonic() if retry else None
+        with self._buffer:
+            self._pending_since = time.monotonic() if retry else None
 
     def _after_fork_in_child(self) -> None:
         _inherited.append(self._conn)  # never closed here: it is the parent's
         self._conn = None
         self._lock = threading.RLock()
-        self._wake = threading.Condition(self._lock)
+        self._buffer = threading.Lock()
+        self._due = threading.Condition(self._buffer)
         self._flusher = None
         self._pending_since = None
         self._deferred = []
@@ -280,8 +345,10 @@ class _Access:
             conn = db._connection()
             if self._flush:
                 db._flush(conn)
-            if self._commit and not conn.in_transaction:
-                conn.execute("BEGIN IMMEDIATE")
+            if self._commit:
+                if not conn.in_transaction:
+                    conn.execute("BEGIN IMMEDIATE")
+                db.writes += 1
         except sqlite3.Error as exc:
             lock.release()
             raise db._error(exc) from exc
@@ -296,13 +363,33 @@ class _Access:
             conn = db._conn
             if self._commit and conn is not None and conn.in_transaction:
                 conn.execute("COMMIT")
-                db._pending_since = None
+                db._committed()
         except sqlite3.Error as error:
             raise db._error(error) from error
         finally:
             db._lock.release()
         if isinstance(exc, sqlite3.Error):
             raise db._error(exc) from exc
+
+
+class _Held(_Access):
+    """Like the ``peek`` access, for a lock :meth:`Database.peek_if_free` already took."""
+
+    __slots__ = ()
+
+    def __init__(self, db: Database) -> None:
+        super().__init__(db, flush=False, commit=False)
+
+    def __enter__(self) -> sqlite3.Connection:
+        db = self._db
+        try:
+            return db._connection()
+        except sqlite3.Error as exc:
+            db._lock.release()
+            raise db._error(exc) from exc
+        except BaseException:
+            db._lock.release()
+            raise
 
 
 # -- process lifetime ---------------------------------------------------------------------

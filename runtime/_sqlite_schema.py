@@ -7,7 +7,7 @@ brought up to date when it is opened, inside one write transaction (two processe
 a fresh file at once do not both migrate it). A file whose version is newer than
 ``len(MIGRATIONS)`` was written by a newer stageflow and is refused.
 
-Tables (``seq`` columns give insertion order; ids are UUID strings). ``states`` and
+Tables (``seq`` columns give insertion order; ids are UUIDs as 32 hex digits). ``states`` and
 ``run_updates`` are append-only: other processes find what is new by ``seq``.
 
 - ``flow_runs`` / ``task_runs``: one row per run. The columns the store filters on or that
@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 from ._exceptions import ConfigurationError, StoreError
 from ._models import FlowRun, RunKind, TaskRun
@@ -40,8 +41,10 @@ from .states import UNAVAILABLE, State
 
 __all__ = [
     "INSERT_RUN",
+    "INSERT_RUN_UPDATE",
     "INSERT_STATE",
     "MIGRATIONS",
+    "AUTOCHECKPOINT_PAGES",
     "SCHEMA_VERSION",
     "SELECT_RUN",
     "TABLES",
@@ -94,7 +97,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
             id TEXT NOT NULL,
             type TEXT NOT NULL,
             name TEXT,
-            timestamp TEXT NOT NULL,
             body TEXT NOT NULL,
             result TEXT,
             has_data INTEGER NOT NULL DEFAULT 0,
@@ -128,6 +130,9 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
 ]
 
+AUTOCHECKPOINT_PAGES = 10_000
+"""WAL size, in pages, at which a commit checkpoints by itself."""
+
 SCHEMA_VERSION = len(MIGRATIONS)
 """The schema version this stageflow writes."""
 
@@ -152,8 +157,9 @@ def open_connection(
     """Open (creating it and its directory if needed) and upgrade the store file ``path``.
 
     The connection is in autocommit mode (the store opens transactions itself), in WAL
-    journal mode, waits up to ``busy_timeout`` seconds for other processes' locks, and
-    syncs to disk on every commit only when ``fsync`` is true.
+    journal mode, waits up to ``busy_timeout`` seconds for other processes' locks, syncs
+    to disk on every commit only when ``fsync`` is true, and checkpoints by itself only
+    when the WAL is large.
 
     Raises:
         StoreError: the file or its directory cannot be created or read, or the file is
@@ -174,6 +180,11 @@ def open_connection(
     try:
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        # Checkpoints (copying the WAL into the file, with an fsync) are the commit thread's
+        # job; a commit does one itself only once the WAL reaches ~40 MB. Once checkpointed,
+        # the WAL file is cut back to 64 MB at most.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
         _migrate(conn, path, migrations)
     except sqlite3.DatabaseError as exc:
         conn.close()
@@ -291,11 +302,14 @@ UPDATE_STATE = {
 }
 """Per kind, a run's new state: ``(type, name, *run_times(run), id)``."""
 
+INSERT_RUN_UPDATE = "INSERT INTO run_updates (kind, run_id, writer) VALUES (?, ?, ?)"
+"""Log an ``update_run``: parameters ``(kind, run id, writer)``."""
+
 INSERT_STATE = (
-    "INSERT INTO states (run_id, kind, id, type, name, timestamp, body, result, has_data, writer) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "INSERT INTO states (run_id, kind, id, type, name, body, result, has_data, writer) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-"""Parameters ``(run id, kind, state id, type, name, timestamp, *state_values(state), writer)``."""
+"""Parameters ``(run id, kind, state id, type, name, *state_values(state), writer)``."""
 
 
 def iso(value: datetime | None) -> str | None:
@@ -306,6 +320,11 @@ def iso(value: datetime | None) -> str | None:
 def parse_datetime(text: str | None) -> datetime | None:
     """Return the datetime :func:`iso` wrote (None stays None)."""
     return None if text is None else datetime.fromisoformat(text)
+
+
+def _column(value: Any) -> Any:
+    """A link column's value: ids as 32 hex digits, like every id in the file."""
+    return value.hex if isinstance(value, UUID) else value
 
 
 def _unencodable(value: Any) -> str:
@@ -326,10 +345,7 @@ def run_values(kind: RunKind, run: Run) -> tuple[Any, ...]:
         *run_times(run),
         run.created.isoformat(),
         run.model_dump_json(exclude=_NOT_IN_BODY, fallback=_unencodable),
-        *(
-            None if (value := getattr(run, column)) is None else str(value)
-            for column in _LINKS[kind]
-        ),
+        *(_column(getattr(run, column)) for column in _LINKS[kind]),
     )
 
 

@@ -115,8 +115,7 @@ class SqliteStore(StoreBackend):
             self._update_seq: int = conn.execute(
                 "SELECT COALESCE(MAX(seq), 0) FROM run_updates"
             ).fetchone()[0]
-        self._own_state_seq = self._state_seq
-        self._own_update_seq = self._update_seq
+        self._seen_writes = self._db.writes
         _stores.add(self)
 
     @classmethod
@@ -185,19 +184,18 @@ class SqliteStore(StoreBackend):
         self._add("task", run)
 
     def _add(self, kind: RunKind, run: Run) -> None:
-        run_id = str(run.id)
+        run_id = run.id.hex
         values = rows.run_values(kind, run)
-        with self._db.write(now=kind == "flow") as conn:
-            if conn.execute(rows.INSERT_RUN[kind], (run_id, *values)).rowcount == 0:
-                # Added again: take its new fields, keep its place and its history.
-                conn.execute(rows.UPDATE_RUN[kind], (*values, run_id))
-            else:
-                history = list(run.state_history)
-                if run.state is not None and (not history or history[-1] is not run.state):
-                    history.append(run.state)
-                for state in history:
-                    self._insert_state(conn, kind, run_id, state)
-            self._hold(kind, run)
+        if self._live[kind].get(run.id) is not None:
+            # Added again: take its new fields, keep its place and its history.
+            self._put(kind, run, [(rows.UPDATE_RUN[kind], (*values, run_id))])
+            return
+        history = list(run.state_history)
+        if run.state is not None and (not history or history[-1] is not run.state):
+            history.append(run.state)
+        writes = [(rows.INSERT_RUN[kind], (run_id, *values))]
+        writes += [(rows.INSERT_STATE, self._state_params(kind, run_id, s)) for s in history]
+        self._put(kind, run, writes)
 
     def read_flow_run(self, run_id: UUID) -> FlowRun:
         return self._read("flow", run_id)  # type: ignore[return-value]
@@ -206,12 +204,18 @@ class SqliteStore(StoreBackend):
         return self._read("task", run_id)  # type: ignore[return-value]
 
     def _read(self, kind: RunKind, run_id: UUID) -> Run:
+        held = self._live[kind].get(run_id)
+        if held is not None:
+            # The engine's hot path (the orchestrator reads the parent flow run for every
+            # task run): no waiting for the connection while a batch is being committed.
+            if self._closed:
+                raise StoreClosed(f"The store {self.url!r} is closed; open a new Runtime to use it.")
+            if self._external_changes(wait=False):
+                self.sync_external()
+            return held
         self.sync_external()
         with self._db.read() as conn:
-            held = self._live[kind].get(run_id)
-            if held is not None:
-                return held
-            row = conn.execute(f"{rows.SELECT_RUN[kind]} WHERE id = ?", (str(run_id),)).fetchone()
+            row = conn.execute(f"{rows.SELECT_RUN[kind]} WHERE id = ?", (run_id.hex,)).fetchone()
             if row is None:
                 raise ObjectNotFound(f"{kind.title()} run {run_id} not found in {self.url}.")
             return self._runs(conn, kind, [row])[0]
@@ -221,7 +225,7 @@ class SqliteStore(StoreBackend):
             "task",
             " WHERE flow_run_id IS ? AND task_key = ? AND dynamic_key = ?"
             " ORDER BY seq DESC LIMIT 1",
-            (None if flow_run_id is None else str(flow_run_id), task_key, dynamic_key),
+            (None if flow_run_id is None else flow_run_id.hex, task_key, dynamic_key),
         )
         return found[0] if found else None
 
@@ -244,7 +248,7 @@ class SqliteStore(StoreBackend):
             params.append(flow_name)
         if parent_task_run_id is not None:
             where.append("parent_task_run_id = ?")
-            params.append(str(parent_task_run_id))
+            params.append(parent_task_run_id.hex)
         sql = "".join(f" {'AND' if i else 'WHERE'} {w}" for i, w in enumerate(where))
         sql += " ORDER BY seq DESC" + ("" if limit is None else f" LIMIT {int(limit)}")
         return self._select("flow", sql, params)
@@ -252,7 +256,7 @@ class SqliteStore(StoreBackend):
     def read_task_runs(self, *, flow_run_id: UUID | None = None) -> list[TaskRun]:
         if flow_run_id is None:
             return self._select("task", " ORDER BY seq", ())
-        return self._select("task", " WHERE flow_run_id = ? ORDER BY seq", (str(flow_run_id),))
+        return self._select("task", " WHERE flow_run_id = ? ORDER BY seq", (flow_run_id.hex,))
 
     def _select(self, kind: RunKind, sql: str, params: Sequence[Any]) -> list[Any]:
         """Return the runs ``SELECT_RUN[kind] + sql`` finds, once other processes' changes
@@ -264,24 +268,41 @@ class SqliteStore(StoreBackend):
             )
 
     def record_state(self, kind: RunKind, run: Run, state: State[Any]) -> None:
-        run_id = str(run.id)
-        times = rows.run_times(run)
-        with self._db.write(now=kind == "flow") as conn:
-            self._insert_state(conn, kind, run_id, state)
-            conn.execute(rows.UPDATE_STATE[kind], (state.type.value, state.name, *times, run_id))
-            self._hold(kind, run)
+        run_id = run.id.hex
+        current = (state.type.value, state.name, *rows.run_times(run), run_id)
+        self._put(
+            kind,
+            run,
+            [(rows.INSERT_STATE, self._state_params(kind, run_id, state))],
+            (rows.UPDATE_STATE[kind], current),
+        )
 
     def update_run(self, kind: RunKind, run: Run) -> None:
-        run_id = str(run.id)
-        values = rows.run_values(kind, run)
-        with self._db.write(now=kind == "flow") as conn:
-            conn.execute(rows.UPDATE_RUN[kind], (*values, run_id))
-            cursor = conn.execute(
-                "INSERT INTO run_updates (kind, run_id, writer) VALUES (?, ?, ?)",
-                (kind, run_id, self._writer),
-            )
-            self._own_update_seq = cursor.lastrowid or self._own_update_seq
-            self._hold(kind, run)
+        run_id = run.id.hex
+        writes = [
+            (rows.UPDATE_RUN[kind], (*rows.run_values(kind, run), run_id)),
+            (rows.INSERT_RUN_UPDATE, (kind, run_id, self._writer)),
+        ]
+        self._db.forget((kind, run.id))  # the whole row is written: a pending state update is stale
+        self._put(kind, run, writes)
+
+    def _put(
+        self,
+        kind: RunKind,
+        run: Run,
+        writes: list[tuple[str, tuple[Any, ...]]],
+        current: tuple[str, tuple[Any, ...]] | None = None,
+    ) -> None:
+        """Write for ``run``: a flow run's writes at once (other processes act on flow-run
+        states), a task run's when the pending writes are committed; ``current`` (the run's
+        state columns) once per batch."""
+        if kind == "flow":
+            with self._db.write() as conn:
+                for sql, params in writes if current is None else [*writes, current]:
+                    conn.execute(sql, params)
+        else:
+            self._db.defer(writes, None if current is None else ((kind, run.id), current))
+        self._hold(kind, run)
 
     def read_state_history(self, kind: RunKind, run_id: UUID) -> list[State[Any]]:
         self.sync_external()
@@ -289,37 +310,33 @@ class SqliteStore(StoreBackend):
             found = conn.execute(
                 "SELECT id, body, result, has_data FROM states WHERE run_id = ? AND kind = ? "
                 "ORDER BY seq",
-                (str(run_id), kind),
+                (run_id.hex, kind),
             ).fetchall()
             if (
                 not found
                 and conn.execute(
-                    f"SELECT 1 FROM {rows.TABLES[kind]} WHERE id = ?", (str(run_id),)
+                    f"SELECT 1 FROM {rows.TABLES[kind]} WHERE id = ?", (run_id.hex,)
                 ).fetchone()
                 is None
             ):
                 raise ObjectNotFound(f"{kind.title()} run {run_id} not found in {self.url}.")
             held = self._live[kind].get(run_id)
             mine = (
-                {str(state.id): state for state in held.state_history} if held is not None else {}
+                {state.id.hex: state for state in held.state_history} if held is not None else {}
             )
             return [mine.get(row[0]) or rows.state_from_row(*row[1:]) for row in found]
 
-    def _insert_state(self, conn: Any, kind: RunKind, run_id: str, state: State[Any]) -> None:
-        cursor = conn.execute(
-            rows.INSERT_STATE,
-            (
-                run_id,
-                kind,
-                str(state.id),
-                state.type.value,
-                state.name,
-                state.timestamp.isoformat(),
-                *rows.state_values(state),
-                self._writer,
-            ),
+    def _state_params(self, kind: RunKind, run_id: str, state: State[Any]) -> tuple[Any, ...]:
+        """The parameters of ``INSERT_STATE`` for ``state``."""
+        return (
+            run_id,
+            kind,
+            state.id.hex,
+            state.type.value,
+            state.name,
+            *rows.state_values(state),
+            self._writer,
         )
-        self._own_state_seq = cursor.lastrowid or self._own_state_seq
 
     def _hold(self, kind: RunKind, run: Run) -> None:
         """Answer with ``run`` from now on, and keep it in memory for a while."""
@@ -369,13 +386,24 @@ class SqliteStore(StoreBackend):
         for run, state in changed:
             self.notify(run, state)
 
-    def _external_changes(self) -> bool:
-        with self._db.read() as conn:
+    def _external_changes(self, *, wait: bool = True) -> bool:
+        """Whether another connection committed since the last look. Without ``wait``, a
+        connection busy in another thread (committing a batch) counts as no news."""
+        access = self._db.peek() if wait else self._db.peek_if_free()
+        if access is None:
+            return False
+        with access as conn:
             if conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
                 return True
-            # Nobody else committed since the last look: every newer row is this store's.
-            self._state_seq = max(self._state_seq, self._own_state_seq)
-            self._update_seq = max(self._update_seq, self._own_update_seq)
+            if self._seen_writes != self._db.writes:
+                # Nobody else committed since the last look: every newer row is this store's.
+                self._seen_writes = self._db.writes
+                self._state_seq = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM states"
+                ).fetchone()[0]
+                self._update_seq = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM run_updates"
+                ).fetchone()[0]
             return False
 
     def _apply_new_states(self, conn: Any) -> list[tuple[Run, State[Any]]]:
@@ -397,7 +425,7 @@ class SqliteStore(StoreBackend):
                 continue
             # Only states after the last one the object already has: when this store wrote
             # a newer state than another's, the object stays in the newer one.
-            known = {str(state.id) for state in run.state_history}
+            known = {state.id.hex for state in run.state_history}
             new = group[
                 max(
                     (
@@ -443,18 +471,18 @@ class SqliteStore(StoreBackend):
     # -- pause inputs -----------------------------------------------------------------
 
     def write_run_input(self, flow_run_id: UUID, key: str, value: str) -> None:
-        with self._db.write(now=True) as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "INSERT INTO run_inputs (flow_run_id, key, value) VALUES (?, ?, ?) "
                 "ON CONFLICT (flow_run_id, key) DO UPDATE SET value = excluded.value",
-                (str(flow_run_id), key, value),
+                (flow_run_id.hex, key, value),
             )
 
     def read_run_input(self, flow_run_id: UUID, key: str) -> str | None:
         with self._db.read() as conn:
             row = conn.execute(
                 "SELECT value FROM run_inputs WHERE flow_run_id = ? AND key = ?",
-                (str(flow_run_id), key),
+                (flow_run_id.hex, key),
             ).fetchone()
         return None if row is None else str(row[0])
 
@@ -462,7 +490,7 @@ class SqliteStore(StoreBackend):
 
     def write_cache_record(self, record: CacheRecord) -> None:
         values = (record.key, *rows.state_values(record.state), rows.iso(record.expiration))
-        with self._db.write(now=True) as conn:
+        with self._db.write() as conn:
             conn.execute(
                 "INSERT INTO cache_records (key, state, result, has_data, expiration) "
                 "VALUES (?, ?, ?, ?, ?) "
@@ -491,14 +519,14 @@ class SqliteStore(StoreBackend):
             return CacheRecord(key=key, state=state, expiration=expiration)
 
     def delete_cache_record(self, key: str) -> None:
-        with self._db.write(now=True) as conn:
+        with self._db.write() as conn:
             conn.execute("DELETE FROM cache_records WHERE key = ?", (key,))
             self._records.pop(key, None)
 
     # -- concurrency limits -----------------------------------------------------------
 
     def set_concurrency_limit(self, tag: str, limit: int | None) -> None:
-        with self._db.write(now=True) as conn:
+        with self._db.write() as conn:
             if limit is None:
                 conn.execute("DELETE FROM concurrency_limits WHERE tag = ?", (tag,))
             else:
@@ -527,20 +555,20 @@ class SqliteStore(StoreBackend):
         with self._db.read() as conn:
             if conn.execute(query, tags).fetchone() is None:
                 return True  # no tag is limited: nothing to take, no write lock needed
-        with self._db.write(now=True) as conn:
+        with self._db.write() as conn:
             limits = dict(conn.execute(query, tags).fetchall())  # again, under the write lock
             limited = [tag for tag in tags if tag in limits]
             for tag in limited:
                 taken, mine = conn.execute(
                     "SELECT COUNT(*), COALESCE(SUM(holder = ?), 0) FROM concurrency_slots "
                     "WHERE tag = ?",
-                    (str(holder), tag),
+                    (holder.hex, tag),
                 ).fetchone()
                 if not mine and taken >= limits[tag]:
                     return False
             conn.executemany(
                 "INSERT OR IGNORE INTO concurrency_slots (tag, holder) VALUES (?, ?)",
-                [(tag, str(holder)) for tag in limited],
+                [(tag, holder.hex) for tag in limited],
             )
             return True
 
@@ -549,10 +577,10 @@ class SqliteStore(StoreBackend):
         try:
             with self._db.read() as conn:
                 query = "SELECT 1 FROM concurrency_slots WHERE holder = ? LIMIT 1"
-                if conn.execute(query, (str(holder),)).fetchone() is None:
+                if conn.execute(query, (holder.hex,)).fetchone() is None:
                     return
-            with self._db.write(now=True) as conn:
-                conn.execute("DELETE FROM concurrency_slots WHERE holder = ?", (str(holder),))
+            with self._db.write() as conn:
+                conn.execute("DELETE FROM concurrency_slots WHERE holder = ?", (holder.hex,))
         except StoreClosed:
             pass
 

@@ -363,25 +363,24 @@ def test_a_sync_runtime_block_records_sync_flows_in_its_store(tmp_path: Path) ->
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_loop_chooses_the_backend_of_the_loop_sync_calls_use(backend: str) -> None:
-    import sniffio
+    from runtime import Runtime, flow, task
 
-    from runtime import Runtime, flow
-
-    seen: list[str] = []
-
-    @flow
-    async def probe() -> None:
-        seen.append(sniffio.current_async_library())
+    @task
+    def inner() -> int:
+        return 1
 
     @flow
-    def outer() -> None:
-        probe()  # an async subflow called from a sync flow runs on the global loop
+    def outer() -> int:
+        return inner()
 
     with Runtime(store="memory://", loop=backend) as runtime:
-        outer()
         loop = runtime.sync_loop
         assert loop is not None and loop.backend == backend
-    assert seen == [backend]
+        assert loop.thread is None  # started by the first sync call
+        assert outer() == 1
+        assert loop.thread is not None
+        (run,) = runtime.backend.read_flow_runs(flow_name="outer")
+        assert run.state.is_completed()
     assert loop.closed
 
 

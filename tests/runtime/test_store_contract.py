@@ -535,7 +535,7 @@ class TestSqliteSchema:
             "INSERT INTO flow_runs (id, name, flow_name, state_type, state_name, created, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?)",
             (
-                str(run.id),
+                run.id.hex,
                 run.name,
                 run.flow_name,
                 "COMPLETED",
@@ -545,15 +545,13 @@ class TestSqliteSchema:
             ),
         )
         conn.execute(
-            "INSERT INTO states (run_id, kind, id, type, name, timestamp, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO states (run_id, kind, id, type, name, body) VALUES (?, ?, ?, ?, ?, ?)",
             (
-                str(run.id),
+                run.id.hex,
                 "flow",
-                str(state.id),
+                state.id.hex,
                 "COMPLETED",
                 "Completed",
-                state.timestamp.isoformat(),
                 state.model_dump_json(exclude={"data"}),
             ),
         )
