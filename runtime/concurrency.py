@@ -17,6 +17,8 @@ The same limits are managed from the shell with ``stageflow limits set TAG N`` a
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from uuid import UUID
 
 import attrs
@@ -42,10 +44,18 @@ class ConcurrencyLimit:
     active_slots: tuple[UUID, ...]
 
 
-def _backend(store: str | None) -> tuple[StoreBackend, bool]:
+@contextmanager
+def _backend(store: str | None) -> Iterator[StoreBackend]:
+    """The store named by ``store``, or the current one; a store opened here is closed."""
     if store is None:
-        return inherited_backend()[0], False
-    return open_backend(store)
+        yield inherited_backend()[0]
+        return
+    backend, owned = open_backend(store)
+    try:
+        yield backend
+    finally:
+        if owned:
+            backend.close()
 
 
 def set_concurrency_limit(tag: str, limit: int, *, store: str | None = None) -> None:
@@ -63,32 +73,20 @@ def set_concurrency_limit(tag: str, limit: int, *, store: str | None = None) -> 
         raise ValueError(f"A concurrency limit needs a non-empty tag, got {tag!r}.")
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"A concurrency limit must be an integer >= 0, got {limit!r}.")
-    backend, owned = _backend(store)
-    try:
+    with _backend(store) as backend:
         backend.set_concurrency_limit(tag, limit)
-    finally:
-        if owned:
-            backend.close()
 
 
 def delete_concurrency_limit(tag: str, *, store: str | None = None) -> None:
     """Remove the limit on ``tag`` (its task runs no longer wait for slots)."""
-    backend, owned = _backend(store)
-    try:
+    with _backend(store) as backend:
         backend.set_concurrency_limit(tag, None)
-    finally:
-        if owned:
-            backend.close()
 
 
 def read_concurrency_limits(*, store: str | None = None) -> list[ConcurrencyLimit]:
     """Return every tag's limit and its current slot holders, sorted by tag."""
-    backend, owned = _backend(store)
-    try:
+    with _backend(store) as backend:
         limits = backend.read_concurrency_limits()
-    finally:
-        if owned:
-            backend.close()
     return [
         ConcurrencyLimit(tag, limit, tuple(holders))
         for tag, (limit, holders) in sorted(limits.items())
