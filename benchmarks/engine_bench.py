@@ -12,7 +12,13 @@ call for the flow-call rows), the ratio stageflow/floor and the target.
   global loop in this process, the "trio" column reruns them in a child process with
   ``STAGEFLOW_GLOBAL_LOOP=trio``.
 - Cold start (``python -c`` import + first flow result) and the peak RSS of a process that
-  runs the 1000-task flow are measured in child processes.
+  runs the 1000-task flow are measured in child processes, started before this process has
+  grown: on Linux a child's ``ru_maxrss`` starts at its parent's RSS, so the child also
+  reports its own high-water mark (``VmHWM``), which is the figure used.
+- For context it also prints the cross-thread floors of a sync task call: one
+  ``BlockingPortal.call`` round trip, and one ``GlobalLoop.call`` whose task runs a callback
+  back on the waiting thread (the engine's pattern: a sync task called in a sync flow makes
+  one such call).
 
 ``--store sqlite`` runs every workload again on ``sqlite:///<tmpdir>/bench.db`` and prints
 the ratio sqlite/memory (target at most 2x); if the SQLite store is not available it says
@@ -23,9 +29,13 @@ many log records the engine emitted, which should be none.
 from __future__ import annotations
 
 import argparse
+import atexit
+import importlib.metadata
 import json
 import logging
 import os
+import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,13 +47,15 @@ from typing import Any
 # The store must be chosen before the engine picks its default: sync flows use the
 # process's default store. STAGEFLOW_HOME keeps any default file out of the user's home.
 _TMP = tempfile.mkdtemp(prefix="stageflow-bench-")
+atexit.register(shutil.rmtree, _TMP, True)
 os.environ.setdefault("STAGEFLOW_HOME", _TMP)
 os.environ.setdefault("STAGEFLOW_STORE", "memory://")
 
-import anyio  # noqa: E402
-import anyio.from_thread  # noqa: E402
+import anyio
+import anyio.from_thread
 
-from runtime import Runtime, flow, task  # noqa: E402
+from actors import GlobalLoop
+from runtime import Runtime, flow, task
 
 HERE = Path(__file__).resolve()
 BACKENDS = ("asyncio", "trio")
@@ -247,24 +259,21 @@ def use_default_store(url: str) -> str:
     """Make ``url`` the store of sync flows (the process's default store); return the
     URL of the default store actually in use.
 
-    ``$STAGEFLOW_STORE`` is the way to choose it; a build whose default store does not
-    read that variable gets the backend installed directly (benchmark-only shortcut).
+    ``$STAGEFLOW_STORE`` chooses it, and a closed default store is replaced by a new one
+    from that variable.
     """
-    from runtime import _stores
+    from runtime._stores import default_backend
 
     os.environ["STAGEFLOW_STORE"] = url
-    backend = _stores.default_backend()
+    backend = default_backend()
     if not _same_store(backend.url, url):
-        backend, _ = _stores.open_backend(url)
-        with _stores._default_lock:
-            _stores._default = backend
-    return _stores.default_backend().url
+        backend.close()
+        backend = default_backend()
+    return backend.url
 
 
 def _same_store(actual: str, wanted: str) -> bool:
-    if wanted.startswith("memory://"):
-        return actual.startswith("memory://")
-    return actual == wanted
+    return actual.split(":", 1)[0] == wanted.split(":", 1)[0]
 
 
 # -- measuring --------------------------------------------------------------------------
@@ -329,6 +338,21 @@ def portal_round_trip(backend: str, calls: int, repeats: int) -> float:
         return best_of(repeats, _repeat(lambda: portal.call(floor_trivial_async), calls)) / calls * 1e6
 
 
+def global_loop_round_trip(backend: str, calls: int, repeats: int) -> float:
+    """µs per ``GlobalLoop.call`` whose task runs one callback on the waiting thread."""
+    loop = GlobalLoop(backend, name=f"bench-floor-{backend}")
+
+    async def with_callback() -> int:
+        return await loop.run_in_waiting_thread(add_one, 1)
+
+    try:
+        for _ in range(100):
+            loop.call(with_callback)
+        return best_of(repeats, _repeat(lambda: loop.call(with_callback), calls)) / calls * 1e6
+    finally:
+        loop.close()
+
+
 def child_json(args: list[str], env: dict[str, str] | None = None) -> Any:
     """Run this script with ``args`` in a child process; return the JSON it prints last."""
     proc = subprocess.run(
@@ -372,15 +396,49 @@ def child_main(mode: str, n: int, flows: int, repeats: int, store: str) -> None:
     logging.getLogger("stageflow").setLevel(logging.WARNING)
     if mode == "rss":
         use_default_store(store)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = _high_water_kib()
         assert sync_call_flow(n) == expected(n)
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"after_import_kib": before, "peak_kib": after}))
+        ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(json.dumps({"after_import_kib": before, "peak_kib": _high_water_kib() or ru_maxrss, "ru_maxrss_kib": ru_maxrss}))
     elif mode == "sync":
         use_default_store(store)
         print(json.dumps(measure_sync(n, flows, repeats)))
     else:
         raise SystemExit(f"unknown child mode {mode!r}")
+
+
+def _high_water_kib() -> int | None:
+    """This process's peak RSS in KiB (``VmHWM``, Linux), or None where unknown."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def bytecode_cached() -> bool:
+    """Whether ``runtime``'s modules have .pyc files (cold start is ~0.15 s slower without)."""
+    import importlib.util
+
+    import runtime._flow_engine
+
+    source = runtime._flow_engine.__file__
+    return source is not None and os.path.exists(importlib.util.cache_from_source(source))
+
+
+def machine() -> str:
+    """CPU count and model, Python and library versions."""
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("anyio", "trio", "pydantic"))
+    return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, {versions}"
 
 
 # -- report -----------------------------------------------------------------------------
@@ -440,27 +498,24 @@ def main() -> None:
     parser.add_argument("--store", choices=["memory", "sqlite"], default="memory",
                         help="sqlite: also run every workload on sqlite:///<tmpdir>/bench.db")
     parser.add_argument("-n", type=int, default=1000, help="task runs per flow")
-    parser.add_argument("--flows", type=int, default=200, help="flow calls per flow-call timing")
+    parser.add_argument("--flows", type=int, default=100, help="flow calls per flow-call timing")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (best counts)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--store-url", default="memory://", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    repeats = args.repeats or (2 if args.quick else 5)
+    repeats = args.repeats or (2 if args.quick else 4)
     n, flows = args.n, (50 if args.quick else args.flows)
     if args.child:
         child_main(args.child, n, flows, repeats, args.store_url)
         return
 
-    engine_logs = logging.getLogger("stageflow")
-    engine_logs.setLevel(logging.WARNING)
     counter = LogCounter()
-    engine_logs.addHandler(counter)
+    for name in ("stageflow", "actors"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).addHandler(counter)
     started = time.perf_counter()
     print(f"stageflow engine benchmark: n={n} task runs per flow, {flows} flow calls, best of {repeats}")
-    print(f"Python {sys.version.split()[0]}, {os.cpu_count()} CPUs, anyio {anyio.__version__ if hasattr(anyio, '__version__') else ''}")
-
-    floors = {b: measure_floors(b, n, flows, repeats) for b in BACKENDS}
-    portal = {b: portal_round_trip(b, 500 if args.quick else 2000, repeats) for b in BACKENDS}
+    print(machine())
 
     stores = [("memory", "memory://")]
     if args.store == "sqlite":
@@ -470,27 +525,48 @@ def main() -> None:
         else:
             print(f"sqlite: not available ({why_not})")
 
-    results: dict[str, dict[str, dict[str, float]]] = {}
-    for name, url in stores:
-        results[name] = run_store(url, n, flows, repeats, sync_trio=True)
-        print_table(f"{name} store ({url}; sync flows' default store: {results[name]['_store']['default']})",
-                    results[name], floors)
-
-    print("\nraw floors per backend (µs): " + "; ".join(
-        f"{b}: to_thread {floors[b]['sync_submit']:.1f}, task group {floors[b]['async_gather']:.2f}, "
-        f"BlockingPortal.call round trip {portal[b]:.1f}"
-        for b in BACKENDS))
-
+    # Child processes first, while this process is small (see the module docstring).
+    processes = {}
     for name, url in stores:
         env = {"STAGEFLOW_STORE": url}
         cold, bare = cold_start(3, env)
         rss = child_json(["--child", "rss", "-n", str(n), "--store-url", url], env=env)
-        print(f"\n{name}: cold `python -c` import + first flow result: {cold:.3f} s "
-              f"(target ≤ 0.5 s: {'yes' if cold <= 0.5 else 'NO'}; bare `python -c pass`: {bare:.3f} s)")
-        peak = rss["peak_kib"] * 1024 / MIB
-        print(f"{name}: peak RSS of the {n}-task flow process: {peak:.1f} MiB "
-              f"(after imports {rss['after_import_kib'] * 1024 / MIB:.1f} MiB; "
-              f"target ≤ 60 MiB: {'yes' if peak <= 60 else 'NO'})")
+        processes[name] = (cold, bare, rss)
+
+    floors = {b: measure_floors(b, n, flows, repeats) for b in BACKENDS}
+    calls = 500 if args.quick else 2000
+    portal = {b: portal_round_trip(b, calls, repeats) for b in BACKENDS}
+    hop = {b: global_loop_round_trip(b, calls, repeats) for b in BACKENDS}
+
+    results: dict[str, dict[str, dict[str, float]]] = {}
+    for name, url in stores:
+        results[name] = run_store(url, n, flows, repeats, sync_trio=True)
+        print_table(
+            f"{name} store ({url}; sync flows' default store: {results[name]['_store']['default']})",
+            results[name],
+            floors,
+        )
+
+    print("\nraw floors per backend (µs per item; the table's floor column is asyncio's):")
+    for b in BACKENDS:
+        print(
+            f"  {b:<8} to_thread {floors[b]['sync_submit']:.1f}, task group {floors[b]['async_gather']:.1f}, "
+            f"BlockingPortal.call round trip {portal[b]:.1f}, "
+            f"GlobalLoop.call + callback in the waiting thread {hop[b]:.1f}"
+        )
+
+    for name, (cold, bare, rss) in processes.items():
+        print(
+            f"\n{name}: cold `python -c` import + first flow result: {cold:.3f} s "
+            f"(target ≤ 0.5 s: {'yes' if cold <= 0.5 else 'NO'}; bare `python -c pass`: {bare:.3f} s; "
+            f"bytecode cache of runtime/: {'present' if bytecode_cached() else 'ABSENT, so imports compile'})"
+        )
+        peak = rss["peak_kib"] / 1024
+        print(
+            f"{name}: peak RSS of the {n}-task flow process: {peak:.1f} MiB "
+            f"(after imports {(rss['after_import_kib'] or 0) / 1024:.1f} MiB, ru_maxrss {rss['ru_maxrss_kib'] / 1024:.1f} MiB; "
+            f"target ≤ 60 MiB: {'yes' if peak <= 60 else 'NO'})"
+        )
 
     if "sqlite" in results:
         print("\nsqlite / memory (target ≤ 2x)")
@@ -498,9 +574,9 @@ def main() -> None:
             for backend in BACKENDS:
                 mem, sql = results["memory"][key].get(backend), results["sqlite"][key].get(backend)
                 if mem and sql:
-                    print(f"  {label:<50} {backend:<8} {sql / mem:5.2f}x  {'yes' if sql <= 2 * mem else 'NO'}")
+                    print(f"  {label:<50} {backend:<8} {sql:8.1f} / {mem:7.1f} = {sql / mem:5.2f}x  {'yes' if sql <= 2 * mem else 'NO'}")
 
-    print(f"\nengine log records emitted during the benchmark: {counter.count}")
+    print(f"\nengine log records (WARNING and up) emitted during the benchmark: {counter.count}")
     print(f"total time: {time.perf_counter() - started:.0f} s")
 
 

@@ -142,17 +142,31 @@ async def _run_task(
     return_type: str,
     target: SyncTarget,
 ) -> Any:
+    runtime = current_runtime()
+    if runtime is not None:  # the common case: no need for runtime_scope()'s machinery
+        return await _run_task_in(runtime, task, parameters, wait_for, return_type, target)
     async with runtime_scope() as runtime:
-        flow_ctx = FlowRunContext.get()
-        _refuse_if_abandoned(flow_ctx)
-        task_run, done = await create_task_run(
-            runtime, new_task_run(task, flow_ctx, parameters, wait_for), flow_ctx
-        )
-        if done is not None:
-            return done if return_type == "state" else done.result()
-        engine = TaskRunEngine(task, task_run, parameters, wait_for, runtime, flow_ctx, target)
-        state = await engine.run()
-        return state if return_type == "state" else engine.result()
+        return await _run_task_in(runtime, task, parameters, wait_for, return_type, target)
+
+
+async def _run_task_in(
+    runtime: Runtime,
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    return_type: str,
+    target: SyncTarget,
+) -> Any:
+    flow_ctx = FlowRunContext.get()
+    _refuse_if_abandoned(flow_ctx)
+    task_run, done = await create_task_run(
+        runtime, new_task_run(task, flow_ctx, parameters, wait_for), flow_ctx
+    )
+    if done is not None:
+        return done if return_type == "state" else done.result()
+    engine = TaskRunEngine(task, task_run, parameters, wait_for, runtime, flow_ctx, target)
+    state = await engine.run()
+    return state if return_type == "state" else engine.result()
 
 
 async def run_task_async(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str) -> Any:

@@ -121,6 +121,10 @@ _TASK_RUN_FIELDS = [
     "task_inputs", "flow_run_run_count",
 ]  # fmt: skip
 _FAST_TASK_RUNS = list(TaskRun.model_fields) == _TASK_RUN_FIELDS  # else always validate
+_TASK_RUN_ARGUMENTS = (
+    "name", "flow_run_id", "task_key", "dynamic_key", "task_version", "empirical_policy",
+    "tags", "task_inputs", "flow_run_run_count",
+)  # fmt: skip
 _ZERO = timedelta(0)
 
 
@@ -187,14 +191,7 @@ def new_task_run_record(
                 "flow_run_run_count": flow_run_run_count,
             },
         )
-        _object_setattr(
-            run,
-            "__pydantic_fields_set__",
-            {
-                "name", "flow_run_id", "task_key", "dynamic_key", "task_version",
-                "empirical_policy", "tags", "task_inputs", "flow_run_run_count",
-            },  # fmt: skip
-        )
+        _object_setattr(run, "__pydantic_fields_set__", set(_TASK_RUN_ARGUMENTS))
         _object_setattr(run, "__pydantic_extra__", None)
         _object_setattr(run, "__pydantic_private__", None)
         return run

@@ -88,6 +88,24 @@ def _as_datetime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, timezone.utc)
 
 
+def _field_setter(*models: type[Any]) -> Any:
+    """Return ``setattr``, or for models that neither validate assignments nor are frozen,
+    a setter doing what pydantic's ``__setattr__`` does for a plain field (store the value,
+    mark the field set) without its per-call dispatch: :meth:`Orchestrator._apply` sets a
+    dozen fields per task run."""
+    if any(m.model_config.get("validate_assignment") or m.model_config.get("frozen") for m in models):
+        return setattr
+
+    def set_field(model: Any, name: str, value: Any) -> None:
+        model.__dict__[name] = value
+        model.__pydantic_fields_set__.add(name)
+
+    return set_field
+
+
+_set = _field_setter(FlowRun, TaskRun, State, S.StateDetails)
+
+
 class Orchestrator(Actor):
     """Applies orchestration rules to proposed states; see the module docstring."""
 
@@ -254,34 +272,34 @@ class Orchestrator(Actor):
     ) -> State[Any]:
         details = state.state_details
         if kind == "flow":
-            details.flow_run_id = run.id
+            _set(details, "flow_run_id", run.id)
         else:
-            details.task_run_id = run.id
-            details.flow_run_id = run.flow_run_id  # type: ignore[union-attr]
+            _set(details, "task_run_id", run.id)
+            _set(details, "flow_run_id", run.flow_run_id)  # type: ignore[union-attr]
         previous = run.state
         if previous is not None:
             if state.timestamp <= previous.timestamp:
-                state.timestamp = previous.timestamp + timedelta(microseconds=1)
+                _set(state, "timestamp", previous.timestamp + timedelta(microseconds=1))
             if previous.is_running():
-                run.total_run_time += state.timestamp - previous.timestamp
+                _set(run, "total_run_time", run.total_run_time + (state.timestamp - previous.timestamp))
         if state.is_running():
-            run.run_count += 1
+            _set(run, "run_count", run.run_count + 1)
             if run.start_time is None:
-                run.start_time = state.timestamp
+                _set(run, "start_time", state.timestamp)
         elif state.is_final():
-            run.end_time = state.timestamp
+            _set(run, "end_time", state.timestamp)
             if kind == "task" and run.tags:
                 self._backend.release_slots(run.id)
                 self._backend.notify_slots_released()
         if state.is_scheduled():
-            run.expected_start_time = details.scheduled_time
+            _set(run, "expected_start_time", details.scheduled_time)
         elif kind == "flow" and state.is_paused() and details.pause_key is not None:
             policy = run.empirical_policy  # type: ignore[union-attr]
             if details.pause_key not in policy.pause_keys:
                 policy.pause_keys.append(details.pause_key)
                 if record:
                     self._backend.update_run(kind, run)
-        run.state = state
+        _set(run, "state", state)
         run.state_history.append(state)
         if record:
             self._backend.record_state(kind, run, state)

@@ -1,19 +1,24 @@
 """One SQLite connection shared by threads, with write-behind group commit.
 
 Writes that can wait (:meth:`Database.defer`) are kept in memory, in order, and reach the
-file together: at the next :meth:`Database.commit` (the store actor's group commit), the
-next immediate write (:meth:`Database.write`, which commits them with its own), the next
-read of the tables (:meth:`Database.read` executes them first, so reads see them), or at
-the latest ``commit_delay`` seconds after the first of them, when a helper thread commits.
-So the file's write lock, which every other process's writers wait for, is held only
-while a batch is executed and committed, never while writes accumulate; and deferring
-takes only a short lock of its own, so it never waits for a batch being committed.
-Deferred updates may carry a key; a later one with the same key replaces the earlier (a
-run's current state is written once per batch, not once per state).
+file together, in one transaction: at the next :meth:`Database.commit` (the store actor's
+group commit), with the next immediate write (:meth:`Database.write`), before the next
+read of the tables they touch (:meth:`Database.read`), and at the latest ``commit_delay``
+seconds after the first of them. While writes keep coming, the thread that defers one when
+the batch is half that old commits it; a helper thread commits a batch nobody added to in
+time. (Committing from the busy thread rather than the helper matters: SQLite releases the
+GIL around every row it writes, and a helper contending with a busy thread for it takes
+many times longer, holding the connection meanwhile.)
 
-The same thread checkpoints the WAL (copies it into the database file) about once a second,
-on a connection of its own, so commits do not pay for it: a connection's automatic
-checkpoint only starts once the WAL is large (see ``open_connection``).
+So the file's write lock, which every other process's writers wait for, is held only while
+a batch is written, never while writes accumulate, and deferring never waits for the
+connection. A batch runs each statement once for all its rows (``executemany``). Deferred
+updates may carry a key; a later one with the same key replaces the earlier (a run's
+current state is written once per batch, not once per state).
+
+The helper thread also checkpoints the WAL (copies it into the database file, with an
+fsync) about once a second, on a connection of its own, so commits rarely pay for it: a
+connection's automatic checkpoint only starts once the WAL is large (``open_connection``).
 
 Each open database is committed and closed when the interpreter exits. A forked child
 never touches its parent's connection (SQLite forbids it, closing included) and opens its
@@ -29,7 +34,9 @@ import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from ._exceptions import StoreClosed, StoreError
@@ -40,6 +47,9 @@ __all__ = ["Database"]
 _logger = logging.getLogger("stageflow")
 
 Write = tuple[str, tuple[Any, ...]]
+"""A statement and its parameters."""
+Latest = tuple[str, Callable[[], tuple[Any, ...]]]
+"""A statement and a function that returns its parameters when the batch is written."""
 
 CHECKPOINT_INTERVAL = 1.0
 """Seconds between the commit thread's WAL checkpoints."""
@@ -54,15 +64,24 @@ class Database:
         fsync: sync every commit to disk (``synchronous=FULL``), else WAL's ``NORMAL``.
         busy_timeout: seconds to wait for another process's lock before failing.
         commit_delay: longest time, in seconds, a deferred write waits for its commit.
+        clock: the time in seconds for ``commit_delay`` (tests pass a fake one).
 
     Raises:
         StoreError, ConfigurationError: as :func:`~runtime._sqlite_schema.open_connection`.
     """
 
     def __init__(
-        self, path: Path, url: str, *, fsync: bool, busy_timeout: float, commit_delay: float
+        self,
+        path: Path,
+        url: str,
+        *,
+        fsync: bool,
+        busy_timeout: float,
+        commit_delay: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
+        self._clock = clock
         self.url = url
         self.fsync = fsync
         self.busy_timeout = busy_timeout
@@ -74,7 +93,7 @@ class Database:
         self._buffer = threading.Lock()  # the deferred writes and _pending_since
         self._due = threading.Condition(self._buffer)
         self._deferred: list[Write] = []
-        self._latest: dict[Any, Write] = {}  # keyed deferred updates
+        self._latest: dict[Any, Latest] = {}  # keyed deferred updates
         self._pending_since: float | None = None  # when the oldest uncommitted write was made
         self._flusher: threading.Thread | None = None
         self._conn: sqlite3.Connection | None = self._connect()
@@ -94,8 +113,8 @@ class Database:
         return self._pending_since is not None
 
     def peek(self) -> _Access:
-        """Hold the connection without executing deferred writes (for pragmas):
-        ``with db.peek() as conn``.
+        """Hold the connection, leaving deferred writes deferred (for pragmas, and tables
+        that are never written later): ``with db.peek() as conn``.
 
         Raises:
             StoreClosed: the database was closed.
@@ -111,7 +130,7 @@ class Database:
         return self._held
 
     def read(self) -> _Access:
-        """Hold the connection, deferred writes executed (not committed) so reads see them.
+        """Hold the connection, deferred writes committed first, so reads see them.
 
         Raises:
             StoreClosed, StoreError: as :meth:`peek`.
@@ -127,23 +146,28 @@ class Database:
         """
         return self._write
 
-    def defer(self, writes: list[Write], latest: tuple[Any, Write] | None = None) -> None:
+    def defer(self, writes: list[Write], latest: tuple[Any, Latest] | None = None) -> None:
         """Execute ``writes`` (INSERTs and UPDATEs, as ``(sql, params)``) later, in a batch
-        (see the module docstring), then ``latest`` (``(key, write)``), unless a later
-        ``latest`` of the same key replaces it. A batch runs each statement once with all
-        its parameters (``executemany``): the INSERTs, then the UPDATEs, then the latest.
+        (see the module docstring), then ``latest`` (``(key, (sql, make_params))``), unless
+        a later ``latest`` of the same key replaces it; its parameters are made when the
+        batch is written (a run's current columns, read then). A batch runs each statement
+        once with all its parameters (``executemany``): the INSERTs, the UPDATEs, the
+        latest.
 
         Raises:
             StoreClosed: the database was closed.
         """
         with self._buffer:
             if self.closed:
-                raise StoreClosed(f"The store {self.url!r} is closed; open a new Runtime to use it.")
+                raise StoreClosed(
+                    f"The store {self.url!r} is closed; open a new Runtime to use it."
+                )
             self._deferred += writes
             if latest is not None:
                 self._latest[latest[0]] = latest[1]
-            if self._pending_since is None:
-                self._pending_since = time.monotonic()
+            since = self._pending_since
+            if since is None:
+                self._pending_since = self._clock()
                 if self._flusher is None:
                     self._flusher = threading.Thread(
                         target=self._flush_loop,
@@ -153,6 +177,16 @@ class Database:
                     self._flusher.start()
                 else:
                     self._due.notify()
+                return
+        # Half due, and writes keep coming: commit here (see the module docstring).
+        if self._clock() - since >= self.commit_delay / 2 and self._lock.acquire(blocking=False):
+            try:
+                if not self.closed:
+                    self._commit_locked()
+            except sqlite3.Error:
+                self._after_failed_commit()
+            finally:
+                self._lock.release()
 
     def forget(self, key: Any) -> None:
         """Drop the deferred write of ``key``, if any (a later unkeyed write covers it)."""
@@ -215,24 +249,33 @@ class Database:
         if not conn.in_transaction:
             conn.execute("BEGIN IMMEDIATE")  # may time out: the writes are still here then
         with self._buffer:
-            writes = [*self._deferred, *self._latest.values()]
-            self._deferred.clear()
+            writes = self._deferred
+            latest = list(self._latest.values())
+            self._deferred = []
             self._latest.clear()
+        writes += [(sql, make()) for sql, make in latest]
         self.writes += 1
         batches: dict[str, list[tuple[Any, ...]]] = {}
         for sql, params in writes:
             batches.setdefault(sql, []).append(params)
         # One executemany per statement: the INSERTs first, then the UPDATEs (each kind in
         # the order deferred), so an update never runs before the insert of its row.
-        for sql in sorted(batches, key=lambda sql: not sql.startswith("INSERT")):
-            conn.executemany(sql, batches[sql])
+        try:
+            for sql in sorted(batches, key=lambda sql: not sql.startswith("INSERT")):
+                conn.executemany(sql, batches[sql])
+        except sqlite3.Error:
+            # Not half a batch: the file keeps what was committed before it.
+            _logger.error("Could not write %d deferred writes to %s.", len(writes), self.path)
+            conn.execute("ROLLBACK")
+            self._committed()
+            raise
 
     def _commit_locked(self) -> None:
+        if self._deferred or self._latest:
+            self._flush(self._connection())
         conn = self._conn
-        if conn is not None:
-            self._flush(conn)
-            if conn.in_transaction:
-                conn.execute("COMMIT")
+        if conn is not None and conn.in_transaction:
+            conn.execute("COMMIT")
         self._committed()
 
     def _committed(self) -> None:
@@ -265,9 +308,7 @@ class Database:
                         if self.closed or self._flusher is not threading.current_thread():
                             return
                         since = self._pending_since
-                        delay = (
-                            None if since is None else since + self.commit_delay - time.monotonic()
-                        )
+                        delay = None if since is None else since + self.commit_delay - self._clock()
                         if delay is not None and delay <= 0:
                             break
                         self._due.wait(delay)
@@ -311,7 +352,7 @@ class Database:
         except sqlite3.Error:
             _logger.exception("Could not roll back in the store file %s.", self.path)
         with self._buffer:
-            self._pending_since = time.monotonic() if retry else None
+            self._pending_since = self._clock() if retry else None
 
     def _after_fork_in_child(self) -> None:
         _inherited.append(self._conn)  # never closed here: it is the parent's
@@ -343,12 +384,13 @@ class _Access:
         lock.acquire()
         try:
             conn = db._connection()
-            if self._flush:
+            if self._commit:  # the deferred writes go in the same transaction
                 db._flush(conn)
-            if self._commit:
                 if not conn.in_transaction:
                     conn.execute("BEGIN IMMEDIATE")
                 db.writes += 1
+            elif self._flush and (db._deferred or db._latest):
+                db._commit_locked()
         except sqlite3.Error as exc:
             lock.release()
             raise db._error(exc) from exc
@@ -357,7 +399,12 @@ class _Access:
             raise
         return conn
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         db = self._db
         try:
             conn = db._conn
@@ -404,7 +451,7 @@ def _close_at_exit() -> None:
     for database in list(_open):
         try:
             database.close()
-        except Exception:  # noqa: BLE001 - one failing file must not keep the others open
+        except Exception:  # one failing file must not keep the others open
             _logger.exception("Could not commit to the store file %s at exit.", database.path)
 
 

@@ -40,11 +40,11 @@ from .results import ResultRef
 from .states import UNAVAILABLE, State
 
 __all__ = [
+    "AUTOCHECKPOINT_PAGES",
     "INSERT_RUN",
     "INSERT_RUN_UPDATE",
     "INSERT_STATE",
     "MIGRATIONS",
-    "AUTOCHECKPOINT_PAGES",
     "SCHEMA_VERSION",
     "SELECT_RUN",
     "TABLES",

@@ -4,14 +4,16 @@ The embedded default store. :mod:`runtime._sqlite_schema` lays out the file and 
 models to rows; :mod:`runtime._sqlite_db` shares one connection between threads and
 commits.
 
-**Commit policy.** Task-run writes (a new task run, its states, its updates) wait in an
-open write transaction for the store actor's group commit (:meth:`SqliteStore.commit`),
-and at most ``commit_delay`` (20 ms) for a helper thread's. What other processes must
-see at once commits at once, with whatever was pending: flow-run writes (cancels,
-pauses, resumes and final states are flow-run states), run inputs, cache records,
-concurrency limits and slots. The file is in WAL mode; commits are not fsynced
-(``synchronous=NORMAL``: they survive a killed process, not a power cut) unless ``fsync``
-is on (``?fsync=1`` in the URL, or ``STAGEFLOW_STORE_FSYNC=1``).
+**Commit policy.** Task-run writes (a new task run, its states, its updates) are kept in
+memory and written in batches (see :mod:`runtime._sqlite_db`): at the store actor's group
+commit (:meth:`SqliteStore.commit`), with the next immediate write, before a read of the
+run tables, and at most ``commit_delay`` (50 ms) after the first of them. The file's write
+lock is held only while a batch is written, never while writes accumulate. What other
+processes must see at once is written and committed at once, with whatever was waiting:
+flow-run writes (cancels, pauses, resumes and final states are flow-run states), run
+inputs, cache records, concurrency limits and slots. The file is in WAL mode; commits are
+not fsynced (``synchronous=NORMAL``: they survive a killed process, not a power cut)
+unless ``fsync`` is on (``?fsync=1`` in the URL, or ``STAGEFLOW_STORE_FSYNC=1``).
 
 **Identity map.** The engine changes the run objects it holds and relies on ``run.state``
 being current, and a state's data (an exception, a value that was not persisted) exists
@@ -36,13 +38,12 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote
 from uuid import UUID
 
 from . import _sqlite_schema as rows
-from ._exceptions import ConfigurationError, ObjectNotFound, StoreClosed
+from ._exceptions import ObjectNotFound, StoreClosed
 from ._models import FlowRun, RunKind, TaskRun
-from ._sqlite_db import Database
+from ._sqlite_db import Database, Latest, Write
 from ._sqlite_schema import Run
 from ._store import CacheRecord, StoreBackend
 from .states import State, StateType
@@ -53,7 +54,6 @@ FSYNC_ENV = "STAGEFLOW_STORE_FSYNC"
 """Environment variable: ``1`` makes SQLite stores fsync every commit unless told otherwise."""
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off", ""})
 _CHUNK = 500  # ids per IN (...) query, well below SQLite's parameter limit
 _KEEP_RECORDS = 1000
 
@@ -83,14 +83,14 @@ class SqliteStore(StoreBackend):
         *,
         fsync: bool | None = None,
         busy_timeout: float = 30.0,
-        commit_delay: float = 0.02,
+        commit_delay: float = 0.05,
         keep_recent: int = 10_000,
     ) -> None:
         super().__init__()
         self.path = Path(os.path.abspath(Path(path).expanduser()))
         self.url = f"sqlite:///{self.path}"
         self.fsync = _env_flag(FSYNC_ENV) if fsync is None else fsync
-        # Lock order: self.lock (the orchestrators'), then the database's.
+        # Lock order: self.lock (the orchestrators'), then the database's connection lock.
         self._db = Database(
             self.path,
             self.url,
@@ -105,6 +105,7 @@ class SqliteStore(StoreBackend):
             "task": weakref.WeakValueDictionary(),
         }
         self._recent: OrderedDict[UUID, Run] = OrderedDict()
+        self._maps_lock = threading.Lock()  # changes to _live and _recent
         self._records: OrderedDict[str, CacheRecord] = OrderedDict()
         with self._db.read() as conn:
             self._data_version: int = conn.execute("PRAGMA data_version").fetchone()[0]
@@ -117,37 +118,6 @@ class SqliteStore(StoreBackend):
             ).fetchone()[0]
         self._seen_writes = self._db.writes
         _stores.add(self)
-
-    @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
-        """Open the store ``url`` names: ``sqlite:///relative/path.db`` or
-        ``sqlite:////absolute/path.db`` (the path is what follows ``sqlite:///``),
-        optionally with ``?fsync=1``.
-
-        Raises:
-            ConfigurationError: the URL is not of that form.
-            StoreError: as the constructor.
-        """
-        if not url.startswith("sqlite:///"):
-            raise ConfigurationError(
-                f"Invalid SQLite store URL {url!r}: write 'sqlite:///relative/path.db' or "
-                "'sqlite:////absolute/path.db'."
-            )
-        path, _, query = url[len("sqlite:///") :].partition("?")
-        if not path:
-            raise ConfigurationError(
-                f"The SQLite store URL {url!r} names no file: add its path after 'sqlite:///'."
-            )
-        fsync = None
-        for key, values in parse_qs(query, keep_blank_values=True).items():
-            value = values[-1].strip().lower()
-            if key != "fsync" or value not in _TRUE | _FALSE:
-                raise ConfigurationError(
-                    f"Unsupported option {key}={values[-1]!r} in the store URL {url!r}: the only "
-                    "option is fsync=1 or fsync=0."
-                )
-            fsync = value in _TRUE
-        return cls(unquote(path), fsync=fsync)
 
     # -- durability -------------------------------------------------------------------
 
@@ -209,7 +179,9 @@ class SqliteStore(StoreBackend):
             # The engine's hot path (the orchestrator reads the parent flow run for every
             # task run): no waiting for the connection while a batch is being committed.
             if self._closed:
-                raise StoreClosed(f"The store {self.url!r} is closed; open a new Runtime to use it.")
+                raise StoreClosed(
+                    f"The store {self.url!r} is closed; open a new Runtime to use it."
+                )
             if self._external_changes(wait=False):
                 self.sync_external()
             return held
@@ -269,12 +241,13 @@ class SqliteStore(StoreBackend):
 
     def record_state(self, kind: RunKind, run: Run, state: State[Any]) -> None:
         run_id = run.id.hex
-        current = (state.type.value, state.name, *rows.run_times(run), run_id)
+        head = (state.type.value, state.name)
         self._put(
             kind,
             run,
             [(rows.INSERT_STATE, self._state_params(kind, run_id, state))],
-            (rows.UPDATE_STATE[kind], current),
+            # The run's times as they are when written: once per batch, not per state.
+            (rows.UPDATE_STATE[kind], lambda: (*head, *rows.run_times(run), run_id)),
         )
 
     def update_run(self, kind: RunKind, run: Run) -> None:
@@ -290,16 +263,18 @@ class SqliteStore(StoreBackend):
         self,
         kind: RunKind,
         run: Run,
-        writes: list[tuple[str, tuple[Any, ...]]],
-        current: tuple[str, tuple[Any, ...]] | None = None,
+        writes: list[Write],
+        current: Latest | None = None,
     ) -> None:
         """Write for ``run``: a flow run's writes at once (other processes act on flow-run
         states), a task run's when the pending writes are committed; ``current`` (the run's
         state columns) once per batch."""
         if kind == "flow":
             with self._db.write() as conn:
-                for sql, params in writes if current is None else [*writes, current]:
+                for sql, params in writes:
                     conn.execute(sql, params)
+                if current is not None:
+                    conn.execute(current[0], current[1]())
         else:
             self._db.defer(writes, None if current is None else ((kind, run.id), current))
         self._hold(kind, run)
@@ -321,9 +296,7 @@ class SqliteStore(StoreBackend):
             ):
                 raise ObjectNotFound(f"{kind.title()} run {run_id} not found in {self.url}.")
             held = self._live[kind].get(run_id)
-            mine = (
-                {state.id.hex: state for state in held.state_history} if held is not None else {}
-            )
+            mine = {state.id.hex: state for state in held.state_history} if held is not None else {}
             return [mine.get(row[0]) or rows.state_from_row(*row[1:]) for row in found]
 
     def _state_params(self, kind: RunKind, run_id: str, state: State[Any]) -> tuple[Any, ...]:
@@ -340,15 +313,16 @@ class SqliteStore(StoreBackend):
 
     def _hold(self, kind: RunKind, run: Run) -> None:
         """Answer with ``run`` from now on, and keep it in memory for a while."""
-        recent = self._recent
         run_id = run.id
-        if recent.get(run_id) is run:
-            recent.move_to_end(run_id)
-            return
-        recent[run_id] = run
-        self._live[kind][run_id] = run
-        if len(recent) > self._keep_recent:
-            recent.popitem(last=False)
+        with self._maps_lock:
+            recent = self._recent
+            if recent.get(run_id) is run:
+                recent.move_to_end(run_id)
+                return
+            recent[run_id] = run
+            self._live[kind][run_id] = run
+            if len(recent) > self._keep_recent:
+                recent.popitem(last=False)
 
     def _runs(self, conn: Any, kind: RunKind, found: Sequence[Any]) -> list[Run]:
         """Return the runs of ``SELECT_RUN`` rows: the objects held here, else built ones."""
@@ -365,8 +339,9 @@ class SqliteStore(StoreBackend):
             ):
                 histories[run_id].append(rows.state_from_row(*state))
         built = {row[0]: rows.build_run(kind, row, histories[row[0]]) for row in missing}
-        for run in built.values():
-            live[run.id] = run
+        with self._maps_lock:
+            for run in built.values():
+                live[run.id] = run
         return [run if run is not None else built[row[0]] for row, run in zip(found, runs)]
 
     # -- other processes --------------------------------------------------------------
@@ -393,17 +368,20 @@ class SqliteStore(StoreBackend):
         if access is None:
             return False
         with access as conn:
+            writes = self._db.writes
+            if writes != self._seen_writes:  # this store wrote since: see how far
+                state_seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM states").fetchone()
+                update_seq = conn.execute(
+                    "SELECT COALESCE(MAX(seq), 0) FROM run_updates"
+                ).fetchone()
             if conn.execute("PRAGMA data_version").fetchone()[0] != self._data_version:
                 return True
-            if self._seen_writes != self._db.writes:
-                # Nobody else committed since the last look: every newer row is this store's.
-                self._seen_writes = self._db.writes
-                self._state_seq = conn.execute(
-                    "SELECT COALESCE(MAX(seq), 0) FROM states"
-                ).fetchone()[0]
-                self._update_seq = conn.execute(
-                    "SELECT COALESCE(MAX(seq), 0) FROM run_updates"
-                ).fetchone()[0]
+            if writes != self._seen_writes:
+                # Nobody else committed since the last look, so every row up to those
+                # (read before this check) is this store's: no need to look at them.
+                self._seen_writes = writes
+                self._state_seq = max(self._state_seq, state_seq[0])
+                self._update_seq = max(self._update_seq, update_seq[0])
             return False
 
     def _apply_new_states(self, conn: Any) -> list[tuple[Run, State[Any]]]:
@@ -426,16 +404,11 @@ class SqliteStore(StoreBackend):
             # Only states after the last one the object already has: when this store wrote
             # a newer state than another's, the object stays in the newer one.
             known = {state.id.hex for state in run.state_history}
-            new = group[
-                max(
-                    (
-                        i + 1
-                        for i, row in enumerate(group)
-                        if row[4] == self._writer or row[3] in known
-                    ),
-                    default=0,
-                ) :
-            ]
+            start = 0
+            for i, row in enumerate(group):
+                if row[4] == self._writer or row[3] in known:
+                    start = i + 1
+            new = group[start:]
             if not new:
                 continue
             for row in new:
@@ -479,7 +452,7 @@ class SqliteStore(StoreBackend):
             )
 
     def read_run_input(self, flow_run_id: UUID, key: str) -> str | None:
-        with self._db.read() as conn:
+        with self._db.peek() as conn:
             row = conn.execute(
                 "SELECT value FROM run_inputs WHERE flow_run_id = ? AND key = ?",
                 (flow_run_id.hex, key),
@@ -504,7 +477,7 @@ class SqliteStore(StoreBackend):
                 self._records.popitem(last=False)
 
     def read_cache_record(self, key: str) -> CacheRecord | None:
-        with self._db.read() as conn:
+        with self._db.peek() as conn:
             row = conn.execute(
                 "SELECT state, result, has_data, expiration FROM cache_records WHERE key = ?",
                 (key,),
@@ -537,7 +510,7 @@ class SqliteStore(StoreBackend):
                 )
 
     def read_concurrency_limits(self) -> dict[str, tuple[int, list[UUID]]]:
-        with self._db.read() as conn:
+        with self._db.peek() as conn:
             limits = conn.execute(
                 'SELECT tag, "limit" FROM concurrency_limits ORDER BY rowid'
             ).fetchall()
@@ -552,7 +525,7 @@ class SqliteStore(StoreBackend):
         tags = list(dict.fromkeys(tags))
         marks = ", ".join("?" * len(tags))
         query = f'SELECT tag, "limit" FROM concurrency_limits WHERE tag IN ({marks})'
-        with self._db.read() as conn:
+        with self._db.peek() as conn:
             if conn.execute(query, tags).fetchone() is None:
                 return True  # no tag is limited: nothing to take, no write lock needed
         with self._db.write() as conn:
@@ -575,7 +548,7 @@ class SqliteStore(StoreBackend):
     def release_slots(self, holder: UUID) -> None:
         # As in the memory store, a release never fails, even once the store is closed.
         try:
-            with self._db.read() as conn:
+            with self._db.peek() as conn:
                 query = "SELECT 1 FROM concurrency_slots WHERE holder = ? LIMIT 1"
                 if conn.execute(query, (holder.hex,)).fetchone() is None:
                     return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from urllib.parse import parse_qs, unquote
 
 from ._exceptions import ConfigurationError
 from ._memory_store import MemoryStore
@@ -15,6 +16,9 @@ __all__ = ["STORE_ENV", "default_backend", "open_backend", "stageflow_home"]
 
 STORE_ENV = "STAGEFLOW_STORE"
 """Environment variable: the URL of the store to use when none is given."""
+
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True}
+_FLAGS.update(dict.fromkeys(("0", "false", "no", "off", ""), False))
 
 _default: StoreBackend | None = None
 _default_lock = threading.Lock()
@@ -41,10 +45,35 @@ def open_backend(url: str) -> tuple[StoreBackend, bool]:
     if url.startswith("memory://"):
         return MemoryStore(url), True
     if url.startswith("sqlite:"):
-        return SqliteStore.from_url(url), True
+        return _open_sqlite(url), True
     raise ConfigurationError(
         f"Unsupported store URL {url!r}: use 'memory://' or 'sqlite:///path/to/file.db'."
     )
+
+
+def _open_sqlite(url: str) -> SqliteStore:
+    """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (the path is
+    what follows ``sqlite:///``, as in SQLAlchemy), optionally with ``?fsync=1``."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"Invalid SQLite store URL {url!r}: write 'sqlite:///relative/path.db' or "
+            "'sqlite:////absolute/path.db'."
+        )
+    path, _, query = url[len("sqlite:///") :].partition("?")
+    if not path:
+        raise ConfigurationError(
+            f"The SQLite store URL {url!r} names no file: add its path after 'sqlite:///'."
+        )
+    fsync = None
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        value = values[-1].strip().lower()
+        if key != "fsync" or value not in _FLAGS:
+            raise ConfigurationError(
+                f"Unsupported option {key}={values[-1]!r} in the store URL {url!r}: the only "
+                "option is fsync=1 or fsync=0."
+            )
+        fsync = _FLAGS[value]
+    return SqliteStore(unquote(path), fsync=fsync)
 
 
 def default_backend() -> StoreBackend:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
@@ -25,6 +26,7 @@ from runtime import states as S
 from runtime._exceptions import ConfigurationError, ObjectNotFound, StoreClosed, StoreError
 from runtime._memory_store import MemoryStore
 from runtime._models import FlowRun, RunKind, TaskRun
+from runtime._sqlite_db import Database
 from runtime._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from runtime._sqlite_store import SqliteStore
 from runtime._store import CacheRecord, StoreBackend
@@ -451,27 +453,18 @@ class TestSqliteFile:
             other.close()
 
     def test_pending_writes_are_committed_soon(self, db: Path) -> None:
-        """Without a commit, pending writes are committed after ``commit_delay``."""
+        """With no commit and no further writes, the helper thread commits a batch after
+        ``commit_delay`` (here 1 ms; the test waits up to 10 s for it)."""
         store, other = sqlite_store(db, commit_delay=0.001), sqlite_store(db)
-        committed = threading.Event()
         try:
             task = new_task_run(store, None)
-
-            def check() -> None:
-                while not committed.is_set():
-                    try:
-                        other.read_task_run(task.id)
-                    except ObjectNotFound:
-                        committed.wait(0.001)
-                    else:
-                        committed.set()
-
-            watcher = threading.Thread(target=check)
-            watcher.start()
-            watcher.join(10)
-            assert committed.is_set()
+            idle = threading.Event()
+            deadline = time.monotonic() + 10
+            while store.has_pending_writes() and time.monotonic() < deadline:
+                idle.wait(0.001)
+            assert not store.has_pending_writes()
+            assert other.read_task_run(task.id).id == task.id
         finally:
-            committed.set()
             store.close()
             other.close()
 
@@ -606,11 +599,106 @@ class TestSqliteSchema:
         ):
             sqlite_store(db)
 
+    def test_a_locked_file_fails_after_the_busy_timeout(self, db: Path) -> None:
+        """A write waits for another process's lock at most ``busy_timeout``, then fails
+        with a StoreError naming the file (here after 50 ms)."""
+        store = sqlite_store(db, busy_timeout=0.05)
+        blocker = sqlite3.connect(db, isolation_level=None)
+        blocker.execute("BEGIN IMMEDIATE")
+        try:
+            message = (
+                rf"^The store file {db} stayed locked by another process for more than 0.05 s "
+                r"\(database is locked\); that process may be stuck\. Try again, or stop it\.$"
+            )
+            with pytest.raises(StoreError, match=message):
+                store.set_concurrency_limit("x", 1)
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        store.set_concurrency_limit("x", 1)  # usable again
+        store.close()
+
     def test_unwritable_location_raises(self, tmp_path: Path) -> None:
         """A path under a regular file cannot be a store."""
         (tmp_path / "file").write_text("")
         with pytest.raises(StoreError, match=r"^Cannot open the store file "):
             sqlite_store(tmp_path / "file" / "runs.db")
+
+
+# -- SQLite: batches of deferred writes ----------------------------------------------------
+
+INSERT_INPUT = "INSERT INTO run_inputs (flow_run_id, key, value) VALUES (?, ?, ?)"
+UPDATE_INPUT = "UPDATE run_inputs SET value = ? WHERE key = ?"
+
+
+class TestSqliteBatches:
+    @pytest.fixture
+    def now(self) -> list[float]:
+        """A fake clock for the batches' ``commit_delay``: set ``now[0]``."""
+        return [0.0]
+
+    @pytest.fixture
+    def database(self, db: Path, now: list[float]) -> Iterator[Database]:
+        SqliteStore(db).close()  # the schema
+        database = Database(
+            db,
+            f"sqlite:///{db}",
+            fsync=False,
+            busy_timeout=5,
+            commit_delay=0.05,
+            clock=lambda: now[0],
+        )
+        yield database
+        database.close()
+
+    @staticmethod
+    def inputs(db: Path) -> dict[str, str]:
+        """The committed run inputs, as another connection sees them."""
+        conn = sqlite3.connect(db)
+        try:
+            return dict(conn.execute("SELECT key, value FROM run_inputs").fetchall())
+        finally:
+            conn.close()
+
+    def test_a_writer_commits_a_half_due_batch(
+        self, database: Database, db: Path, now: list[float]
+    ) -> None:
+        """While writes keep coming, the one that finds the batch half due commits it."""
+        database.defer([(INSERT_INPUT, ("r", "a", "1"))])
+        now[0] = 0.024
+        database.defer([(INSERT_INPUT, ("r", "b", "2"))])
+        assert database.pending and self.inputs(db) == {}
+        now[0] = 0.025
+        database.defer([(INSERT_INPUT, ("r", "c", "3"))])
+        assert not database.pending
+        assert self.inputs(db) == {"a": "1", "b": "2", "c": "3"}
+
+    def test_keyed_writes_keep_the_latest(self, database: Database, db: Path) -> None:
+        """A keyed write replaces the pending one of its key, runs after the others, and
+        ``forget`` drops it."""
+        database.defer([], ("k", (UPDATE_INPUT, lambda: ("early", "k"))))
+        database.defer([(INSERT_INPUT, ("r", "k", "0"))], ("k", (UPDATE_INPUT, lambda: ("1", "k"))))
+        database.defer([], ("k", (UPDATE_INPUT, lambda: ("2", "k"))))
+        database.commit()
+        assert self.inputs(db) == {"k": "2"}
+        database.defer([], ("k", (UPDATE_INPUT, lambda: ("3", "k"))))
+        database.forget("k")
+        database.commit()
+        assert self.inputs(db) == {"k": "2"} and not database.pending
+
+    def test_reads_and_immediate_writes_take_the_batch_along(
+        self, database: Database, db: Path
+    ) -> None:
+        """A read commits the batch first (so it sees it); an immediate write commits it
+        with its own."""
+        database.defer([(INSERT_INPUT, ("r", "a", "1"))])
+        with database.read() as conn:
+            assert conn.execute("SELECT COUNT(*) FROM run_inputs").fetchone()[0] == 1
+        assert not database.pending and self.inputs(db) == {"a": "1"}
+        database.defer([(INSERT_INPUT, ("r", "b", "2"))])
+        with database.write() as conn:
+            conn.execute(INSERT_INPUT, ("r", "c", "3"))
+        assert not database.pending and self.inputs(db) == {"a": "1", "b": "2", "c": "3"}
 
 
 # -- SQLite: several stores, threads and processes on one file -------------------------------
