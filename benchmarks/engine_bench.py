@@ -335,7 +335,9 @@ def portal_round_trip(backend: str, calls: int, repeats: int) -> float:
     with anyio.from_thread.start_blocking_portal(backend) as portal:
         for _ in range(100):
             portal.call(floor_trivial_async)
-        return best_of(repeats, _repeat(lambda: portal.call(floor_trivial_async), calls)) / calls * 1e6
+        return (
+            best_of(repeats, _repeat(lambda: portal.call(floor_trivial_async), calls)) / calls * 1e6
+        )
 
 
 def global_loop_round_trip(backend: str, calls: int, repeats: int) -> float:
@@ -399,7 +401,15 @@ def child_main(mode: str, n: int, flows: int, repeats: int, store: str) -> None:
         before = _high_water_kib()
         assert sync_call_flow(n) == expected(n)
         ru_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        print(json.dumps({"after_import_kib": before, "peak_kib": _high_water_kib() or ru_maxrss, "ru_maxrss_kib": ru_maxrss}))
+        print(
+            json.dumps(
+                {
+                    "after_import_kib": before,
+                    "peak_kib": _high_water_kib() or ru_maxrss,
+                    "ru_maxrss_kib": ru_maxrss,
+                }
+            )
+        )
     elif mode == "sync":
         use_default_store(store)
         print(json.dumps(measure_sync(n, flows, repeats)))
@@ -434,10 +444,14 @@ def machine() -> str:
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
-            model = next(line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name"))
+            model = next(
+                line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")
+            )
     except (OSError, StopIteration):
         pass
-    versions = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("anyio", "trio", "pydantic"))
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}" for name in ("anyio", "trio", "pydantic")
+    )
     return f"{os.cpu_count()} CPUs ({model}), Python {platform.python_version()}, {versions}"
 
 
@@ -455,7 +469,9 @@ class LogCounter(logging.Handler):
         self.count += 1
 
 
-def run_store(store: str, n: int, flows: int, repeats: int, sync_trio: bool) -> dict[str, dict[str, float]]:
+def run_store(
+    store: str, n: int, flows: int, repeats: int, sync_trio: bool
+) -> dict[str, dict[str, float]]:
     """Every timed workload on ``store``: {row key: {"asyncio": µs, "trio": µs}}."""
     figures: dict[str, dict[str, float]] = {key: {} for key, *_ in ROWS}
     used = use_default_store(store)
@@ -463,7 +479,18 @@ def run_store(store: str, n: int, flows: int, repeats: int, sync_trio: bool) -> 
         figures[key]["asyncio"] = value
     if sync_trio:
         trio_sync = child_json(
-            ["--child", "sync", "-n", str(n), "--flows", str(flows), "--repeats", str(repeats), "--store-url", store],
+            [
+                "--child",
+                "sync",
+                "-n",
+                str(n),
+                "--flows",
+                str(flows),
+                "--repeats",
+                str(repeats),
+                "--store-url",
+                store,
+            ],
             env={"STAGEFLOW_GLOBAL_LOOP": "trio"},
         )
         for key, value in trio_sync.items():
@@ -479,9 +506,13 @@ def fmt(value: float | None, width: int = 9) -> str:
     return f"{value:>{width}.1f}" if value is not None else f"{'-':>{width}}"
 
 
-def print_table(title: str, figures: dict[str, dict[str, float]], floors: dict[str, dict[str, float]]) -> None:
+def print_table(
+    title: str, figures: dict[str, dict[str, float]], floors: dict[str, dict[str, float]]
+) -> None:
     print(f"\n{title}")
-    print(f"{'workload':<50} {'asyncio':>9} {'trio':>9} {'floor':>9} {'ratio':>7} {'target':>8}  met?")
+    print(
+        f"{'workload':<50} {'asyncio':>9} {'trio':>9} {'floor':>9} {'ratio':>7} {'target':>8}  met?"
+    )
     for key, label, target, unit in ROWS:
         row = figures[key]
         a, t = row.get("asyncio"), row.get("trio")
@@ -495,11 +526,17 @@ def print_table(title: str, figures: dict[str, dict[str, float]], floors: dict[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (about 20 s)")
-    parser.add_argument("--store", choices=["memory", "sqlite"], default="memory",
-                        help="sqlite: also run every workload on sqlite:///<tmpdir>/bench.db")
+    parser.add_argument(
+        "--store",
+        choices=["memory", "sqlite"],
+        default="memory",
+        help="sqlite: also run every workload on sqlite:///<tmpdir>/bench.db",
+    )
     parser.add_argument("-n", type=int, default=1000, help="task runs per flow")
     parser.add_argument("--flows", type=int, default=100, help="flow calls per flow-call timing")
-    parser.add_argument("--repeats", type=int, default=None, help="timed runs per figure (best counts)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed runs per figure (best counts)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--store-url", default="memory://", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -514,7 +551,9 @@ def main() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
         logging.getLogger(name).addHandler(counter)
     started = time.perf_counter()
-    print(f"stageflow engine benchmark: n={n} task runs per flow, {flows} flow calls, best of {repeats}")
+    print(
+        f"stageflow engine benchmark: n={n} task runs per flow, {flows} flow calls, best of {repeats}"
+    )
     print(machine())
 
     stores = [("memory", "memory://")]
@@ -574,7 +613,9 @@ def main() -> None:
             for backend in BACKENDS:
                 mem, sql = results["memory"][key].get(backend), results["sqlite"][key].get(backend)
                 if mem and sql:
-                    print(f"  {label:<50} {backend:<8} {sql:8.1f} / {mem:7.1f} = {sql / mem:5.2f}x  {'yes' if sql <= 2 * mem else 'NO'}")
+                    print(
+                        f"  {label:<50} {backend:<8} {sql:8.1f} / {mem:7.1f} = {sql / mem:5.2f}x  {'yes' if sql <= 2 * mem else 'NO'}"
+                    )
 
     print(f"\nengine log records (WARNING and up) emitted during the benchmark: {counter.count}")
     print(f"total time: {time.perf_counter() - started:.0f} s")

@@ -24,7 +24,13 @@ from actors import ChildSpec, GlobalLoop, Restart, StartChild, global_loop
 from ._body import WORKER_THREADS, BodyPlacement, SyncTarget
 from ._context import FlowRunContext
 from ._exceptions import MappingLengthMismatch, MappingMissingIterable, ParameterBindError
-from ._runtime import _current_runtime, Runtime, background_runtime, current_runtime, inherited_backend
+from ._runtime import (
+    Runtime,
+    _current_runtime,
+    background_runtime,
+    current_runtime,
+    inherited_backend,
+)
 from ._signals import capture_sigterm
 from ._task_engine import TaskRunActor, TaskRunEngine, create_task_run, new_task_run, run_submitted
 from .annotations import allow_failure, quote, unmapped
@@ -84,7 +90,9 @@ def _loop_for_sync_call() -> tuple[GlobalLoop, GlobalLoop | None]:
             return primary, None
         for loop in [primary, *_loops]:
             thread = loop.thread
-            if loop is not mine and (thread is None or _waiting_loop_threads[thread.ident or 0] == 0):
+            if loop is not mine and (
+                thread is None or _waiting_loop_threads[thread.ident or 0] == 0
+            ):
                 return loop, mine
         extra = GlobalLoop(primary.backend, name=f"stageflow-global-loop-{len(_loops)}")
         atexit.register(extra.close)
@@ -169,7 +177,9 @@ async def _run_task_in(
     return state if return_type == "state" else engine.result()
 
 
-async def run_task_async(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str) -> Any:
+async def run_task_async(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
     """Run an async task called from async code, in the caller's loop."""
     return await _run_task(task, parameters, wait_for, return_type, WORKER_THREADS)
 
@@ -178,12 +188,16 @@ async def _run_task_on_loop(loop: GlobalLoop, *args: Any) -> Any:
     return await _run_task(*args, SyncTarget(BodyPlacement.WAITING_THREAD, loop))
 
 
-def run_task_sync(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str) -> Any:
+def run_task_sync(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
     """Run a sync task: the engine on a global loop, the body on this thread."""
     return run_sync(_run_task_on_loop, task, parameters, wait_for, return_type)
 
 
-def submit_task(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
+def submit_task(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any
+) -> TaskRunFuture[Any]:
     """Start a task run under the current flow run's supervisor; return its future.
 
     Raises:
@@ -220,7 +234,9 @@ def _refuse_if_abandoned(flow_ctx: FlowRunContext | None) -> None:
         raise type(error)(*error.args)
 
 
-def _new_future(flow_ctx: FlowRunContext, task: Task[..., Any], parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
+def _new_future(
+    flow_ctx: FlowRunContext, task: Task[..., Any], parameters: dict[str, Any], wait_for: Any
+) -> TaskRunFuture[Any]:
     # The run record (and its dynamic key) is made here, on the submitting thread, so
     # dynamic keys follow submission order.
     future: TaskRunFuture[Any] = TaskRunFuture(new_task_run(task, flow_ctx, parameters, wait_for))
@@ -244,7 +260,9 @@ def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> 
             flow_ctx.sync_target,
             future._transaction,
         )
-        future.set_inline_runner(home, partial(_run_inline, flow_ctx, task, parameters, wait_for, future))
+        future.set_inline_runner(
+            home, partial(_run_inline, flow_ctx, task, parameters, wait_for, future)
+        )
         spec = ChildSpec(
             str(future.task_run.id),
             partial(TaskRunActor, engine_factory, future),
@@ -254,25 +272,48 @@ def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> 
         flow_ctx.supervisor.tell_nowait(StartChild(spec))
 
 
-def _run_inline(flow_ctx: FlowRunContext, task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, future: TaskRunFuture[Any]) -> None:
+def _run_inline(
+    flow_ctx: FlowRunContext,
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    future: TaskRunFuture[Any],
+) -> None:
     """Run a submitted task run that has not started yet, from a blocking wait on the
     loop that was going to run it (which would otherwise deadlock)."""
     run_sync(_run_claimed_on_loop, flow_ctx, task, parameters, wait_for, future)
 
 
 async def _run_claimed_on_loop(
-    loop: GlobalLoop, flow_ctx: FlowRunContext, task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, future: TaskRunFuture[Any]
+    loop: GlobalLoop,
+    flow_ctx: FlowRunContext,
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    future: TaskRunFuture[Any],
 ) -> None:
     async with runtime_scope() as runtime:
         target = SyncTarget(BodyPlacement.WAITING_THREAD, loop)
         engine = TaskRunEngine(
-            task, future.task_run, parameters, wait_for, runtime, flow_ctx, target, future._transaction
+            task,
+            future.task_run,
+            parameters,
+            wait_for,
+            runtime,
+            flow_ctx,
+            target,
+            future._transaction,
         )
         await run_submitted(engine, future)
 
 
 def map_task(
-    task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any, *, deferred: bool = False
+    task: Task[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: Any,
+    *,
+    deferred: bool = False,
 ) -> TaskRunFutureList[Any]:
     """Submit one run of ``task`` per element of its iterable arguments.
 
@@ -304,14 +345,20 @@ def _is_iterable(value: Any) -> bool:
     return not isinstance(value, (str, bytes, io.IOBase))
 
 
-def _mapped_calls(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+def _mapped_calls(
+    task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[dict[str, Any]]:
     signature = task.signature.signature
     try:
         bound = signature.bind(*args, **kwargs)
     except TypeError as exc:
-        raise ParameterBindError(f"Error binding parameters for task {task.name!r} in map(): {exc}.") from None
+        raise ParameterBindError(
+            f"Error binding parameters for task {task.name!r} in map(): {exc}."
+        ) from None
     parameters = dict(bound.arguments)
-    var_keyword = next((p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None)
+    var_keyword = next(
+        (p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None
+    )
     exploded = dict(parameters.pop(var_keyword, {})) if var_keyword else {}
     parameters.update(exploded)
 
@@ -355,7 +402,9 @@ def _mapped_calls(task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str,
     return calls
 
 
-def run_task_in_background(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any) -> TaskRunFuture[Any]:
+def run_task_in_background(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any
+) -> TaskRunFuture[Any]:
     """Run a task outside any flow, supervised by the background runtime of the global
     loop; return its future."""
     future: TaskRunFuture[Any] = TaskRunFuture(new_task_run(task, None, parameters, wait_for))
@@ -364,12 +413,25 @@ def run_task_in_background(task: Task[..., Any], parameters: dict[str, Any], wai
     return future
 
 
-async def _background_task(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, future: TaskRunFuture[Any], backend: Any, clock: Any) -> None:
+async def _background_task(
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    future: TaskRunFuture[Any],
+    backend: Any,
+    clock: Any,
+) -> None:
     loop = global_loop()
     runtime = await background_runtime(backend, clock, loop)
-    engine_factory = partial(TaskRunEngine, task, future.task_run, parameters, wait_for, runtime, None, WORKER_THREADS)
+    engine_factory = partial(
+        TaskRunEngine, task, future.task_run, parameters, wait_for, runtime, None, WORKER_THREADS
+    )
     ref = await runtime.spawn(
-        ChildSpec(str(future.task_run.id), partial(TaskRunActor, engine_factory, future), restart=Restart.TEMPORARY)
+        ChildSpec(
+            str(future.task_run.id),
+            partial(TaskRunActor, engine_factory, future),
+            restart=Restart.TEMPORARY,
+        )
     )
     await ref.wait()
 
@@ -385,7 +447,13 @@ def _check_wait_for(wait_for: Any) -> FlowRunContext | None:
     return parent
 
 
-async def _run_flow(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str, target: SyncTarget) -> Any:
+async def _run_flow(
+    flow: Flow[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    return_type: str,
+    target: SyncTarget,
+) -> Any:
     from ._flow_engine import FlowRunEngine
 
     async with runtime_scope() as runtime:
@@ -394,7 +462,9 @@ async def _run_flow(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: 
         return state if return_type == "state" else engine.result()
 
 
-async def run_flow_async(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str) -> Any:
+async def run_flow_async(
+    flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
     """Run an async flow in the caller's loop."""
     parent = _check_wait_for(wait_for)
     if parent is not None:
@@ -407,7 +477,9 @@ async def _run_flow_on_loop(loop: GlobalLoop, *args: Any) -> Any:
     return await _run_flow(*args, SyncTarget(BodyPlacement.WAITING_THREAD, loop))
 
 
-def run_flow_sync(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str) -> Any:
+def run_flow_sync(
+    flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
     """Run a sync flow: the engine on a global loop, the body on this thread."""
     parent = _check_wait_for(wait_for)
     if parent is not None:

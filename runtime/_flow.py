@@ -98,18 +98,24 @@ class Flow(Generic[P, R]):
         self.fn = fn
         self.is_async = is_async_callable(fn)
         default_name = (
-            getattr(fn, "__name__", type(fn).__name__).replace("_", "-").replace("<lambda>", "unknown-lambda")
+            getattr(fn, "__name__", type(fn).__name__)
+            .replace("_", "-")
+            .replace("<lambda>", "unknown-lambda")
         )
         self.name = check_name(name or default_name, "flow")
         self.version = version if version is not None else _file_version(fn)
         self.description = description if description is not None else inspect.getdoc(fn)
-        if flow_run_name is not None and not (isinstance(flow_run_name, str) or callable(flow_run_name)):
+        if flow_run_name is not None and not (
+            isinstance(flow_run_name, str) or callable(flow_run_name)
+        ):
             raise TypeError(
                 f"Expected string or callable for 'flow_run_name'; got {type(flow_run_name).__name__} instead."
             )
         self.flow_run_name = flow_run_name
         self.retries = check_non_negative(retries, "retries", integer=True) or 0
-        self.retry_delay_seconds = float(check_non_negative(retry_delay_seconds, "retry_delay_seconds") or 0)
+        self.retry_delay_seconds = float(
+            check_non_negative(retry_delay_seconds, "retry_delay_seconds") or 0
+        )
         if isinstance(task_runner, type):
             task_runner = task_runner()
         if task_runner is not None and not isinstance(task_runner, TaskRunner):
@@ -138,9 +144,13 @@ class Flow(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     @overload
-    def __call__(self, *args: Any, return_state: bool = ..., wait_for: Any = ..., **kwargs: Any) -> Any: ...
+    def __call__(
+        self, *args: Any, return_state: bool = ..., wait_for: Any = ..., **kwargs: Any
+    ) -> Any: ...
 
-    def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
         """Run the flow and return its result (its final State with ``return_state=True``).
 
         Raises:

@@ -107,7 +107,9 @@ class FlowRunEngine:
             flow_version=flow.version,
             parameters=serialize_parameters(parameters),
             tags=sorted(current_tags()),
-            empirical_policy=FlowRunPolicy(retries=flow.retries, retry_delay=flow.retry_delay_seconds),
+            empirical_policy=FlowRunPolicy(
+                retries=flow.retries, retry_delay=flow.retry_delay_seconds
+            ),
             entrypoint=flow.entrypoint,
             owner=process_owner(),
         )
@@ -173,7 +175,9 @@ class FlowRunEngine:
         await self._ask(CreateRun("flow", self.flow_run, S.Pending()))
         if self.logger.isEnabledFor(logging.INFO):
             kind = "subflow run" if self.parent is not None else "flow run"
-            self.logger.info("Beginning %s %r for flow %r", kind, self.flow_run.name, self.flow.name)
+            self.logger.info(
+                "Beginning %s %r for flow %r", kind, self.flow_run.name, self.flow.name
+            )
 
     async def _run(self) -> State[Any]:
         parameters = self.parameters
@@ -226,8 +230,10 @@ class FlowRunEngine:
         flow = self.flow
         self._return_value = _NOT_SET
         self._raised = None
-        log_prints = flow.log_prints if flow.log_prints is not None else (
-            self.parent.log_prints if self.parent is not None else False
+        log_prints = (
+            flow.log_prints
+            if flow.log_prints is not None
+            else (self.parent.log_prints if self.parent is not None else False)
         )
         async with self._task_run_supervisor() as (supervisor, submitted):
             task_runner = flow.task_runner.duplicate()
@@ -289,7 +295,12 @@ class FlowRunEngine:
         self._return_value = resolved
         state = return_value_to_state(resolved)
         settings = self._settings
-        if state.is_completed() and not isinstance(resolved, State) and settings and settings.persist:
+        if (
+            state.is_completed()
+            and not isinstance(resolved, State)
+            and settings
+            and settings.persist
+        ):
             try:
                 state.data = persist_result(resolved, settings)
             except Exception as exc:
@@ -365,7 +376,11 @@ class FlowRunEngine:
                 message="Execution was aborted by a termination signal.", data=self._interrupt
             )
         self.logger.info("Flow run was cancelled.")
-        return S.Cancelled(message=(state.message if cancelling and state.message else "The flow run was cancelled."))
+        return S.Cancelled(
+            message=(
+                state.message if cancelling and state.message else "The flow run was cancelled."
+            )
+        )
 
     # -- finishing --------------------------------------------------------------------
 

@@ -40,7 +40,9 @@ _task_runs = logging.getLogger("stageflow.task_runs")
 class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """A logger adapter that adds the run's identity to every record it emits."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = kwargs.get("extra")
         kwargs["extra"] = self.extra if not extra else {**self.extra, **extra}  # type: ignore[dict-item]
         return msg, kwargs
@@ -59,7 +61,9 @@ def flow_run_logger(flow_run: Any, flow: Any = None) -> RunLogger:
     )
 
 
-def task_run_logger(task_run: Any, task: Any = None, flow_run: Any = None, flow: Any = None) -> RunLogger:
+def task_run_logger(
+    task_run: Any, task: Any = None, flow_run: Any = None, flow: Any = None
+) -> RunLogger:
     """Return a logger whose records name ``task_run`` and, if given, its flow run."""
     extra = {
         "task_run_id": str(task_run.id),
@@ -112,7 +116,9 @@ def log_prints_enabled() -> ContextVar[bool]:
     return _log_prints
 
 
-def _print(*args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+def _print(
+    *args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False
+) -> None:
     if _log_prints.get() and (file is None or file is sys.stdout):
         try:
             logger = get_run_logger()

@@ -159,7 +159,9 @@ def new_task_run_record(
         and all(type(tag) is str for tag in tags)
         and type(task_inputs) is dict
         and all(
-            type(key) is str and type(inputs) is list and all(type(i) is TaskRunInput for i in inputs)
+            type(key) is str
+            and type(inputs) is list
+            and all(type(i) is TaskRunInput for i in inputs)
             for key, inputs in task_inputs.items()
         )
         and type(flow_run_run_count) is int

@@ -91,7 +91,9 @@ def check_retry_delays(delay: Any, retries: int) -> list[float]:
     )
 
 
-def check_hooks(hooks: Iterable[Callable[..., Any]] | None, option: str) -> list[Callable[..., Any]]:
+def check_hooks(
+    hooks: Iterable[Callable[..., Any]] | None, option: str
+) -> list[Callable[..., Any]]:
     """Return ``hooks`` as a list after checking each is callable.
 
     Raises:
@@ -106,9 +108,7 @@ def check_hooks(hooks: Iterable[Callable[..., Any]] | None, option: str) -> list
         )
     for hook in hooks:
         if not callable(hook):
-            raise TypeError(
-                f"Expected callables in {option!r}; got {type(hook).__name__} instead."
-            )
+            raise TypeError(f"Expected callables in {option!r}; got {type(hook).__name__} instead.")
     return list(hooks)
 
 
@@ -135,13 +135,17 @@ def code_key(fn: Callable[..., Any]) -> str:
     while isinstance(target, functools.partial):
         target = target.func
     qualname = getattr(target, "__qualname__", type(target).__qualname__).split(".")[-1]
-    code = getattr(target, "__code__", None) or getattr(getattr(target, "__call__", None), "__code__", None)
+    code = getattr(target, "__code__", None) or getattr(
+        getattr(target, "__call__", None), "__code__", None
+    )
     digest = hashlib.sha256(
         repr((code.co_code, code.co_consts)).encode() if code is not None else qualname.encode()
     ).hexdigest()
     return f"{qualname}-{digest[:8]}"
 
 
-def merge_hooks(current: Sequence[Callable[..., Any]], extra: Callable[..., Any]) -> list[Callable[..., Any]]:
+def merge_hooks(
+    current: Sequence[Callable[..., Any]], extra: Callable[..., Any]
+) -> list[Callable[..., Any]]:
     """Return ``current`` plus ``extra`` (for the ``@task.on_completion`` style decorators)."""
     return [*current, extra]

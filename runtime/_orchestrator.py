@@ -93,7 +93,9 @@ def _field_setter(*models: type[Any]) -> Any:
     a setter doing what pydantic's ``__setattr__`` does for a plain field (store the value,
     mark the field set) without its per-call dispatch: :meth:`Orchestrator._apply` sets a
     dozen fields per task run."""
-    if any(m.model_config.get("validate_assignment") or m.model_config.get("frozen") for m in models):
+    if any(
+        m.model_config.get("validate_assignment") or m.model_config.get("frozen") for m in models
+    ):
         return setattr
 
     def set_field(model: Any, name: str, value: Any) -> None:
@@ -171,7 +173,11 @@ class Orchestrator(Actor):
                 ):
                     applied = self._apply(kind, run, decision.state)
                 transition = Transition(
-                    "WAIT", run.state, decision.reason, decision.delay, decision.watch  # type: ignore[arg-type]
+                    "WAIT",
+                    run.state,
+                    decision.reason,
+                    decision.delay,
+                    decision.watch,  # type: ignore[arg-type]
                 )
             else:
                 assert isinstance(decision, Abort)
@@ -281,7 +287,11 @@ class Orchestrator(Actor):
             if state.timestamp <= previous.timestamp:
                 _set(state, "timestamp", previous.timestamp + timedelta(microseconds=1))
             if previous.is_running():
-                _set(run, "total_run_time", run.total_run_time + (state.timestamp - previous.timestamp))
+                _set(
+                    run,
+                    "total_run_time",
+                    run.total_run_time + (state.timestamp - previous.timestamp),
+                )
         if state.is_running():
             _set(run, "run_count", run.run_count + 1)
             if run.start_time is None:
@@ -331,7 +341,11 @@ class Orchestrator(Actor):
                     message=state.message,
                     data=state.data,
                     state_details=state.state_details.model_copy(
-                        update={"child_flow_run_id": flow_run.id, "flow_run_id": None, "task_run_id": None}
+                        update={
+                            "child_flow_run_id": flow_run.id,
+                            "flow_run_id": None,
+                            "task_run_id": None,
+                        }
                     ),
                 )
                 changed.append((parent_task, self._apply("task", parent_task, mirror)))
@@ -349,7 +363,11 @@ class Orchestrator(Actor):
                     child = self._backend.read_flow_run(child_id)
                 except ObjectNotFound:
                     continue
-                if child.state is not None and not child.state.is_final() and not child.state.is_cancelling():
+                if (
+                    child.state is not None
+                    and not child.state.is_final()
+                    and not child.state.is_cancelling()
+                ):
                     cancelling = S.Cancelling(message="The parent flow run is being cancelled.")
                     changed.append((child, self._apply("flow", child, cancelling)))
                     changed.extend(self._cascade("flow", child, cancelling))

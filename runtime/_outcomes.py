@@ -42,9 +42,7 @@ def exception_to_crashed_state(exc: BaseException) -> State[Any]:
     elif isinstance(exc, SystemExit):
         message = "Execution was aborted by Python system exit call."
     else:
-        message = (
-            f"Execution was interrupted by an unexpected exception: {format_exception(exc)}"
-        )
+        message = f"Execution was interrupted by an unexpected exception: {format_exception(exc)}"
     return S.Crashed(message=message, data=exc)
 
 

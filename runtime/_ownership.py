@@ -121,7 +121,9 @@ async def reap_orphans(runtime: Any) -> int:
             state = task_run.state
             if state is not None and not state.is_final() and not state.is_paused():
                 message = _ORPHAN_MESSAGE.format(kind="task", flow_run_id=flow_run.id)
-                await orchestrator.ask(ProposeState("task", task_run, S.Crashed(message=message), True))
+                await orchestrator.ask(
+                    ProposeState("task", task_run, S.Crashed(message=message), True)
+                )
         message = _ORPHAN_MESSAGE.format(kind="flow", flow_run_id=flow_run.id)
         await orchestrator.ask(ProposeState("flow", flow_run, S.Crashed(message=message), True))
         reaped += 1

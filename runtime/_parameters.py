@@ -36,9 +36,7 @@ class CallSignature:
         self.defaults = {p.name: p.default for p in params if p.default is not _EMPTY}
         kinds = {p.kind for p in params}
         self._simple = kinds <= {_POSITIONAL_OR_KEYWORD, _KEYWORD_ONLY}
-        self._positional_names = tuple(
-            p.name for p in params if p.kind is _POSITIONAL_OR_KEYWORD
-        )
+        self._positional_names = tuple(p.name for p in params if p.kind is _POSITIONAL_OR_KEYWORD)
         self._var_positional = next((p.name for p in params if p.kind is _VAR_POSITIONAL), None)
         self._var_keyword = next((p.name for p in params if p.kind is _VAR_KEYWORD), None)
         self._model: type[pydantic.BaseModel] | None = None

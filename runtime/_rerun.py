@@ -113,7 +113,9 @@ def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
     try:
         module = import_flow_file(Path(path))
     except ImportError as exc:
-        raise ObjectNotFound(f"Cannot import {path} to run flow run {flow_run.id} again: {exc}") from exc
+        raise ObjectNotFound(
+            f"Cannot import {path} to run flow run {flow_run.id} again: {exc}"
+        ) from exc
     target: Any = module
     for part in qualname.split("."):
         target = getattr(target, part, None)
@@ -137,6 +139,10 @@ async def rerun_flow_run(flow_run_id: UUID) -> State[Any]:
             )
         if not flow_run.empirical_policy.resuming:
             policy = flow_run.empirical_policy.model_copy(update={"resuming": True})
-            await runtime.orchestrator.ask(UpdateRun("flow", flow_run, {"empirical_policy": policy}))  # type: ignore[union-attr]
-        engine = FlowRunEngine(flow, dict(flow_run.parameters), None, runtime, WORKER_THREADS, None, existing=flow_run)
+            await runtime.orchestrator.ask(
+                UpdateRun("flow", flow_run, {"empirical_policy": policy})
+            )  # type: ignore[union-attr]
+        engine = FlowRunEngine(
+            flow, dict(flow_run.parameters), None, runtime, WORKER_THREADS, None, existing=flow_run
+        )
         return await engine.run()

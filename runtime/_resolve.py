@@ -14,7 +14,12 @@ from .annotations import BaseAnnotation, allow_failure, quote
 from .futures import TaskRunFuture, TaskRunFutureList
 from .states import State
 
-__all__ = ["collect_upstreams", "resolve_parameters", "resolve_futures_to_states", "wait_for_upstreams"]
+__all__ = [
+    "collect_upstreams",
+    "resolve_parameters",
+    "resolve_futures_to_states",
+    "wait_for_upstreams",
+]
 
 _ATOMS = (int, float, str, bytes, bool, type(None), complex)
 
@@ -124,7 +129,12 @@ async def wait_for_upstreams(wait_for: Any) -> None:
         return
     upstreams = collect_upstreams(list(wait_for))
     await _settle(upstreams)
-    tolerated = {id(item) for item in collect_upstreams([w.unwrap() for w in wait_for if isinstance(w, allow_failure)])}
+    tolerated = {
+        id(item)
+        for item in collect_upstreams(
+            [w.unwrap() for w in wait_for if isinstance(w, allow_failure)]
+        )
+    }
     for item in upstreams:
         state = _final_state(item)
         if state.is_completed() or (id(item) in tolerated and state.is_final()):
@@ -137,4 +147,6 @@ async def resolve_futures_to_states(value: Any) -> Any:
     if isinstance(value, _ATOMS):
         return value
     await _settle(collect_upstreams(value))
-    return _visit(value, lambda item: _final_state(item) if isinstance(item, TaskRunFuture) else item)
+    return _visit(
+        value, lambda item: _final_state(item) if isinstance(item, TaskRunFuture) else item
+    )

@@ -133,7 +133,9 @@ def decide(current: State[Any] | None, proposed: State[Any], ctx: RuleContext) -
     return Accept(proposed)
 
 
-def _entering_running(current: State[Any] | None, proposed: State[Any], ctx: RuleContext) -> Decision:
+def _entering_running(
+    current: State[Any] | None, proposed: State[Any], ctx: RuleContext
+) -> Decision:
     parent = ctx.parent_state
     if parent is not None and not parent.is_running():
         if parent.is_paused():
@@ -231,7 +233,9 @@ def jittered_delay(average: float, factor: float, sample: float) -> float:
     if factor == 0:
         return average
     high_multiple = 1 + factor
-    low_multiple = 0.0 if high_multiple >= 50 else math.log2(2**high_multiple / (2**high_multiple - 1))
+    low_multiple = (
+        0.0 if high_multiple >= 50 else math.log2(2**high_multiple / (2**high_multiple - 1))
+    )
 
     def cdf(x: float) -> float:
         return 1 - math.exp(-x / average)

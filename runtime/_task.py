@@ -110,7 +110,9 @@ class Task(Generic[P, R]):
         )
         self.timeout_seconds = check_timeout(timeout_seconds)
         self.task_run_name = task_run_name
-        if task_run_name is not None and not (isinstance(task_run_name, str) or callable(task_run_name)):
+        if task_run_name is not None and not (
+            isinstance(task_run_name, str) or callable(task_run_name)
+        ):
             raise TypeError(
                 f"Expected string or callable for 'task_run_name'; got {type(task_run_name).__name__} instead."
             )
@@ -138,9 +140,13 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     @overload
-    def __call__(self, *args: Any, return_state: bool = ..., wait_for: Any = ..., **kwargs: Any) -> Any: ...
+    def __call__(
+        self, *args: Any, return_state: bool = ..., wait_for: Any = ..., **kwargs: Any
+    ) -> Any: ...
 
-    def __call__(self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any) -> Any:
+    def __call__(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
         """Run the task and return its result (its final State with ``return_state=True``).
 
         An async task returns a coroutine to await.
@@ -155,7 +161,9 @@ class Task(Generic[P, R]):
             return _entry.run_task_async(self, parameters, wait_for, return_type)
         return _entry.run_task_sync(self, parameters, wait_for, return_type)
 
-    def submit(self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any) -> Any:
+    def submit(
+        self, *args: Any, return_state: bool = False, wait_for: Any = None, **kwargs: Any
+    ) -> Any:
         """Start a run of the task concurrently and return its future.
 
         With ``return_state=True``, wait for the run and return its final State.
@@ -172,7 +180,12 @@ class Task(Generic[P, R]):
         return future
 
     def map(
-        self, *args: Any, return_state: bool = False, wait_for: Any = None, deferred: bool = False, **kwargs: Any
+        self,
+        *args: Any,
+        return_state: bool = False,
+        wait_for: Any = None,
+        deferred: bool = False,
+        **kwargs: Any,
     ) -> Any:
         """Submit one run per element of the iterable arguments; return their futures.
 
@@ -190,7 +203,10 @@ class Task(Generic[P, R]):
         return futures
 
     def apply_async(
-        self, args: tuple[Any, ...] | None = None, kwargs: dict[str, Any] | None = None, wait_for: Any = None
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        wait_for: Any = None,
     ) -> Any:
         """Run the task in the background, outside any flow, and return its future.
 

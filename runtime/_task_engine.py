@@ -228,7 +228,9 @@ class TaskRunEngine:
             )
             key = None
         self._transaction.key = key
-        refresh = task.refresh_cache if task.refresh_cache is not None else refresh_cache_by_default()
+        refresh = (
+            task.refresh_cache if task.refresh_cache is not None else refresh_cache_by_default()
+        )
         return {"cache_key": key, "refresh_cache": refresh} if key is not None else {}
 
     def _context(self, parameters: dict[str, Any]) -> TaskRunContext:
@@ -387,7 +389,9 @@ class TaskRunEngine:
                 self.logger.info(
                     "Task run failed with exception: %r - Retry %s/%s will start %s",
                     exc,
-                    self.task_run.run_count if state.is_scheduled() else self.task_run.run_count - 1,
+                    self.task_run.run_count
+                    if state.is_scheduled()
+                    else self.task_run.run_count - 1,
                     self.task.retries,
                     when,
                 )
@@ -413,7 +417,9 @@ class TaskRunEngine:
             current = self.task_run.state
             if isinstance(exc, _cancelled_exc()) and self._cancelled_by_flow():
                 if current is None or not current.is_final():
-                    await self._propose(S.Cancelled(message="The parent flow run was cancelled."), force=True)
+                    await self._propose(
+                        S.Cancelled(message="The parent flow run was cancelled."), force=True
+                    )
             else:
                 state = exception_to_crashed_state(exc)
                 self.logger.error("Crash detected! %s", state.message)
@@ -486,7 +492,9 @@ async def create_task_run(
     orchestrator = runtime.orchestrator
     if flow_ctx is not None and flow_ctx.flow_run.empirical_policy.resuming:
         assert runtime.backend is not None
-        previous = runtime.backend.find_task_run(flow_ctx.flow_run.id, task_run.task_key, task_run.dynamic_key)
+        previous = runtime.backend.find_task_run(
+            flow_ctx.flow_run.id, task_run.task_key, task_run.dynamic_key
+        )
         if previous is not None:
             state = previous.state
             if state is not None and state.is_completed() and state.data is not S.UNAVAILABLE:
@@ -505,7 +513,9 @@ class TaskRunActor(Actor):
     run already happened there and the actor has nothing to do.
     """
 
-    def __init__(self, engine_factory: Callable[[], TaskRunEngine], future: TaskRunFuture[Any]) -> None:
+    def __init__(
+        self, engine_factory: Callable[[], TaskRunEngine], future: TaskRunFuture[Any]
+    ) -> None:
         self._engine_factory = engine_factory
         self._future = future
 
@@ -539,6 +549,8 @@ async def run_submitted(engine: TaskRunEngine, future: TaskRunFuture[Any]) -> No
             return
         state = await engine.run()
     except BaseException:
-        future.set_final_state(engine.task_run.state or S.Crashed(message="The task run never started."))
+        future.set_final_state(
+            engine.task_run.state or S.Crashed(message="The task run never started.")
+        )
         raise
     future.set_final_state(state)

@@ -142,7 +142,9 @@ def suspend_flow_run(
 
 def _pausing_context(verb: str) -> FlowRunContext:
     if TaskRunContext.get() is not None:
-        raise RuntimeError(f"Cannot {verb[:-2] if verb.endswith('ed') else verb} task runs: only a flow run can be {verb}.")
+        raise RuntimeError(
+            f"Cannot {verb[:-2] if verb.endswith('ed') else verb} task runs: only a flow run can be {verb}."
+        )
     ctx = FlowRunContext.get()
     if ctx is None:
         raise RuntimeError(f"Flow runs can only be {verb} from within a flow run.")
@@ -172,11 +174,15 @@ async def _pause(
         if keyset is not None:
             backend.write_run_input(flow_run.id, keyset["schema"], schema_json(model))  # type: ignore[arg-type]
             _waiting_models[(flow_run.id, keyset["response"])] = model
-        transition: Transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, proposed))  # type: ignore[union-attr]
+        transition: Transition = await runtime.orchestrator.ask(
+            ProposeState("flow", flow_run, proposed)
+        )  # type: ignore[union-attr]
         state = flow_run.state
         assert state is not None
         if transition.status == "ABORT":
-            raise RuntimeError(f"Flow run cannot be {'suspended' if suspend else 'paused'}: {transition.reason}")
+            raise RuntimeError(
+                f"Flow run cannot be {'suspended' if suspend else 'paused'}: {transition.reason}"
+            )
         if state.is_running():
             # This pause fired before and the run was resumed since: carry on.
             return _load_input(backend, flow_run, keyset, model)
@@ -279,17 +285,33 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
             )
         keyset = state.state_details.run_input_keyset
         if keyset is not None:
-            backend.write_run_input(flow_run_id, keyset["response"], _validated_input(backend, flow_run_id, keyset, run_input))
+            backend.write_run_input(
+                flow_run_id,
+                keyset["response"],
+                _validated_input(backend, flow_run_id, keyset, run_input),
+            )
         suspended = state.state_details.pause_reschedule
         target = S.Scheduled(name="Resuming") if suspended else S.Running()
         transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, target))  # type: ignore[union-attr]
-        if transition.status == "REJECT" and flow_run.state is not None and flow_run.state.is_failed():
+        if (
+            transition.status == "REJECT"
+            and flow_run.state is not None
+            and flow_run.state.is_failed()
+        ):
             raise FlowPauseTimeout("Flow run can no longer be resumed.")
         if transition.status in ("REJECT", "ABORT"):
             raise RuntimeError(f"Cannot resume this run: {transition.reason}")
         if suspended:
             await runtime.orchestrator.ask(  # type: ignore[union-attr]
-                UpdateRun("flow", flow_run, {"empirical_policy": flow_run.empirical_policy.model_copy(update={"resuming": True})})
+                UpdateRun(
+                    "flow",
+                    flow_run,
+                    {
+                        "empirical_policy": flow_run.empirical_policy.model_copy(
+                            update={"resuming": True}
+                        )
+                    },
+                )
             )
     if suspended:
         from ._rerun import rerun_flow_run
@@ -297,7 +319,9 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
         await rerun_flow_run(flow_run_id)
 
 
-def _validated_input(backend: Any, flow_run_id: UUID, keyset: dict[str, str], run_input: Any) -> str:
+def _validated_input(
+    backend: Any, flow_run_id: UUID, keyset: dict[str, str], run_input: Any
+) -> str:
     """Return ``run_input`` as JSON after checking it against what the run waits for."""
     model = _waiting_models.get((flow_run_id, keyset["response"]))
     if model is not None:
@@ -310,7 +334,9 @@ def _validated_input(backend: Any, flow_run_id: UUID, keyset: dict[str, str], ru
         raise InvalidRunInput(f"Flow run {flow_run_id} waits for input but its schema is missing.")
     schema = json.loads(schema_text)
     payload = run_input
-    if set(schema.get("properties", {})) == {"value"} and not (isinstance(run_input, dict) and set(run_input) == {"value"}):
+    if set(schema.get("properties", {})) == {"value"} and not (
+        isinstance(run_input, dict) and set(run_input) == {"value"}
+    ):
         payload = {"value": run_input}
     import jsonschema
 
@@ -318,7 +344,9 @@ def _validated_input(backend: Any, flow_run_id: UUID, keyset: dict[str, str], ru
         jsonschema.validate(payload, schema)
     except jsonschema.ValidationError as exc:
         where = ".".join(str(part) for part in exc.absolute_path) or "input"
-        raise InvalidRunInput(f"Invalid input for flow run {flow_run_id}: {where}: {exc.message}") from None
+        raise InvalidRunInput(
+            f"Invalid input for flow run {flow_run_id}: {where}: {exc.message}"
+        ) from None
     return json.dumps(payload)
 
 
@@ -348,15 +376,22 @@ async def _cancel(flow_run_id: UUID) -> State[Any]:
         if state is None or state.is_final():
             return state  # type: ignore[return-value]
         executed = flow_run_id in active_flow_runs or (
-            owner_alive(flow_run.owner) is not False and not state.state_details.pause_reschedule
+            owner_alive(flow_run.owner) is not False
+            and not state.state_details.pause_reschedule
             and not state.is_scheduled()
         )
-        proposed = S.Cancelling(message="The flow run was cancelled.") if executed else S.Cancelled(message="The flow run was cancelled.")
+        proposed = (
+            S.Cancelling(message="The flow run was cancelled.")
+            if executed
+            else S.Cancelled(message="The flow run was cancelled.")
+        )
         await runtime.orchestrator.ask(ProposeState("flow", flow_run, proposed, force=True))  # type: ignore[union-attr]
         return flow_run.state  # type: ignore[return-value]
 
 
-def wait_for_flow_run(flow_run_id: UUID | str, timeout: float | None = 10800, poll_interval: float = 5) -> Any:
+def wait_for_flow_run(
+    flow_run_id: UUID | str, timeout: float | None = 10800, poll_interval: float = 5
+) -> Any:
     """Wait until a flow run is final and return it (a :class:`~runtime.FlowRun`).
 
     A run in this process is noticed at once; one in another process within

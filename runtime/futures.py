@@ -200,7 +200,9 @@ class DoneAndNotDoneFutures(NamedTuple):
     not_done: set[TaskRunFuture[Any]]
 
 
-def wait(futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None) -> DoneAndNotDoneFutures:
+def wait(
+    futures: Iterable[TaskRunFuture[Any]], timeout: float | None = None
+) -> DoneAndNotDoneFutures:
     """Block until every future is done, or ``timeout`` seconds passed."""
     futures = list(futures)
     deadline = None if timeout is None else time.monotonic() + timeout

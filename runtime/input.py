@@ -67,7 +67,9 @@ def unwrap(model: RunInput) -> Any:
 def wrap_payload(model: type[RunInput], run_input: Any) -> Any:
     """Shape a resumer's ``run_input`` for ``model``: a plain value for a wrapped type
     may be given bare (``5``) or as ``{"value": 5}``."""
-    if issubclass(model, _Wrapped) and not (isinstance(run_input, dict) and set(run_input) == {"value"}):
+    if issubclass(model, _Wrapped) and not (
+        isinstance(run_input, dict) and set(run_input) == {"value"}
+    ):
         return {"value": run_input}
     return run_input
 

@@ -218,9 +218,7 @@ class State(BaseModel, Generic[R]):
         if self.type is StateType.PAUSED:
             raise PausedRun("Run is paused, its result is not available.", state=self)
         if self.type not in TERMINAL_STATES:
-            raise UnfinishedRun(
-                f"Run is in {self.type.value} state, its result is not available."
-            )
+            raise UnfinishedRun(f"Run is in {self.type.value} state, its result is not available.")
         if self.type is not StateType.COMPLETED:
             if not raise_on_failure and _holds_states(self.data):
                 # An aggregate of run states (a flow that returned them): as in Prefect,
@@ -269,7 +267,11 @@ def _holds_states(data: Any) -> bool:
     """Whether ``data`` is a State or a non-empty list/tuple/set of States."""
     if isinstance(data, State):
         return True
-    return isinstance(data, (list, tuple, set)) and bool(data) and all(isinstance(s, State) for s in data)
+    return (
+        isinstance(data, (list, tuple, set))
+        and bool(data)
+        and all(isinstance(s, State) for s in data)
+    )
 
 
 def state_exception(state: State[Any]) -> BaseException:

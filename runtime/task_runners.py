@@ -19,7 +19,9 @@ class TaskRunner:
 
     def __init__(self, max_workers: int | None = None) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
-            raise ValueError(f"max_workers must be a positive integer or None, got {max_workers!r}.")
+            raise ValueError(
+                f"max_workers must be a positive integer or None, got {max_workers!r}."
+            )
         self.max_workers = max_workers
 
     def duplicate(self) -> TaskRunner:

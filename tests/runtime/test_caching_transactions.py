@@ -50,7 +50,9 @@ async def test_a_persisted_result_is_a_reference_that_loads(storage: str) -> Non
 
 
 async def test_result_storage_key_templates_name_the_file(storage: str) -> None:
-    @task(persist_result=True, result_storage=storage, result_storage_key="report-{parameters[day]}")
+    @task(
+        persist_result=True, result_storage=storage, result_storage_key="report-{parameters[day]}"
+    )
     async def report(day: str) -> str:
         return f"report for {day}"
 
@@ -343,7 +345,9 @@ def test_transaction_values_and_state() -> None:
     assert get_transaction() is None
 
 
-def test_a_hook_that_raises_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_hook_that_raises_is_logged_and_the_others_still_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     seen: list[str] = []
     txn = Transaction()
 

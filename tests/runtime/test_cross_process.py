@@ -161,7 +161,9 @@ def test_a_flow_is_cancelled_from_another_process(tmp_path: Path, env: dict[str,
         assert process.stdout is not None
         assert process.stdout.readline().strip() == "task started"
         run = _flow_state(env, "long-job")
-        done = _in_other_process(env, f'from runtime import cancel_flow_run; print(cancel_flow_run("{run.id}").name)')
+        done = _in_other_process(
+            env, f'from runtime import cancel_flow_run; print(cancel_flow_run("{run.id}").name)'
+        )
         assert done.stdout.strip() == "Cancelling", done.stderr
         out, err = process.communicate(timeout=60)
     finally:
@@ -239,7 +241,9 @@ def test_kill_9_then_resume_reuses_finished_tasks(tmp_path: Path, env: dict[str,
     assert "Crashed" in history
 
 
-def test_an_orphaned_run_is_marked_crashed_by_the_next_process(tmp_path: Path, env: dict[str, str]) -> None:
+def test_an_orphaned_run_is_marked_crashed_by_the_next_process(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     process = _start(tmp_path, env, CRASHING_FLOW)
     assert process.stdout is not None
     assert process.stdout.readline().strip() == "blocking"
@@ -288,7 +292,9 @@ SUSPENDING_FLOW = """
 """
 
 
-def test_a_suspended_flow_is_resumed_in_a_fresh_process(tmp_path: Path, env: dict[str, str]) -> None:
+def test_a_suspended_flow_is_resumed_in_a_fresh_process(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
     process = _start(tmp_path, env, SUSPENDING_FLOW)
     out, err = process.communicate(timeout=60)
     assert out.strip() == "Suspended", err
@@ -335,7 +341,10 @@ LIMITED_TASKS = """
 
 
 def test_a_tag_limit_holds_across_processes(tmp_path: Path, env: dict[str, str]) -> None:
-    limit = _in_other_process(env, 'from runtime.concurrency import set_concurrency_limit; set_concurrency_limit("shared", 1)')
+    limit = _in_other_process(
+        env,
+        'from runtime.concurrency import set_concurrency_limit; set_concurrency_limit("shared", 1)',
+    )
     assert limit.returncode == 0, limit.stderr
     first = _start(tmp_path, env, LIMITED_TASKS)
     second = subprocess.Popen(

@@ -291,7 +291,9 @@ async def test_cancelling_a_running_flow_cancels_its_tasks_and_runs_the_hooks() 
         assert hooks == ["on_cancellation Cancelling"] or hooks == ["on_cancellation Cancelled"]
         history = [s.name for s in backend.read_state_history("flow", run_id)]
         assert history[-2:] == ["Cancelling", "Cancelled"]
-        task_states = {t.name.split("-")[0]: t.state.name for t in backend.read_task_runs(flow_run_id=run_id)}
+        task_states = {
+            t.name.split("-")[0]: t.state.name for t in backend.read_task_runs(flow_run_id=run_id)
+        }
         assert task_states["forever"] == "Cancelled"
         assert "never" not in task_states
         (sub,) = backend.read_flow_runs(flow_name="child")

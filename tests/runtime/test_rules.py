@@ -30,7 +30,14 @@ TABLE = [
     ("failed stays failed", S.Failed(), S.Completed(), ctx(), Abort, None),
     ("crashed stays crashed", S.Crashed(), S.Running(), ctx(), Abort, None),
     ("cancelled stays cancelled", S.Cancelled(), S.Completed(), ctx(), Abort, None),
-    ("task retry without delay", S.Running(), S.Failed(), ctx(run_count=1, retries=2), Reject, "Retrying"),
+    (
+        "task retry without delay",
+        S.Running(),
+        S.Failed(),
+        ctx(run_count=1, retries=2),
+        Reject,
+        "Retrying",
+    ),
     (
         "task retry with delay",
         S.Running(),
@@ -39,7 +46,14 @@ TABLE = [
         Reject,
         "AwaitingRetry",
     ),
-    ("task retries exhausted", S.Running(), S.Failed(), ctx(run_count=3, retries=2), Accept, "Failed"),
+    (
+        "task retries exhausted",
+        S.Running(),
+        S.Failed(),
+        ctx(run_count=3, retries=2),
+        Accept,
+        "Failed",
+    ),
     (
         "retry vetoed by condition",
         S.Running(),
@@ -48,9 +62,30 @@ TABLE = [
         Accept,
         "Failed",
     ),
-    ("flow retry waits", S.Running(), S.Failed(), ctx(kind="flow", run_count=1, retries=1), Reject, "AwaitingRetry"),
-    ("timed out task retries", S.Running(), S.Failed(name="TimedOut"), ctx(run_count=1, retries=1), Reject, "Retrying"),
-    ("crash is not retried", S.Running(), S.Crashed(), ctx(run_count=1, retries=3), Accept, "Crashed"),
+    (
+        "flow retry waits",
+        S.Running(),
+        S.Failed(),
+        ctx(kind="flow", run_count=1, retries=1),
+        Reject,
+        "AwaitingRetry",
+    ),
+    (
+        "timed out task retries",
+        S.Running(),
+        S.Failed(name="TimedOut"),
+        ctx(run_count=1, retries=1),
+        Reject,
+        "Retrying",
+    ),
+    (
+        "crash is not retried",
+        S.Running(),
+        S.Crashed(),
+        ctx(run_count=1, retries=3),
+        Accept,
+        "Crashed",
+    ),
     (
         "scheduled time not reached",
         S.AwaitingRetry(scheduled_time=later(10)),
@@ -59,10 +94,31 @@ TABLE = [
         Wait,
         None,
     ),
-    ("scheduled time reached", S.AwaitingRetry(scheduled_time=later(-1)), S.Retrying(), ctx(), Accept, "Retrying"),
+    (
+        "scheduled time reached",
+        S.AwaitingRetry(scheduled_time=later(-1)),
+        S.Retrying(),
+        ctx(),
+        Accept,
+        "Retrying",
+    ),
     ("parent not running", S.Pending(), S.Running(), ctx(parent_state=S.Completed()), Abort, None),
-    ("parent paused", S.Pending(), S.Running(), ctx(parent_state=S.Paused(), parent_id="p"), Wait, None),
-    ("parent cancelling", S.Pending(), S.Running(), ctx(parent_state=S.Cancelling()), Reject, "Cancelled"),
+    (
+        "parent paused",
+        S.Pending(),
+        S.Running(),
+        ctx(parent_state=S.Paused(), parent_id="p"),
+        Wait,
+        None,
+    ),
+    (
+        "parent cancelling",
+        S.Pending(),
+        S.Running(),
+        ctx(parent_state=S.Cancelling()),
+        Reject,
+        "Cancelled",
+    ),
     ("parent running", S.Pending(), S.Running(), ctx(parent_state=S.Running()), Accept, "Running"),
     (
         "cache hit",
@@ -73,9 +129,30 @@ TABLE = [
         "Cached",
     ),
     ("no concurrency slot", S.Pending(), S.Running(), ctx(slot_wait=2.0), Wait, None),
-    ("cancelling refuses running", S.Cancelling(), S.Running(), ctx(kind="flow"), Reject, "Cancelled"),
-    ("cancelling accepts final", S.Cancelling(), S.Cancelled(), ctx(kind="flow"), Accept, "Cancelled"),
-    ("pause a running flow", S.Running(), S.Paused(pause_key="1"), ctx(kind="flow"), Accept, "Paused"),
+    (
+        "cancelling refuses running",
+        S.Cancelling(),
+        S.Running(),
+        ctx(kind="flow"),
+        Reject,
+        "Cancelled",
+    ),
+    (
+        "cancelling accepts final",
+        S.Cancelling(),
+        S.Cancelled(),
+        ctx(kind="flow"),
+        Accept,
+        "Cancelled",
+    ),
+    (
+        "pause a running flow",
+        S.Running(),
+        S.Paused(pause_key="1"),
+        ctx(kind="flow"),
+        Accept,
+        "Paused",
+    ),
     (
         "pause already fired",
         S.Running(),
@@ -92,7 +169,14 @@ TABLE = [
         Abort,
         None,
     ),
-    ("resume a paused flow", S.Paused(pause_expiration_time=later(60)), S.Running(), ctx(kind="flow"), Accept, "Running"),
+    (
+        "resume a paused flow",
+        S.Paused(pause_expiration_time=later(60)),
+        S.Running(),
+        ctx(kind="flow"),
+        Accept,
+        "Running",
+    ),
     (
         "resume after the pause timed out",
         S.Paused(pause_expiration_time=later(-1)),
@@ -106,7 +190,11 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("current", "proposed", "context", "decision", "name"), [row[1:] for row in TABLE], ids=[row[0] for row in TABLE])
+@pytest.mark.parametrize(
+    ("current", "proposed", "context", "decision", "name"),
+    [row[1:] for row in TABLE],
+    ids=[row[0] for row in TABLE],
+)
 def test_rules_table(current, proposed, context, decision, name) -> None:
     """Every row of the table decides as expected."""
     outcome = decide(current, proposed, context)
@@ -123,7 +211,9 @@ def test_retry_delay_list_repeats_last_value() -> None:
     delays = (1.0, 2.0)
     got = []
     for run_count in (1, 2, 3):
-        outcome = decide(S.Running(), S.Failed(), ctx(run_count=run_count, retries=5, retry_delays=delays))
+        outcome = decide(
+            S.Running(), S.Failed(), ctx(run_count=run_count, retries=5, retry_delays=delays)
+        )
         got.append((outcome.state.state_details.scheduled_time - NOW).total_seconds())
     assert got == [1.0, 2.0, 2.0]
 
@@ -176,7 +266,13 @@ class TestJitter:
         outcome = decide(
             S.Running(),
             S.Failed(),
-            ctx(run_count=1, retries=1, retry_delays=(10.0,), retry_jitter_factor=0.5, jitter_sample=0.999),
+            ctx(
+                run_count=1,
+                retries=1,
+                retry_delays=(10.0,),
+                retry_jitter_factor=0.5,
+                jitter_sample=0.999,
+            ),
         )
         delay = (outcome.state.state_details.scheduled_time - NOW).total_seconds()
         assert 10.0 < delay <= 15.0

@@ -52,20 +52,26 @@ class TestConstructors:
     def test_scheduled_rejects_two_times(self) -> None:
         """A time given twice is an error."""
         when = datetime.now(timezone.utc)
-        with pytest.raises(ValueError, match=r"^An extra scheduled_time was provided in state_details$"):
+        with pytest.raises(
+            ValueError, match=r"^An extra scheduled_time was provided in state_details$"
+        ):
             S.Scheduled(scheduled_time=when, state_details={"scheduled_time": when})
 
     def test_paused_timeout_sets_expiration(self) -> None:
         """timeout_seconds becomes pause_timeout; Suspended asks to reschedule."""
         state = S.Paused(timeout_seconds=60, pause_key="1")
-        assert state.state_details.pause_timeout > datetime.now(timezone.utc) + timedelta(seconds=50)
+        assert state.state_details.pause_timeout > datetime.now(timezone.utc) + timedelta(
+            seconds=50
+        )
         assert state.state_details.pause_key == "1"
         assert not state.state_details.pause_reschedule
         assert S.Suspended().state_details.pause_reschedule
 
     def test_paused_rejects_both_timeouts(self) -> None:
         """A timeout and an expiration time together are an error."""
-        with pytest.raises(ValueError, match=r"^Cannot supply both a pause_expiration_time and timeout_seconds$"):
+        with pytest.raises(
+            ValueError, match=r"^Cannot supply both a pause_expiration_time and timeout_seconds$"
+        ):
             S.Paused(timeout_seconds=1, pause_expiration_time=datetime.now(timezone.utc))
 
 
@@ -89,7 +95,12 @@ class TestPredicates:
     def test_final_states(self) -> None:
         """COMPLETED, FAILED, CRASHED and CANCELLED are final; the rest are not."""
         final = {t for t in StateType if State(type=t).is_final()}
-        assert final == {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+        assert final == {
+            StateType.COMPLETED,
+            StateType.FAILED,
+            StateType.CRASHED,
+            StateType.CANCELLED,
+        }
 
     def test_each_predicate_matches_its_type(self) -> None:
         """is_<type>() is true exactly for its own type."""
@@ -135,7 +146,9 @@ class TestResult:
 
     def test_unfinished(self) -> None:
         """A state that is not final has no result yet."""
-        with pytest.raises(UnfinishedRun, match=r"^Run is in RUNNING state, its result is not available\.$"):
+        with pytest.raises(
+            UnfinishedRun, match=r"^Run is in RUNNING state, its result is not available\.$"
+        ):
             S.Running().result()
 
     def test_paused(self) -> None:
