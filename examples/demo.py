@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from runtime import RUN_LOG_FORMAT, flow, get_run_context, get_run_logger, task
+from runtime import RUN_LOG_FORMAT, Runtime, flow, get_run_context, get_run_logger, task
 
 attempts: list[int] = []
 
@@ -54,13 +54,24 @@ def pipeline(source: str = "ledger") -> dict[str, float]:
 
 
 def main() -> None:
-    """Run the pipeline and print the states it went through."""
+    """Run the pipeline and print the states it and its task runs went through."""
     logging.basicConfig(level=logging.INFO, format=RUN_LOG_FORMAT)
-    state = pipeline(return_state=True)
-    print()
-    print(f"flow run state: {state!r}")
-    print(f"result:         {state.result()}")
-    print(f"fetch_rate attempts (run_count as seen inside the task): {attempts}")
+    with Runtime() as runtime:  # the default store: $STAGEFLOW_HOME/stageflow.db
+        state = pipeline(return_state=True)
+        store = runtime.backend
+        assert store is not None
+        flow_run_id = state.state_details.flow_run_id
+        print()
+        print(f"flow run {flow_run_id}: {state!r}")
+        print(f"result: {state.result()}")
+        print(f"fetch_rate attempts (run_count as seen inside the task): {attempts}")
+        print("state history of every run:")
+        runs = [("flow", store.read_flow_run(flow_run_id))]
+        runs += [("task", run) for run in store.read_task_runs(flow_run_id=flow_run_id)]
+        for kind, run in runs:
+            history = " -> ".join(s.name for s in store.read_state_history(kind, run.id))
+            print(f"  {run.name:<22} {history}")
+    print(f"\nInspect it again with: stageflow runs show {flow_run_id}")
 
 
 if __name__ == "__main__":
