@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
 
-from actors import ChildSpec, GlobalLoop, Restart, StartChild, global_loop
+from actors import ChildSpec, GlobalLoop, Restart, global_loop
 
 from ._body import WORKER_THREADS, BodyPlacement, SyncTarget
 from ._context import FlowRunContext
@@ -269,7 +269,7 @@ def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> 
             restart=Restart.TEMPORARY,
             shutdown_timeout=0,
         )
-        flow_ctx.supervisor.tell_nowait(StartChild(spec))
+        flow_ctx.supervisor.start_child(spec, future)
 
 
 def _run_inline(

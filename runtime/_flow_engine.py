@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import anyio
 
-from actors import ChildSpec, Restart, Supervisor
+from actors import ChildSpec, Restart, StartChild, Supervisor
 
 from . import states as S
 from ._body import SyncTarget, call_body
@@ -493,14 +493,9 @@ class FlowRunEngine:
     async def _task_run_supervisor(self) -> AsyncIterator[tuple[Any, list[Any]]]:
         """A supervisor for the task runs this attempt submits; on the way out, wait for
         every one of them to finish (or, after an interruption, stop them), then stop it."""
+        assert self.inbox is not None
         name = f"flow-run-{self.flow_run.id}-{self.flow_run.run_count}"
-        supervisor = await self.runtime.spawn(
-            ChildSpec(
-                name,
-                lambda: _RunSupervisor(name=name, on_crash=_report_task_crash),
-                restart=Restart.TEMPORARY,
-            )
-        )
+        supervisor = _LazyRunSupervisor(self.runtime, name, self.inbox)
         submitted: list[Any] = []
         interrupted = False
         self._timed_out = False
@@ -516,6 +511,62 @@ class FlowRunEngine:
                 if not interrupted:
                     await _wait_for_all(submitted)
                 await supervisor.stop()
+
+
+class _LazyRunSupervisor:
+    """The supervisor of one attempt's submitted task runs, spawned on the first submit.
+
+    Most flow runs submit nothing, and spawning and stopping an actor is about a third of
+    a trivial flow call. :meth:`start_child` runs on the flow run's loop; the spawn itself
+    is awaited by the flow run's inbox, and children started meanwhile queue up.
+    """
+
+    def __init__(self, runtime: Runtime, name: str, inbox: LoopInbox) -> None:
+        self._runtime = runtime
+        self._name = name
+        self._inbox = inbox
+        self._ref: Any = None
+        self._queued: list[tuple[ChildSpec, Any]] = []
+        self._closed = False
+
+    def start_child(self, spec: ChildSpec, future: Any) -> None:
+        """Start a task run actor (``future`` is its run's future); call on the loop."""
+        if self._ref is not None:
+            self._ref.tell_nowait(StartChild(spec))
+            return
+        if self._closed:
+            future.set_final_state(S.Cancelled(message=_NEVER_STARTED))
+            return
+        self._queued.append((spec, future))
+        if len(self._queued) == 1:
+            self._inbox.post_later(self._spawn)
+
+    async def _spawn(self) -> None:
+        if self._closed:
+            return
+        name = self._name
+        self._ref = ref = await self._runtime.spawn(
+            ChildSpec(
+                name,
+                lambda: _RunSupervisor(name=name, on_crash=_report_task_crash),
+                restart=Restart.TEMPORARY,
+            )
+        )
+        queued, self._queued = self._queued, []
+        for spec, _ in queued:
+            ref.tell_nowait(StartChild(spec))
+
+    async def stop(self) -> None:
+        """Stop the task runs still running; those that never started end Cancelled."""
+        self._closed = True
+        queued, self._queued = self._queued, []
+        for _, future in queued:
+            future.set_final_state(S.Cancelled(message=_NEVER_STARTED))
+        if self._ref is not None:
+            await self._ref.stop()
+
+
+_NEVER_STARTED = "The flow run attempt ended before this task run started."
 
 
 class _RunSupervisor(Supervisor):

@@ -8,6 +8,7 @@ notification) posts callbacks to it, and the inbox runs them in its own task.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
@@ -45,6 +46,14 @@ class LoopInbox:
         else:
             self._waker.schedule(partial(self._send_nowait, fn))
 
+    def post_later(self, fn: Callable[[], object]) -> None:
+        """Run ``fn()`` from :meth:`serve`, never inline; ``fn`` may be a coroutine
+        function, which :meth:`serve` awaits (callbacks run one at a time)."""
+        if threading.get_ident() == self._thread:
+            self._send_nowait(fn)
+        else:
+            self._waker.schedule(partial(self._send_nowait, fn))
+
     def post_from_signal_handler(self, fn: Callable[[], object]) -> None:
         """Like :meth:`post`, but never runs ``fn`` inline (safe in a signal handler)."""
         self._waker.schedule(partial(self._send_nowait, fn))
@@ -59,17 +68,23 @@ class LoopInbox:
         """Run posted callbacks until cancelled; then the inbox drops whatever comes."""
         try:
             async for fn in self._receive:
-                _run(fn)
+                result = _run(fn)
+                if inspect.isawaitable(result):
+                    try:
+                        await result
+                    except Exception:
+                        _logger.exception("A callback posted to a flow run's loop failed: %r", fn)
         finally:
             self._send.close()
             self._receive.close()
 
 
-def _run(fn: Callable[[], object]) -> None:
+def _run(fn: Callable[[], object]) -> object:
     try:
-        fn()
+        return fn()
     except Exception:
         _logger.exception("A callback posted to a flow run's loop failed: %r", fn)
+        return None
 
 
 async def run_beside(service: Callable[[], Awaitable[Any]], body: Callable[[], Awaitable[T]]) -> T:
