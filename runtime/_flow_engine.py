@@ -142,7 +142,7 @@ class FlowRunEngine:
         unsubscribe = backend.subscribe(self.flow_run.id, self._on_own_state)
         try:
             with interruptible(self):
-                state = await run_beside(inbox.serve, self._run)
+                state = await run_beside(inbox.serve, self._run, inbox.close)
         except (Exception, EngineSignal):
             raise
         except BaseException as exc:

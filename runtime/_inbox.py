@@ -64,8 +64,14 @@ class LoopInbox:
         except anyio.ClosedResourceError:
             pass
 
+    def close(self) -> None:
+        """Let :meth:`serve` return once it has run what was posted so far; later posts are
+        dropped. Call on the loop."""
+        self._send.close()
+
     async def serve(self) -> None:
-        """Run posted callbacks until cancelled; then the inbox drops whatever comes."""
+        """Run posted callbacks until cancelled or closed; then the inbox drops whatever
+        comes."""
         try:
             async for fn in self._receive:
                 result = _run(fn)
@@ -87,13 +93,22 @@ def _run(fn: Callable[[], object]) -> object:
         return None
 
 
-async def run_beside(service: Callable[[], Awaitable[Any]], body: Callable[[], Awaitable[T]]) -> T:
-    """Await ``body()`` while ``service()`` runs beside it; cancel the service when the body
-    ends. The body's exception propagates as itself, not wrapped in an exception group."""
+async def run_beside(
+    service: Callable[[], Awaitable[Any]],
+    body: Callable[[], Awaitable[T]],
+    stop: Callable[[], object] | None = None,
+) -> T:
+    """Await ``body()`` while ``service()`` runs beside it; when the body ends, call
+    ``stop()`` to make the service return (cheaper than a cancellation), or cancel it if
+    there is no ``stop``. The body's exception propagates as itself, not wrapped in an
+    exception group."""
     async with anyio.create_task_group() as tg:
         tg.start_soon(service)
         try:
             result: outcome.Outcome[T] = await outcome.acapture(body)
         finally:
-            tg.cancel_scope.cancel()
+            if stop is None:
+                tg.cancel_scope.cancel()
+            else:
+                stop()
     return result.unwrap()
