@@ -467,9 +467,7 @@ async def run_flow_async(
 ) -> Any:
     """Run an async flow in the caller's loop."""
     parent = _check_wait_for(wait_for)
-    if parent is not None:
-        return await _run_flow(flow, parameters, wait_for, return_type, WORKER_THREADS)
-    with capture_sigterm(raise_in_main_thread=False):
+    with capture_sigterm(raise_in_main_thread=False, top_level=parent is None):
         return await _run_flow(flow, parameters, wait_for, return_type, WORKER_THREADS)
 
 
@@ -482,7 +480,5 @@ def run_flow_sync(
 ) -> Any:
     """Run a sync flow: the engine on a global loop, the body on this thread."""
     parent = _check_wait_for(wait_for)
-    if parent is not None:
-        return run_sync(_run_flow_on_loop, flow, parameters, wait_for, return_type)
-    with capture_sigterm(raise_in_main_thread=True):
+    with capture_sigterm(raise_in_main_thread=True, top_level=parent is None):
         return run_sync(_run_flow_on_loop, flow, parameters, wait_for, return_type)

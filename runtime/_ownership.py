@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import weakref
 from typing import Any
 from uuid import UUID
@@ -67,19 +66,19 @@ def owner_alive(owner: str | None) -> bool | None:
 
 
 class _ActiveRuns:
-    """The flow runs an engine in this process is driving right now."""
+    """The flow runs an engine in this process is driving right now (thread-safe)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ids: dict[UUID, float] = {}
+        self._ids: set[UUID] = set()
 
     def add(self, run_id: UUID) -> None:
         with self._lock:
-            self._ids[run_id] = time.monotonic()
+            self._ids.add(run_id)
 
     def discard(self, run_id: UUID) -> None:
         with self._lock:
-            self._ids.pop(run_id, None)
+            self._ids.discard(run_id)
 
     def __contains__(self, run_id: object) -> bool:
         with self._lock:

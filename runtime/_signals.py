@@ -55,14 +55,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def capture_sigterm(*, raise_in_main_thread: bool) -> Iterator[None]:
+def capture_sigterm(*, raise_in_main_thread: bool, top_level: bool = True) -> Iterator[None]:
     """Handle SIGTERM as described in the module docstring while the block runs.
 
     Args:
         raise_in_main_thread: also raise :class:`TerminationSignal` where the main thread
             is (for sync flow calls; never for a call made inside an event loop).
+        top_level: False for a subflow call, which the enclosing top-level call covers
+            (the block then changes nothing).
     """
-    if threading.current_thread() is not threading.main_thread():
+    if not top_level or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.getsignal(signal.SIGTERM)

@@ -200,12 +200,15 @@ class Database:
             StoreError: SQLite could not commit.
         """
         with self._lock:
-            if self.closed:
-                return
-            try:
-                self._commit_locked()
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+            if not self.closed:
+                self._commit_checked()
+
+    def _commit_checked(self) -> None:
+        """:meth:`_commit_locked`, with SQLite's errors as :class:`StoreError`; under the lock."""
+        try:
+            self._commit_locked()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
 
     def close(self) -> None:
         """Commit what is pending and close the connection.
@@ -217,9 +220,7 @@ class Database:
             if self.closed:
                 return
             try:
-                self._commit_locked()
-            except sqlite3.Error as exc:
-                raise self._error(exc) from exc
+                self._commit_checked()
             finally:
                 with self._buffer:
                     self.closed = True

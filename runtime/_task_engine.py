@@ -191,18 +191,20 @@ class TaskRunEngine:
         self.parameters = parameters
         try:
             running = self._running_details(parameters)
-        except Exception as exc:  # a bad result option: the run cannot start
+        except Exception as exc:  # a bad result option: the run cannot start, nor retry
             self._last_exception = exc
-            await self._propose(exception_to_failed_state(exc, "Task run could not start"))
-            return await self._finish_attempt(self.task_run.state)  # type: ignore[arg-type]
-        state = await self._enter_running(S.Running, running)
-        while state.is_running():
-            terminal = await self._attempt(parameters)
-            state = await self._finish_attempt(terminal)
-            if state.is_scheduled():
-                state = await self._enter_running(S.Retrying, running)
-        if state.is_completed() and state.name != "Cached":
-            self._stage(state)
+            failed = exception_to_failed_state(exc, "Task run could not start")
+            failed.state_details.retriable = False
+            state = await self._finish_attempt(failed)
+        else:
+            state = await self._enter_running(S.Running, running)
+            while state.is_running():
+                terminal = await self._attempt(parameters)
+                state = await self._finish_attempt(terminal)
+                if state.is_scheduled():
+                    state = await self._enter_running(S.Retrying, running)
+            if state.is_completed() and state.name != "Cached":
+                self._stage(state)
         await self._call_hooks(state)
         self._log_finished()
         return state
@@ -344,7 +346,7 @@ class TaskRunEngine:
         key = state.state_details.cache_key
         write = None
         backend = self.runtime.backend
-        if key is not None and backend is not None and state.name != "Cached":
+        if key is not None and backend is not None:
             record = CacheRecord(key, state, state.state_details.cache_expiration)
             write = partial(backend.write_cache_record, record)
         task = self.task

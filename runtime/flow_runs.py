@@ -291,6 +291,9 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
                 _validated_input(backend, flow_run_id, keyset, run_input),
             )
         suspended = state.state_details.pause_reschedule
+        if suspended and keyset is not None:
+            # The suspending body has left; only a pause's own cleanup forgets its model.
+            _waiting_models.pop((flow_run_id, keyset["response"]), None)
         target = S.Scheduled(name="Resuming") if suspended else S.Running()
         transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, target))  # type: ignore[union-attr]
         if (

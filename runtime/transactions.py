@@ -28,7 +28,7 @@ import contextvars
 import enum
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -131,18 +131,18 @@ class Transaction:
         self,
         value: Any,
         *,
-        on_commit: list[Hook] = (),  # type: ignore[assignment]
-        on_rollback: list[Hook] = (),  # type: ignore[assignment]
+        on_commit: Sequence[Hook] = (),
+        on_rollback: Sequence[Hook] = (),
         write: Callable[[], None] | None = None,
     ) -> None:
-        """Stage ``value`` with its hooks and the write that makes it visible (a cache record)."""
+        """Stage ``value`` with its hooks and the write that makes it visible (a cache
+        record). Outside an active enclosing transaction, it commits at once."""
         self.value = value
+        self.state = TransactionState.STAGED
         staged = _Staged(self, list(on_commit), list(on_rollback), write)
         if self.parent is None or not self.parent.is_active():
-            self.state = TransactionState.STAGED
             self._finish_commit([staged])
             return
-        self.state = TransactionState.STAGED
         with self.parent._lock:
             self.parent._staged.append(staged)
 
@@ -179,7 +179,9 @@ class Transaction:
 
     def _settle(self, state: TransactionState) -> None:
         """Give this transaction and the nested blocks it absorbed their final state."""
-        _settle_children(self, state)
+        self.state = state
+        for child in self._children:
+            child._settle(state)
 
     def rollback(self) -> bool:
         """Roll back: run the staged ``on_rollback`` hooks, newest first; write nothing.
@@ -195,12 +197,6 @@ class Transaction:
             item.transaction.state = TransactionState.ROLLED_BACK
             _run_hooks(list(reversed(item.on_rollback)), item.transaction, "on_rollback")
         return True
-
-
-def _settle_children(txn: Transaction, state: TransactionState) -> None:
-    txn.state = state
-    for child in txn._children:
-        _settle_children(child, state)
 
 
 def _run_hooks(hooks: list[Hook], txn: Transaction, kind: str) -> None:

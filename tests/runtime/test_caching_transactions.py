@@ -357,3 +357,29 @@ def test_a_hook_that_raises_is_logged_and_the_others_still_run(
     txn.stage(1, on_commit=[bad, lambda t: seen.append("second")])
     assert seen == ["second"]
     assert "hook broke" in caplog.text
+
+
+async def test_a_bad_result_option_fails_the_run_once_without_calling_it() -> None:
+    calls: list[int] = []
+    states: list[Any] = []
+
+    @task(result_serializer="no-such-serializer", retries=2)
+    async def work() -> int:
+        calls.append(1)
+        return 1
+
+    @flow
+    async def f() -> None:
+        states.append(await work(return_state=True))
+
+    async with Runtime(store="memory://") as runtime:
+        await f()
+        (state,) = states
+        history = [
+            s.name
+            for s in runtime.backend.read_state_history("task", state.state_details.task_run_id)
+        ]
+    assert state.is_failed() and "could not start" in state.message
+    assert "no-such-serializer" in state.message
+    assert calls == []
+    assert history == ["Pending", "Failed"]

@@ -25,6 +25,7 @@ from runtime import (
     task,
     wait_for_flow_run,
 )
+from runtime._stores import default_backend
 from runtime.concurrency import (
     delete_concurrency_limit,
     read_concurrency_limits,
@@ -143,30 +144,30 @@ async def test_resuming_a_run_that_is_not_paused_raises_not_paused() -> None:
 
 
 def test_a_sync_flow_paused_in_one_thread_is_resumed_from_another() -> None:
-    ids: list[UUID] = []
-    paused = threading.Event()
+    paused: list[UUID] = []
+    is_paused = threading.Event()
 
     @flow
     def waits() -> Any:
-        ids.append(get_run_context().flow_run.id)
-        paused.set()
         return pause_flow_run(wait_for_input=str, timeout=60)
 
-    def resumer() -> None:
-        assert paused.wait(30)
-        while True:
-            try:
-                resume_flow_run(ids[0], run_input="from another thread")
-                return
-            except NotPausedError:  # set() happens just before the pause itself
-                threading.Event().wait(0.001)
+    def on_state(run: Any, state: Any) -> None:
+        if state is not None and state.is_paused():
+            paused.append(run.id)
+            is_paused.set()
 
+    def resumer() -> None:
+        assert is_paused.wait(30)
+        resume_flow_run(paused[0], run_input="from another thread")
+
+    unsubscribe = default_backend().subscribe(None, on_state)  # the store sync flows use
     thread = threading.Thread(target=resumer)
     thread.start()
     try:
         assert waits() == "from another thread"
     finally:
         thread.join(30)
+        unsubscribe()
 
 
 async def test_no_new_task_starts_while_paused_but_running_tasks_go_on() -> None:
