@@ -244,7 +244,7 @@ def sqlite_url() -> str:
 
 def sqlite_available() -> str | None:
     """Return None if the SQLite store opens, else why not."""
-    from runtime._stores import open_backend
+    from runtime.store._urls import open_backend
 
     try:
         backend, owned = open_backend(sqlite_url())
@@ -262,7 +262,7 @@ def use_default_store(url: str) -> str:
     ``$STAGEFLOW_STORE`` chooses it, and a closed default store is replaced by a new one
     from that variable.
     """
-    from runtime._stores import default_backend
+    from runtime.store._urls import default_backend
 
     os.environ["STAGEFLOW_STORE"] = url
     backend = default_backend()
@@ -433,9 +433,9 @@ def bytecode_cached() -> bool:
     """Whether ``runtime``'s modules have .pyc files (cold start is ~0.15 s slower without)."""
     import importlib.util
 
-    import runtime._flow_engine
+    import runtime.engine._flow_engine
 
-    source = runtime._flow_engine.__file__
+    source = runtime.engine._flow_engine.__file__
     return source is not None and os.path.exists(importlib.util.cache_from_source(source))
 
 

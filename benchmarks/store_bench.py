@@ -25,10 +25,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from runtime import states as S
-from runtime._memory_store import MemoryStore
-from runtime._models import FlowRun, TaskRun
-from runtime._sqlite_store import SqliteStore
-from runtime._store import StoreBackend
+from runtime.core._models import FlowRun, TaskRun
+from runtime.store._backend import StoreBackend
+from runtime.store._memory import MemoryStore
+from runtime.store._sqlite import SqliteStore
 
 
 def one_pass(store: StoreBackend, n: int, commit_every: int | None) -> float:

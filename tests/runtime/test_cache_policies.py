@@ -18,8 +18,6 @@ from uuid import UUID, uuid4
 import pytest
 
 from runtime import Task
-from runtime._context import TaskRunContext
-from runtime._models import TaskRun
 from runtime.cache_policies import (
     DEFAULT,
     FLOW_PARAMETERS,
@@ -35,6 +33,8 @@ from runtime.cache_policies import (
     cache_policy_for_task,
     hash_objects,
 )
+from runtime.core._models import TaskRun
+from runtime.engine._context import TaskRunContext
 from runtime.exceptions import ConfigurationError
 
 

@@ -1,9 +1,9 @@
 """The ``stageflow`` command line: run, runs ls/show/resume/cancel, limits, exit codes.
 
-Most tests call :func:`runtime._cli.main` in this process. Commands that need runs to
+Most tests call :func:`runtime.api._cli.main` in this process. Commands that need runs to
 outlive one command run on two stores: the default store (with ``$STAGEFLOW_HOME`` in
 ``tmp_path``, reset around each test) and an explicit ``sqlite:///`` store (skipped until
-``runtime._sqlite_store`` exists). A few tests start real processes, for true exit codes.
+``runtime.store._sqlite`` exists). A few tests start real processes, for true exit codes.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import pytest
 
 from runtime import FlowRun, State
 from runtime import states as S
-from runtime._cli import _find_flow_run, format_duration, format_table, main, parse_params
-from runtime._memory_store import MemoryStore
-from runtime._stores import default_backend, open_backend
+from runtime.api._cli import _find_flow_run, format_duration, format_table, main, parse_params
+from runtime.store._memory import MemoryStore
+from runtime.store._urls import default_backend, open_backend
 
-HAVE_SQLITE = importlib.util.find_spec("runtime._sqlite_store") is not None
-needs_sqlite = pytest.mark.skipif(not HAVE_SQLITE, reason="runtime._sqlite_store is not there yet")
+HAVE_SQLITE = importlib.util.find_spec("runtime.store._sqlite") is not None
+needs_sqlite = pytest.mark.skipif(not HAVE_SQLITE, reason="runtime.store._sqlite is not there yet")
 
 FLOWS = """
 from dataclasses import dataclass
@@ -708,7 +708,7 @@ def test_store_from_environment_and_after_the_command(
 
 
 def stageflow(
-    *argv: str, module: str = "runtime._cli", env: dict[str, str] | None = None
+    *argv: str, module: str = "runtime.api._cli", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, "--log-level", "ERROR", *argv],

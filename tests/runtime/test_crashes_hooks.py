@@ -10,7 +10,7 @@ import pytest
 from engine_support import isolated_home, only_flow_run, records_of, task_runs_of  # noqa: F401
 
 from runtime import Runtime, StateType, flow, get_run_context, task
-from runtime._exceptions import CancelledRun
+from runtime.core._exceptions import CancelledRun
 from runtime.flow_runs import cancel_flow_run
 
 

@@ -19,8 +19,8 @@ from uuid import UUID
 
 import pytest
 
-from runtime._sqlite_store import SqliteStore
 from runtime.states import StateType
+from runtime.store._sqlite import SqliteStore
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -219,7 +219,7 @@ def test_kill_9_then_resume_reuses_finished_tasks(tmp_path: Path, env: dict[str,
 
     (tmp_path / "resumed").write_text("")
     resumed = subprocess.run(
-        [sys.executable, "-m", "runtime._cli", "runs", "resume", str(run.id)],
+        [sys.executable, "-m", "runtime.api._cli", "runs", "resume", str(run.id)],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -299,7 +299,16 @@ def test_a_suspended_flow_is_resumed_in_a_fresh_process(
     assert out.strip() == "Suspended", err
     run = _flow_state(env, "nightly")
     resumed = subprocess.run(
-        [sys.executable, "-m", "runtime._cli", "runs", "resume", str(run.id), "--input", '"go"'],
+        [
+            sys.executable,
+            "-m",
+            "runtime.api._cli",
+            "runs",
+            "resume",
+            str(run.id),
+            "--input",
+            '"go"',
+        ],
         env=env,
         cwd=tmp_path,
         capture_output=True,
@@ -391,7 +400,7 @@ def test_a_tag_limit_holds_across_processes(tmp_path: Path, env: dict[str, str])
 
 def test_unknown_ids_are_one_line_errors(env: dict[str, str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "runtime._cli", "runs", "show", str(UUID(int=1))],
+        [sys.executable, "-m", "runtime.api._cli", "runs", "show", str(UUID(int=1))],
         env=env,
         capture_output=True,
         text=True,

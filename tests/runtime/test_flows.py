@@ -9,7 +9,7 @@ from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F
 
 from runtime import Flow, Runtime, State, StateType, flow, task
 from runtime import states as S
-from runtime._exceptions import FailedRun
+from runtime.core._exceptions import FailedRun
 
 
 class Boom(ValueError):

@@ -21,7 +21,7 @@ from runtime import (
     unmapped,
     wait,
 )
-from runtime._exceptions import MappingLengthMismatch, MappingMissingIterable, UnfinishedRun
+from runtime.core._exceptions import MappingLengthMismatch, MappingMissingIterable, UnfinishedRun
 
 
 class Boom(ValueError):

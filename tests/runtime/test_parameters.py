@@ -9,7 +9,7 @@ import pytest
 from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
 
 from runtime import ParameterTypeError, Runtime, flow, get_run_context, task
-from runtime._exceptions import ParameterBindError
+from runtime.core._exceptions import ParameterBindError
 
 
 class Point(pydantic.BaseModel):

@@ -25,13 +25,13 @@ from runtime import (
     task,
     wait_for_flow_run,
 )
-from runtime._stores import default_backend
 from runtime.concurrency import (
     delete_concurrency_limit,
     read_concurrency_limits,
     set_concurrency_limit,
 )
 from runtime.exceptions import InvalidRunInput, NotPausedError, ObjectNotFound
+from runtime.store._urls import default_backend
 
 
 class Approval(RunInput):

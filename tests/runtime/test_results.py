@@ -17,9 +17,9 @@ import pydantic
 import pytest
 
 from runtime import Flow, Task, states
-from runtime._context import FlowRunContext, TaskRunContext
-from runtime._models import FlowRun, TaskRun
 from runtime.cache_policies import DEFAULT, INPUTS, NONE, hash_objects
+from runtime.core._models import FlowRun, TaskRun
+from runtime.engine._context import FlowRunContext, TaskRunContext
 from runtime.exceptions import ConfigurationError, MissingResult, ResultSerializationError
 from runtime.results import (
     PERSIST_BY_DEFAULT_ENV,

@@ -13,7 +13,7 @@ from engine_support import isolated_home, only_flow_run, state_names, task_runs_
 
 from actors import FakeClock
 from runtime import Runtime, StateType, flow, get_run_context, task
-from runtime._exceptions import FlowRunTimeoutError, TaskRunTimeoutError
+from runtime.core._exceptions import FlowRunTimeoutError, TaskRunTimeoutError
 
 START = 1_700_000_000.0
 

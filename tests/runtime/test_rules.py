@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from runtime import states as S
-from runtime._rules import Abort, Accept, Reject, RuleContext, Wait, decide, jittered_delay
+from runtime.core._rules import Abort, Accept, Reject, RuleContext, Wait, decide, jittered_delay
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

@@ -15,8 +15,8 @@ import pytest
 from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
 
 from runtime import Runtime, flow, task
-from runtime._exceptions import StoreClosed
-from runtime._memory_store import MemoryStore
+from runtime.core._exceptions import StoreClosed
+from runtime.store._memory import MemoryStore
 
 
 def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -352,7 +352,7 @@ def test_a_sync_runtime_block_records_sync_flows_in_its_store(tmp_path: Path) ->
         assert adder() == 3
         (run,) = runtime.backend.read_flow_runs(flow_name="adder")
         assert run.state.is_completed()
-    from runtime._sqlite_store import SqliteStore
+    from runtime.store._sqlite import SqliteStore
 
     store = SqliteStore(tmp_path / "runs.db")
     try:

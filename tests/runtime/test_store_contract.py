@@ -23,16 +23,16 @@ from uuid import UUID, uuid4
 import pytest
 
 from runtime import states as S
-from runtime._exceptions import ConfigurationError, ObjectNotFound, StoreClosed, StoreError
-from runtime._memory_store import MemoryStore
-from runtime._models import FlowRun, RunKind, TaskRun
-from runtime._sqlite_db import Database
-from runtime._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
-from runtime._sqlite_store import SqliteStore
-from runtime._store import CacheRecord, StoreBackend
-from runtime._stores import default_backend, open_backend
+from runtime.core._exceptions import ConfigurationError, ObjectNotFound, StoreClosed, StoreError
+from runtime.core._models import FlowRun, RunKind, TaskRun
 from runtime.results import ResultRef
 from runtime.states import UNAVAILABLE, State, StateType
+from runtime.store._backend import CacheRecord, StoreBackend
+from runtime.store._memory import MemoryStore
+from runtime.store._sqlite import SqliteStore
+from runtime.store._sqlite_db import Database
+from runtime.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
+from runtime.store._urls import default_backend, open_backend
 
 Run = FlowRun | TaskRun
 
@@ -855,8 +855,8 @@ class TestSqliteSharing:
                 f"""
                 from uuid import UUID
                 from runtime import states as S
-                from runtime._models import TaskRun
-                from runtime._sqlite_store import SqliteStore
+                from runtime.core._models import TaskRun
+                from runtime.store._sqlite import SqliteStore
 
                 store = SqliteStore({str(db)!r})
                 run = store.read_flow_run(UUID({str(run.id)!r}))

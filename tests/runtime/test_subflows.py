@@ -8,7 +8,7 @@ import pytest
 from engine_support import flow_run_named, isolated_home, task_runs_of  # noqa: F401
 
 from runtime import FlowRunContext, Runtime, flow, get_run_context, task
-from runtime._exceptions import UnfinishedRun
+from runtime.core._exceptions import UnfinishedRun
 
 
 class Boom(ValueError):

@@ -1,0 +1,504 @@
+"""Entry points: from a flow or task call to an engine run.
+
+The engine is written once, async. Async calls run it in the caller's loop. Sync calls
+are thin wrappers that run it on a global loop while the calling thread waits, ready to
+run the sync body the engine sends back to it.
+
+A sync call made *on* a global loop's thread (say, a sync task called from an async flow
+that itself runs on the global loop) cannot wait for that same loop, so it goes to
+another global loop; :func:`_loop_for_sync_call` keeps that set small and deadlock-free.
+"""
+
+from __future__ import annotations
+
+import atexit
+import io
+import threading
+from collections import Counter
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
+
+from actors import ChildSpec, Clock, GlobalLoop, Restart, SystemClock, global_loop
+
+from ..core._annotations import allow_failure, quote, unmapped
+from ..core._exceptions import MappingLengthMismatch, MappingMissingIterable, ParameterBindError
+from ..engine._body import WORKER_THREADS, BodyPlacement, SyncTarget
+from ..engine._context import FlowRunContext
+from ..engine._flow_engine import FlowRunEngine
+from ..engine._futures import TaskRunFuture, TaskRunFutureList
+from ..engine._signals import capture_sigterm
+from ..engine._task_engine import (
+    TaskRunActor,
+    TaskRunEngine,
+    create_task_run,
+    new_task_run,
+    run_submitted,
+)
+from ..engine._transactions import get_transaction
+from ..orchestration._runtime import Runtime, background_runtime
+from ..orchestration._runtime import current_runtime_var as _current_runtime
+from ..store._backend import StoreBackend
+from ..store._urls import default_backend
+
+if TYPE_CHECKING:
+    from ._flow import Flow
+    from ._task import Task
+
+__all__ = [
+    "map_task",
+    "run_flow_async",
+    "run_flow_sync",
+    "run_sync",
+    "run_task_async",
+    "run_task_in_background",
+    "run_task_sync",
+    "runtime_scope",
+    "submit_task",
+]
+
+T = TypeVar("T")
+
+# -- which loop runs a sync call ---------------------------------------------------------
+
+_loops: list[GlobalLoop] = []
+_loops_lock = threading.Lock()
+_waiting_loop_threads: Counter[int] = Counter()
+
+
+def current_global_loop() -> GlobalLoop | None:
+    """Return the global loop whose thread is the calling thread, if any."""
+    for loop in _loops:
+        if loop.is_loop_thread():
+            return loop
+    return None
+
+
+def _preferred_loop() -> GlobalLoop | None:
+    """The global loop the current runtime asks sync calls to use, if any."""
+    flow_ctx = FlowRunContext.get()
+    runtime = flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
+    loop = runtime.sync_loop if runtime is not None else None
+    return loop if loop is not None and not loop.closed else None
+
+
+def _loop_for_sync_call() -> tuple[GlobalLoop, GlobalLoop | None]:
+    """Return (loop to call, loop whose thread is calling or None)."""
+    primary = _preferred_loop() or global_loop()
+    with _loops_lock:
+        _loops[:] = [loop for loop in _loops if not loop.closed]
+        if primary not in _loops:
+            _loops.insert(0, primary)
+        mine = current_global_loop()
+        if mine is None:
+            return primary, None
+        for loop in [primary, *_loops]:
+            thread = loop.thread
+            if loop is not mine and (
+                thread is None or _waiting_loop_threads[thread.ident or 0] == 0
+            ):
+                return loop, mine
+        extra = GlobalLoop(primary.backend, name=f"stageflow-global-loop-{len(_loops)}")
+        atexit.register(extra.close)
+        _loops.append(extra)
+        return extra, mine
+
+
+def run_sync(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run the engine coroutine ``fn(loop, *args)`` on a global loop; block until done.
+
+    The calling thread serves the callbacks the engine sends back to it meanwhile.
+    """
+    loop, mine = _loop_for_sync_call()
+    if mine is None:
+        return loop.call(fn, loop, *args)
+    ident = threading.get_ident()
+    _waiting_loop_threads[ident] += 1
+    try:
+        return loop.call(fn, loop, *args)
+    finally:
+        _waiting_loop_threads[ident] -= 1
+
+
+# -- which runtime serves the call -------------------------------------------------------
+
+
+def current_runtime() -> Runtime | None:
+    """Return the runtime the calling code runs under, if it is local to this loop."""
+    flow_ctx = FlowRunContext.get()
+    runtime = flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
+    if runtime is not None and runtime.is_local():
+        return runtime
+    return None
+
+
+def inherited_backend() -> tuple[StoreBackend, Clock]:
+    """Return the backend and clock the calling code should use, local runtime or not."""
+    flow_ctx = FlowRunContext.get()
+    runtime = flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
+    if runtime is not None and runtime.backend is not None:
+        return runtime.backend, runtime.clock
+    return default_backend(), SystemClock()
+
+
+@asynccontextmanager
+async def runtime_scope() -> AsyncIterator[Runtime]:
+    """Yield the runtime for an engine run in the current loop.
+
+    The enclosing flow run's runtime or the open ``Runtime`` when local; on a global loop,
+    the background runtime sharing their store; otherwise an implicit runtime for the
+    duration of this call.
+    """
+    runtime = current_runtime()
+    if runtime is not None:
+        yield runtime
+        return
+    backend, clock = inherited_backend()
+    loop = current_global_loop()
+    if loop is not None:
+        yield await background_runtime(backend, clock, loop)
+        return
+    async with Runtime(backend, clock=clock) as runtime:
+        yield runtime
+
+
+# -- tasks ------------------------------------------------------------------------------
+
+
+async def _run_task(
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    return_type: str,
+    target: SyncTarget,
+) -> Any:
+    runtime = current_runtime()
+    if runtime is not None:  # the common case: no need for runtime_scope()'s machinery
+        return await _run_task_in(runtime, task, parameters, wait_for, return_type, target)
+    async with runtime_scope() as runtime:
+        return await _run_task_in(runtime, task, parameters, wait_for, return_type, target)
+
+
+async def _run_task_in(
+    runtime: Runtime,
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    return_type: str,
+    target: SyncTarget,
+) -> Any:
+    flow_ctx = FlowRunContext.get()
+    _refuse_if_abandoned(flow_ctx)
+    task_run, done = await create_task_run(
+        runtime, new_task_run(task, flow_ctx, parameters, wait_for), flow_ctx
+    )
+    if done is not None:
+        return done if return_type == "state" else done.result()
+    engine = TaskRunEngine(task, task_run, parameters, wait_for, runtime, flow_ctx, target)
+    state = await engine.run()
+    return state if return_type == "state" else engine.result()
+
+
+async def run_task_async(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
+    """Run an async task called from async code, in the caller's loop."""
+    return await _run_task(task, parameters, wait_for, return_type, WORKER_THREADS)
+
+
+async def _run_task_on_loop(loop: GlobalLoop, *args: Any) -> Any:
+    return await _run_task(*args, SyncTarget(BodyPlacement.WAITING_THREAD, loop))
+
+
+def run_task_sync(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
+    """Run a sync task: the engine on a global loop, the body on this thread."""
+    return run_sync(_run_task_on_loop, task, parameters, wait_for, return_type)
+
+
+def submit_task(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any
+) -> TaskRunFuture[Any]:
+    """Start a task run under the current flow run's supervisor; return its future.
+
+    Raises:
+        RuntimeError: there is no current flow run.
+    """
+    flow_ctx = _require_flow_context()
+    future = _new_future(flow_ctx, task, parameters, wait_for)
+    flow_ctx.inbox.post(partial(_start_task_runs, flow_ctx, [(task, parameters, wait_for, future)]))
+    return future
+
+
+def _require_flow_context() -> FlowRunContext:
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is None or flow_ctx.supervisor is None:
+        raise RuntimeError(
+            "Unable to determine task runner to use for submission. If you are submitting a "
+            "task outside of a flow, please use `.delay` to submit the task run for deferred "
+            "execution."
+        )
+    _refuse_if_abandoned(flow_ctx)
+    return flow_ctx
+
+
+def _refuse_if_abandoned(flow_ctx: FlowRunContext | None) -> None:
+    """Refuse new runs from a flow body the engine stopped waiting for (a sync body that
+    ran on after its flow run timed out or was cancelled).
+
+    Raises:
+        FlowRunTimeoutError: the flow run timed out.
+        CancelledRun: the flow run was cancelled or terminated.
+    """
+    if flow_ctx is not None and flow_ctx.abandoned is not None:
+        error = flow_ctx.abandoned
+        raise type(error)(*error.args)
+
+
+def _new_future(
+    flow_ctx: FlowRunContext, task: Task[..., Any], parameters: dict[str, Any], wait_for: Any
+) -> TaskRunFuture[Any]:
+    # The run record (and its dynamic key) is made here, on the submitting thread, so
+    # dynamic keys follow submission order.
+    future: TaskRunFuture[Any] = TaskRunFuture(new_task_run(task, flow_ctx, parameters, wait_for))
+    future._transaction = get_transaction()  # the run joins the submitter's transaction
+    flow_ctx.submitted.append(future)
+    return future
+
+
+def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> None:
+    """Start submitted task runs as children of the flow run's supervisor (on its loop)."""
+    home = threading.get_ident()
+    for task, parameters, wait_for, future in items:
+        engine_factory = partial(
+            TaskRunEngine,
+            task,
+            future.task_run,
+            parameters,
+            wait_for,
+            flow_ctx.runtime,
+            flow_ctx,
+            flow_ctx.sync_target,
+            future._transaction,
+        )
+        future.set_inline_runner(
+            home, partial(_run_inline, flow_ctx, task, parameters, wait_for, future)
+        )
+        spec = ChildSpec(
+            str(future.task_run.id),
+            partial(TaskRunActor, engine_factory, future),
+            restart=Restart.TEMPORARY,
+            shutdown_timeout=0,
+        )
+        flow_ctx.supervisor.start_child(spec, future)
+
+
+def _run_inline(
+    flow_ctx: FlowRunContext,
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    future: TaskRunFuture[Any],
+) -> None:
+    """Run a submitted task run that has not started yet, from a blocking wait on the
+    loop that was going to run it (which would otherwise deadlock)."""
+    run_sync(_run_claimed_on_loop, flow_ctx, task, parameters, wait_for, future)
+
+
+async def _run_claimed_on_loop(
+    loop: GlobalLoop,
+    flow_ctx: FlowRunContext,
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    future: TaskRunFuture[Any],
+) -> None:
+    async with runtime_scope() as runtime:
+        target = SyncTarget(BodyPlacement.WAITING_THREAD, loop)
+        engine = TaskRunEngine(
+            task,
+            future.task_run,
+            parameters,
+            wait_for,
+            runtime,
+            flow_ctx,
+            target,
+            future._transaction,
+        )
+        await run_submitted(engine, future)
+
+
+def map_task(
+    task: Task[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: Any,
+    *,
+    deferred: bool = False,
+) -> TaskRunFutureList[Any]:
+    """Submit one run of ``task`` per element of its iterable arguments.
+
+    Raises:
+        MappingMissingIterable: no argument is iterable.
+        MappingLengthMismatch: the iterables differ in length.
+    """
+    flow_ctx = None if deferred else _require_flow_context()
+    calls = _mapped_calls(task, args, kwargs)
+    futures: TaskRunFutureList[Any] = TaskRunFutureList()
+    if deferred:
+        futures.extend(run_task_in_background(task, parameters, wait_for) for parameters in calls)
+        return futures
+    assert flow_ctx is not None
+    items = []
+    for parameters in calls:
+        future = _new_future(flow_ctx, task, parameters, wait_for)
+        futures.append(future)
+        items.append((task, parameters, wait_for, future))
+    flow_ctx.inbox.post(partial(_start_task_runs, flow_ctx, items))
+    return futures
+
+
+def _is_iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return not isinstance(value, (str, bytes, io.IOBase))
+
+
+def _mapped_calls(
+    task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[dict[str, Any]]:
+    signature = task.signature.signature
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise ParameterBindError(
+            f"Error binding parameters for task {task.name!r} in map(): {exc}."
+        ) from None
+    parameters = dict(bound.arguments)
+    var_keyword = next(
+        (p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD), None
+    )
+    exploded = dict(parameters.pop(var_keyword, {})) if var_keyword else {}
+    parameters.update(exploded)
+
+    iterables: dict[str, list[Any]] = {}
+    static: dict[str, Any] = {}
+    annotations: dict[str, Any] = {}
+    for name, value in parameters.items():
+        if isinstance(value, (allow_failure, quote)):
+            annotations[name] = value
+            value = value.unwrap()
+        if isinstance(value, TaskRunFuture):
+            value = value.result()
+        if isinstance(value, unmapped):
+            static[name] = value.value
+        elif _is_iterable(value):
+            iterables[name] = list(value)
+        else:
+            static[name] = value
+    if not iterables:
+        raise MappingMissingIterable(
+            "No iterable parameters were received. Parameters for map must include at least "
+            f"one iterable. Parameters: {parameters}"
+        )
+    lengths = {name: len(values) for name, values in iterables.items()}
+    if len(set(lengths.values())) > 1:
+        raise MappingLengthMismatch(
+            "Received iterable parameters with different lengths. Parameters for map must all "
+            f"be the same length. Got lengths: {lengths}"
+        )
+    calls = []
+    for index in range(next(iter(lengths.values()))):
+        call = {name: values[index] for name, values in iterables.items()}
+        call.update(static)
+        for name, annotation in annotations.items():
+            call[name] = annotation.rewrap(call[name])
+        if var_keyword:
+            call[var_keyword] = {name: call.pop(name) for name in exploded}
+        for name, default in task.signature.defaults.items():
+            call.setdefault(name, default)
+        calls.append(call)
+    return calls
+
+
+def run_task_in_background(
+    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any
+) -> TaskRunFuture[Any]:
+    """Run a task outside any flow, supervised by the background runtime of the global
+    loop; return its future."""
+    future: TaskRunFuture[Any] = TaskRunFuture(new_task_run(task, None, parameters, wait_for))
+    backend, clock = inherited_backend()
+    global_loop().call_soon(_background_task, task, parameters, wait_for, future, backend, clock)
+    return future
+
+
+async def _background_task(
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    future: TaskRunFuture[Any],
+    backend: Any,
+    clock: Any,
+) -> None:
+    loop = global_loop()
+    runtime = await background_runtime(backend, clock, loop)
+    engine_factory = partial(
+        TaskRunEngine, task, future.task_run, parameters, wait_for, runtime, None, WORKER_THREADS
+    )
+    ref = await runtime.spawn(
+        ChildSpec(
+            str(future.task_run.id),
+            partial(TaskRunActor, engine_factory, future),
+            restart=Restart.TEMPORARY,
+        )
+    )
+    await ref.wait()
+
+
+# -- flows ------------------------------------------------------------------------------
+
+
+def _check_wait_for(wait_for: Any) -> FlowRunContext | None:
+    parent = FlowRunContext.get()
+    _refuse_if_abandoned(parent)
+    if wait_for is not None and parent is None:
+        raise ValueError("Only flows run as subflows can wait for dependencies.")
+    return parent
+
+
+async def _run_flow(
+    flow: Flow[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    return_type: str,
+    target: SyncTarget,
+) -> Any:
+    async with runtime_scope() as runtime:
+        engine = FlowRunEngine(flow, parameters, wait_for, runtime, target, FlowRunContext.get())
+        state = await engine.run()
+        return state if return_type == "state" else engine.result()
+
+
+async def run_flow_async(
+    flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
+    """Run an async flow in the caller's loop."""
+    parent = _check_wait_for(wait_for)
+    with capture_sigterm(raise_in_main_thread=False, top_level=parent is None):
+        return await _run_flow(flow, parameters, wait_for, return_type, WORKER_THREADS)
+
+
+async def _run_flow_on_loop(loop: GlobalLoop, *args: Any) -> Any:
+    return await _run_flow(*args, SyncTarget(BodyPlacement.WAITING_THREAD, loop))
+
+
+def run_flow_sync(
+    flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
+) -> Any:
+    """Run a sync flow: the engine on a global loop, the body on this thread."""
+    parent = _check_wait_for(wait_for)
+    with capture_sigterm(raise_in_main_thread=True, top_level=parent is None):
+        return run_sync(_run_flow_on_loop, flow, parameters, wait_for, return_type)

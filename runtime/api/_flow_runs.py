@@ -1,0 +1,436 @@
+"""Controlling flow runs: pause, suspend, resume, cancel, wait.
+
+Each function works from sync and async code. Inside a flow or task, an async flow/task
+awaits them and a sync one calls them plainly; outside any run, they return an awaitable
+when called from a running event loop and block otherwise.
+
+- :func:`pause_flow_run` blocks the flow body until :func:`resume_flow_run` (from another
+  thread, coroutine or process) or until its timeout, which fails the run.
+- :func:`suspend_flow_run` makes the flow leave its body now; resuming runs the body again
+  from the top, reusing every task result that was already completed (and persisted, for
+  a resume from another process), and the suspend call then returns instead of
+  suspending again.
+- :func:`cancel_flow_run` asks a run to cancel; :func:`wait_for_flow_run` waits for a final
+  state.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any, Awaitable, Callable, TypeVar
+from uuid import UUID
+
+import sniffio
+
+from ..core import _states as S
+from ..core._exceptions import (
+    CancelledRun,
+    FlowPauseTimeout,
+    FlowRunWaitTimeout,
+    InvalidRunInput,
+    NotPausedError,
+    ObjectNotFound,
+    Pause,
+)
+from ..core._input import input_model, keyset_for, schema_json, unwrap, wrap_payload
+from ..core._models import FlowRun
+from ..core._states import State
+from ..engine._context import FlowRunContext, TaskRunContext
+from ..engine._logging import get_run_logger
+from ..orchestration._orchestrator import ProposeState, Transition, UpdateRun
+from ..orchestration._ownership import active_flow_runs, owner_alive
+from ..orchestration._waiting import wait_for_state_change
+from ._entry import run_sync, runtime_scope
+from ._registry import register_run_flow
+from ._rerun import rerun_flow_run
+
+__all__ = [
+    "cancel_flow_run",
+    "pause_flow_run",
+    "resume_flow_run",
+    "suspend_flow_run",
+    "wait_for_flow_run",
+]
+
+T = TypeVar("T")
+
+# Input models of pauses waiting in this process, so an in-process resume validates with
+# the real pydantic model (coercion included) rather than its JSON schema.
+_waiting_models: dict[tuple[UUID, str], Any] = {}
+
+
+def _wants_awaitable() -> bool:
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None:
+        return task_ctx.task.is_async
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None:
+        return flow_ctx.flow.is_async
+    try:
+        sniffio.current_async_library()
+    except sniffio.AsyncLibraryNotFoundError:
+        return False
+    return True
+
+
+async def _on_loop(loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    return await fn(*args)
+
+
+def _sync_or_async(fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
+    if _wants_awaitable():
+        return fn(*args)
+    return run_sync(_on_loop, fn, *args)
+
+
+# -- pause and suspend ---------------------------------------------------------------------
+
+
+def pause_flow_run(
+    wait_for_input: Any = None,
+    timeout: float = 3600,
+    poll_interval: float = 10,
+    key: str | None = None,
+) -> Any:
+    """Block the current flow run until it is resumed; return the resumer's input.
+
+    Task runs that already started go on; no new task run starts while paused. Inside one
+    process the resume is noticed at once; ``poll_interval`` bounds how long a resume from
+    another process takes to be noticed.
+
+    Args:
+        wait_for_input: a :class:`~runtime.input.RunInput` subclass or any type pydantic
+            validates; the validated input is returned.
+        timeout: seconds to wait; then the run is Failed ("never resumed").
+        poll_interval: seconds between checks for a resume made by another process.
+        key: identifies this pause; a pause whose key already fired is skipped. Defaults
+            to the number of pauses this run has made so far.
+
+    Raises:
+        RuntimeError: called outside a flow run, or inside a task run.
+        FlowPauseTimeout: the run was not resumed in time (it is now Failed).
+    """
+    ctx = _pausing_context("paused")
+    return _sync_or_async(_pause, ctx, wait_for_input, timeout, poll_interval, key, False)
+
+
+def suspend_flow_run(
+    wait_for_input: Any = None,
+    flow_run_id: UUID | None = None,
+    timeout: float | None = 3600,
+    key: str | None = None,
+) -> Any:
+    """Suspend the current flow run: its body stops here and the flow call returns.
+
+    ``resume_flow_run`` (or ``stageflow runs resume ID``) later runs the body again from
+    the top, in that process; completed task runs are reused rather than run again, and
+    this call then returns the resumer's input instead of suspending again.
+
+    Args:
+        wait_for_input: as for :func:`pause_flow_run`.
+        flow_run_id: suspend another (not running here) flow run instead of this one.
+        timeout: seconds the run may stay suspended before a resume fails it.
+        key: identifies this suspension (default: its position among this run's pauses).
+
+    Raises:
+        RuntimeError: called inside a task run, or outside a flow run without an id, or
+            for a subflow.
+    """
+    if flow_run_id is not None:
+        return _sync_or_async(_suspend_other, flow_run_id, timeout, key)
+    ctx = _pausing_context("suspended")
+    return _sync_or_async(_pause, ctx, wait_for_input, timeout, 10, key, True)
+
+
+def _pausing_context(verb: str) -> FlowRunContext:
+    if TaskRunContext.get() is not None:
+        raise RuntimeError(
+            f"Cannot {verb[:-2] if verb.endswith('ed') else verb} task runs: only a flow run can be {verb}."
+        )
+    ctx = FlowRunContext.get()
+    if ctx is None:
+        raise RuntimeError(f"Flow runs can only be {verb} from within a flow run.")
+    return ctx
+
+
+async def _pause(
+    ctx: FlowRunContext,
+    wait_for_input: Any,
+    timeout: float | None,
+    poll_interval: float,
+    key: str | None,
+    suspend: bool,
+) -> Any:
+    ctx.observed_pauses += 1
+    pause_key = key or str(ctx.observed_pauses)
+    model = input_model(wait_for_input) if wait_for_input is not None else None
+    flow_run = ctx.flow_run
+    logger = get_run_logger()
+    async with runtime_scope() as runtime:
+        backend = runtime.backend
+        assert backend is not None
+        make = S.Suspended if suspend else S.Paused
+        proposed = make(pause_expiration_time=_expiration(runtime, timeout), pause_key=pause_key)
+        keyset = keyset_for(pause_key) if model is not None else None
+        proposed.state_details.run_input_keyset = keyset
+        if keyset is not None:
+            backend.write_run_input(flow_run.id, keyset["schema"], schema_json(model))  # type: ignore[arg-type]
+            _waiting_models[(flow_run.id, keyset["response"])] = model
+        transition: Transition = await runtime.orchestrator.ask(
+            ProposeState("flow", flow_run, proposed)
+        )  # type: ignore[union-attr]
+        state = flow_run.state
+        assert state is not None
+        if transition.status == "ABORT":
+            raise RuntimeError(
+                f"Flow run cannot be {'suspended' if suspend else 'paused'}: {transition.reason}"
+            )
+        if state.is_running():
+            # This pause fired before and the run was resumed since: carry on.
+            return _load_input(backend, flow_run, keyset, model)
+        if not state.is_paused():
+            raise RuntimeError(f"Flow run cannot be paused: it is {state}.")
+        if suspend:
+            register_run_flow(flow_run.id, ctx.flow)
+            logger.info("Suspending flow run; it runs again from the top when it is resumed.")
+            raise Pause("The flow run was suspended.", state=state)
+        logger.info("Pausing flow run; it continues when it is resumed.")
+        clock = runtime.clock
+        deadline = None if timeout is None else clock.now() + timeout
+        try:
+            while True:
+                state = flow_run.state
+                assert state is not None
+                if state.is_running():
+                    break
+                if state.is_cancelling() or state.is_cancelled():
+                    raise CancelledRun("The flow run was cancelled while it was paused.")
+                if state.is_final():
+                    raise FlowPauseTimeout("Flow run was paused and never resumed.")
+                remaining = None if deadline is None else deadline - clock.now()
+                if remaining is not None and remaining <= 0:
+                    await runtime.orchestrator.ask(ProposeState("flow", flow_run, S.Running()))  # type: ignore[union-attr]
+                    if flow_run.state.is_running():  # type: ignore[union-attr]
+                        break
+                    raise FlowPauseTimeout("Flow run was paused and never resumed.")
+                wait = poll_interval if remaining is None else min(poll_interval, remaining)
+                await wait_for_state_change(backend, flow_run.id, clock, wait)
+                if backend.shared_across_processes:
+                    backend.sync_external()
+        finally:
+            if keyset is not None:
+                _waiting_models.pop((flow_run.id, keyset["response"]), None)
+        logger.info("Resuming flow run execution!")
+        return _load_input(backend, flow_run, keyset, model)
+
+
+def _expiration(runtime: Any, timeout: float | None) -> datetime | None:
+    """When a pause of ``timeout`` seconds starting now expires, on the runtime's clock
+    (the one the orchestrator judges expiry by)."""
+    if timeout is None:
+        return None
+    return datetime.fromtimestamp(runtime.clock.now() + timeout, timezone.utc)
+
+
+def _load_input(backend: Any, flow_run: FlowRun, keyset: dict[str, str] | None, model: Any) -> Any:
+    if keyset is None or model is None:
+        return None
+    raw = backend.read_run_input(flow_run.id, keyset["response"])
+    if raw is None:
+        raise InvalidRunInput(f"Flow run {flow_run.id} was resumed without the input it waits for.")
+    return unwrap(model.model_validate_json(raw))
+
+
+async def _suspend_other(flow_run_id: UUID, timeout: float | None, key: str | None) -> None:
+    async with runtime_scope() as runtime:
+        assert runtime.backend is not None
+        flow_run = runtime.backend.read_flow_run(flow_run_id)
+        proposed = S.Suspended(
+            pause_expiration_time=_expiration(runtime, timeout),
+            pause_key=key or f"external-{flow_run.run_count}",
+        )
+        transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, proposed))  # type: ignore[union-attr]
+        if transition.status == "ABORT":
+            raise RuntimeError(f"Flow run cannot be suspended: {transition.reason}")
+
+
+# -- resume ----------------------------------------------------------------------------------
+
+
+def resume_flow_run(flow_run_id: UUID | str, run_input: Any = None) -> Any:
+    """Resume a paused or suspended flow run, giving it ``run_input`` if it waits for input.
+
+    A paused run continues where it waits. A suspended run is run again now, in this
+    process, and this call returns when that run finishes.
+
+    Raises:
+        ObjectNotFound: no flow run has this id.
+        NotPausedError: the run is not paused or suspended.
+        InvalidRunInput: the input is missing or does not match what the run waits for;
+            the run stays paused, so it can be resumed again with good input.
+        FlowPauseTimeout: the pause timed out; the run can no longer be resumed.
+    """
+    return _sync_or_async(_resume, _as_uuid(flow_run_id), run_input)
+
+
+async def _resume(flow_run_id: UUID, run_input: Any) -> None:
+    async with runtime_scope() as runtime:
+        backend = runtime.backend
+        assert backend is not None
+        flow_run = backend.read_flow_run(flow_run_id)
+        state = flow_run.state
+        if state is None or not state.is_paused():
+            raise NotPausedError(
+                f"Cannot resume flow run {flow_run_id}: it is not paused (it is {state})."
+            )
+        keyset = state.state_details.run_input_keyset
+        if keyset is not None:
+            backend.write_run_input(
+                flow_run_id,
+                keyset["response"],
+                _validated_input(backend, flow_run_id, keyset, run_input),
+            )
+        suspended = state.state_details.pause_reschedule
+        if suspended and keyset is not None:
+            # The suspending body has left; only a pause's own cleanup forgets its model.
+            _waiting_models.pop((flow_run_id, keyset["response"]), None)
+        target = S.Scheduled(name="Resuming") if suspended else S.Running()
+        transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, target))  # type: ignore[union-attr]
+        if (
+            transition.status == "REJECT"
+            and flow_run.state is not None
+            and flow_run.state.is_failed()
+        ):
+            raise FlowPauseTimeout("Flow run can no longer be resumed.")
+        if transition.status in ("REJECT", "ABORT"):
+            raise RuntimeError(f"Cannot resume this run: {transition.reason}")
+        if suspended:
+            await runtime.orchestrator.ask(  # type: ignore[union-attr]
+                UpdateRun(
+                    "flow",
+                    flow_run,
+                    {
+                        "empirical_policy": flow_run.empirical_policy.model_copy(
+                            update={"resuming": True}
+                        )
+                    },
+                )
+            )
+    if suspended:
+        await rerun_flow_run(flow_run_id)
+
+
+def _validated_input(
+    backend: Any, flow_run_id: UUID, keyset: dict[str, str], run_input: Any
+) -> str:
+    """Return ``run_input`` as JSON after checking it against what the run waits for."""
+    model = _waiting_models.get((flow_run_id, keyset["response"]))
+    if model is not None:
+        try:
+            return model.model_validate(wrap_payload(model, run_input)).model_dump_json()  # type: ignore[no-any-return]
+        except Exception as exc:
+            raise InvalidRunInput(f"Invalid input for flow run {flow_run_id}: {exc}") from None
+    schema_text = backend.read_run_input(flow_run_id, keyset["schema"])
+    if schema_text is None:
+        raise InvalidRunInput(f"Flow run {flow_run_id} waits for input but its schema is missing.")
+    schema = json.loads(schema_text)
+    payload = run_input
+    if set(schema.get("properties", {})) == {"value"} and not (
+        isinstance(run_input, dict) and set(run_input) == {"value"}
+    ):
+        payload = {"value": run_input}
+    import jsonschema
+
+    try:
+        jsonschema.validate(payload, schema)
+    except jsonschema.ValidationError as exc:
+        where = ".".join(str(part) for part in exc.absolute_path) or "input"
+        raise InvalidRunInput(
+            f"Invalid input for flow run {flow_run_id}: {where}: {exc.message}"
+        ) from None
+    return json.dumps(payload)
+
+
+# -- cancel and wait -------------------------------------------------------------------------
+
+
+def cancel_flow_run(flow_run_id: UUID | str) -> Any:
+    """Cancel a flow run; return its state after the request.
+
+    A run being executed (here or in another process) goes Cancelling, and its engine
+    cancels what runs, runs the ``on_cancellation`` hooks and ends it Cancelled. A run that
+    nothing executes (scheduled, suspended, or whose process is gone) is Cancelled at once.
+    A final run is left as it is.
+
+    Raises:
+        ObjectNotFound: no flow run has this id.
+    """
+    return _sync_or_async(_cancel, _as_uuid(flow_run_id))
+
+
+async def _cancel(flow_run_id: UUID) -> State[Any]:
+    async with runtime_scope() as runtime:
+        backend = runtime.backend
+        assert backend is not None
+        flow_run = backend.read_flow_run(flow_run_id)
+        state = flow_run.state
+        if state is None or state.is_final():
+            return state  # type: ignore[return-value]
+        executed = flow_run_id in active_flow_runs or (
+            owner_alive(flow_run.owner) is not False
+            and not state.state_details.pause_reschedule
+            and not state.is_scheduled()
+        )
+        proposed = (
+            S.Cancelling(message="The flow run was cancelled.")
+            if executed
+            else S.Cancelled(message="The flow run was cancelled.")
+        )
+        await runtime.orchestrator.ask(ProposeState("flow", flow_run, proposed, force=True))  # type: ignore[union-attr]
+        return flow_run.state  # type: ignore[return-value]
+
+
+def wait_for_flow_run(
+    flow_run_id: UUID | str, timeout: float | None = 10800, poll_interval: float = 5
+) -> Any:
+    """Wait until a flow run is final and return it (a :class:`~runtime.FlowRun`).
+
+    A run in this process is noticed at once; one in another process within
+    ``poll_interval`` seconds.
+
+    Raises:
+        ObjectNotFound: no flow run has this id.
+        FlowRunWaitTimeout: the run was not final after ``timeout`` seconds.
+    """
+    return _sync_or_async(_wait_for, _as_uuid(flow_run_id), timeout, poll_interval)
+
+
+async def _wait_for(flow_run_id: UUID, timeout: float | None, poll_interval: float) -> FlowRun:
+    async with runtime_scope() as runtime:
+        backend = runtime.backend
+        assert backend is not None
+        clock = runtime.clock
+        deadline = None if timeout is None else clock.now() + timeout
+        while True:
+            if backend.shared_across_processes:
+                backend.sync_external()
+            flow_run = backend.read_flow_run(flow_run_id)
+            if flow_run.state is not None and flow_run.state.is_final():
+                return flow_run
+            remaining = None if deadline is None else deadline - clock.now()
+            if remaining is not None and remaining <= 0:
+                raise FlowRunWaitTimeout(
+                    f"Flow run with ID {flow_run_id} exceeded watch timeout of {timeout} seconds"
+                )
+            wait = poll_interval if remaining is None else min(poll_interval, remaining)
+            await wait_for_state_change(backend, flow_run_id, clock, wait)
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    if isinstance(value, UUID):
+        return value
+    try:
+        return UUID(str(value))
+    except ValueError:
+        raise ObjectNotFound(f"{value!r} is not a flow run id (a UUID).") from None

@@ -1,0 +1,120 @@
+"""Running a stored flow run again: resuming a suspended or crashed run.
+
+The store records each flow run's entrypoint (file and function) and parameters, so any
+process can load the flow and run its body again under the same run id. The rerun reuses
+task runs completed before, matched by their dynamic keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+from uuid import UUID
+
+from ..core import _states as S
+from ..core._exceptions import ObjectNotFound
+from ..core._models import FlowRun
+from ..core._states import State
+from ..engine._body import WORKER_THREADS
+from ..engine._flow_engine import FlowRunEngine
+from ..orchestration._orchestrator import ProposeState, UpdateRun
+from ._entry import runtime_scope
+from ._flow import Flow
+from ._registry import flow_at, flow_of_run
+
+__all__ = ["import_flow_file", "load_flow", "rerun_flow_run"]
+
+
+def import_flow_file(path: Path) -> ModuleType:
+    """Import the Python file at ``path`` once per process (its ``__main__`` block does
+    not run) and return the module.
+
+    The module's name is the same in every process (a digest of the resolved path):
+    pickled results refer to the classes the file defines by module name, so a run resumed
+    by another process must find them under the name the first one used.
+
+    Raises:
+        ImportError: the file is not a Python file.
+        Exception: whatever importing the file raised.
+    """
+    path = path.resolve()
+    name = f"stageflow_entrypoint_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
+    """Return the flow of ``flow_run``: the one defined in this process, else the one its
+    entrypoint file defines (imported without running its ``__main__`` block).
+
+    Raises:
+        ObjectNotFound: the run has no entrypoint, or it no longer names a flow.
+    """
+    flow = flow_of_run(flow_run.id)
+    if flow is not None:
+        return flow
+    entrypoint = flow_run.entrypoint
+    if not entrypoint:
+        raise ObjectNotFound(
+            f"Flow run {flow_run.id} has no entrypoint (its flow was defined inside a function), "
+            "so it cannot be run again."
+        )
+    flow = flow_at(entrypoint)
+    if flow is not None:
+        return flow
+    path, _, qualname = entrypoint.rpartition(":")
+    if not Path(path).is_file():
+        raise ObjectNotFound(f"The file of flow run {flow_run.id}'s flow is gone: {path}")
+    try:
+        module = import_flow_file(Path(path))
+    except ImportError as exc:
+        raise ObjectNotFound(
+            f"Cannot import {path} to run flow run {flow_run.id} again: {exc}"
+        ) from exc
+    target: Any = module
+    for part in qualname.split("."):
+        target = getattr(target, part, None)
+    if not isinstance(target, Flow):
+        raise ObjectNotFound(f"{entrypoint} is not a flow (flow run {flow_run.id}).")
+    return target
+
+
+async def rerun_flow_run(flow_run_id: UUID) -> State[Any]:
+    """Run a suspended (resumed) or crashed flow run's body again; return its final state."""
+    async with runtime_scope() as runtime:
+        assert runtime.backend is not None
+        flow_run = runtime.backend.read_flow_run(flow_run_id)
+        flow = load_flow(flow_run)
+        state = flow_run.state
+        if state is not None and not state.is_scheduled():
+            await runtime.orchestrator.ask(  # type: ignore[union-attr]
+                ProposeState("flow", flow_run, S.Scheduled(name="Resuming"), force=True)
+            )
+        if not flow_run.empirical_policy.resuming:
+            policy = flow_run.empirical_policy.model_copy(update={"resuming": True})
+            await runtime.orchestrator.ask(
+                UpdateRun("flow", flow_run, {"empirical_policy": policy})
+            )  # type: ignore[union-attr]
+        engine = FlowRunEngine(
+            flow, dict(flow_run.parameters), None, runtime, WORKER_THREADS, None, existing=flow_run
+        )
+        return await engine.run()

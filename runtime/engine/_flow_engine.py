@@ -1,0 +1,591 @@
+"""The flow run engine: one flow run, from its parameters to its final state.
+
+Written once, async; it runs in the caller's loop for an async flow and on the global
+loop for a sync one (whose body runs back on the caller's thread). Each attempt gets a
+supervisor for the task runs it submits, and ends only after they have all finished.
+
+The body runs inside a cancel scope that three things may cancel: the flow's timeout
+(Failed ``TimedOut``), a cancellation of the run (``cancel_flow_run`` from any thread or
+process: Cancelled) and SIGTERM (Cancelled if a cancellation was requested, else
+Crashed). Anything else that interrupts the run (an interrupt, a foreign cancellation)
+makes it Crashed before it propagates.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
+
+import anyio
+
+from actors import ChildSpec, Restart, StartChild, Supervisor
+
+from ..core import _states as S
+from ..core._exceptions import (
+    CancelledRun,
+    EngineSignal,
+    FlowRunTimeoutError,
+    Pause,
+    TerminationSignal,
+    UpstreamTaskError,
+)
+from ..core._models import FlowRun, FlowRunPolicy, TaskRun
+from ..core._names import generate_run_name
+from ..core._parameters import resolve_run_name, serialize_parameters
+from ..core._states import State, now_utc
+from ..orchestration._orchestrator import CreateRun, ProposeState, Transition, UpdateRun
+from ..orchestration._ownership import active_flow_runs, process_owner
+from ..orchestration._store_actor import Commit
+from ..orchestration._waiting import wait_before_proposing_again
+from ..store._results import ResultSettings, persist_result
+from ._body import SyncTarget, call_body
+from ._context import FlowRunContext, _flow_run_context, _task_run_context, current_tags
+from ._hooks import run_hooks
+from ._inbox import LoopInbox, run_beside
+from ._logging import _log_prints, flow_run_logger, install_print_patch
+from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
+from ._resolve import resolve_futures_to_states, resolve_parameters, wait_for_upstreams
+from ._result_settings import result_settings_for_flow
+from ._signals import interruptible
+from ._specs import FlowSpec
+
+if TYPE_CHECKING:
+    from ..orchestration._runtime import Runtime
+
+__all__ = ["FlowRunEngine"]
+
+_NOT_SET: Any = object()
+_cancelled_exc = anyio.get_cancelled_exc_class
+
+EXTERNAL_POLL_SECONDS = 2.0
+"""How often a running flow checks a store shared with other processes for a cancel."""
+
+
+class _Interrupted(Exception):
+    """The body was stopped by a cancellation of the run or by SIGTERM."""
+
+
+def _report_task_crash(report: Any) -> None:
+    # The task run engine already logged the crash and recorded the Crashed state.
+    logging.getLogger("stageflow.engine").debug("Task run actor crashed: %r", report)
+
+
+class FlowRunEngine:
+    """Drives one flow run; see the module docstring.
+
+    Args:
+        flow: the flow.
+        parameters: the call's bound parameters (not yet validated).
+        wait_for: futures a subflow waits for before it starts.
+        runtime: the runtime whose orchestrator decides the run's states.
+        target: where the sync body and sync hooks run.
+        parent: the enclosing flow run's context, for a subflow.
+        existing: a stored flow run to run again (resuming a suspended or crashed run).
+    """
+
+    def __init__(
+        self,
+        flow: FlowSpec,
+        parameters: dict[str, Any],
+        wait_for: Any,
+        runtime: Runtime,
+        target: SyncTarget,
+        parent: FlowRunContext | None,
+        existing: FlowRun | None = None,
+    ) -> None:
+        self.flow = flow
+        self.parameters = parameters
+        self.wait_for = wait_for
+        self.runtime = runtime
+        self.target = target
+        self.parent = parent
+        self._existing = existing is not None
+        self.flow_run = existing or FlowRun(
+            name=generate_run_name(),
+            flow_name=flow.name,
+            flow_version=flow.version,
+            parameters=serialize_parameters(parameters),
+            tags=sorted(current_tags()),
+            empirical_policy=FlowRunPolicy(
+                retries=flow.retries, retry_delay=flow.retry_delay_seconds
+            ),
+            entrypoint=flow.entrypoint,
+            owner=process_owner(),
+        )
+        self.logger = flow_run_logger(self.flow_run, flow)
+        self._orchestrator = runtime.orchestrator
+        self._return_value: Any = _NOT_SET
+        self._raised: BaseException | None = None
+        self._named = False
+        self._body_scope: anyio.CancelScope | None = None
+        self._interrupt: BaseException | None = None
+        self._timed_out = False  # this attempt's body hit the flow's timeout
+        self.inbox: LoopInbox | None = None
+        self._settings: ResultSettings | None = None
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def run(self) -> State[Any]:
+        """Run the flow run to a final (or paused/suspended) state and return it.
+
+        Raises:
+            TerminationSignal: the process received SIGTERM (after the run was recorded).
+            BaseException: anything that is not an ``Exception`` (an interrupt, a foreign
+                cancellation, ``SystemExit``...) after the run was marked Crashed.
+        """
+        await self._create()
+        active_flow_runs.add(self.flow_run.id)
+        self.inbox = inbox = LoopInbox()
+        backend = self.runtime.backend
+        assert backend is not None
+        unsubscribe = backend.subscribe(self.flow_run.id, self._on_own_state)
+        try:
+            with interruptible(self):
+                state = await run_beside(inbox.serve, self._run, inbox.close)
+        except (Exception, EngineSignal):
+            raise
+        except BaseException as exc:
+            await self._crash(exc)
+            raise
+        finally:
+            unsubscribe()
+            active_flow_runs.discard(self.flow_run.id)
+        if isinstance(self._interrupt, TerminationSignal):
+            raise self._interrupt
+        return state
+
+    async def _create(self) -> None:
+        if self._existing:
+            await self._ask(UpdateRun("flow", self.flow_run, {"owner": process_owner()}))
+            self.logger.info("Resuming flow run %r for flow %r", self.flow_run.name, self.flow.name)
+            return
+        if self.parent is not None:
+            parent_run = self.parent.flow_run
+            dynamic_key = self.parent.next_dynamic_key(self.flow.flow_key)
+            parent_task = TaskRun(
+                name=f"{self.flow.name}-{dynamic_key[:3]}",
+                flow_run_id=parent_run.id,
+                task_key=self.flow.flow_key,
+                dynamic_key=dynamic_key,
+                task_version=self.flow.version,
+            )
+            await self._ask(CreateRun("task", parent_task, S.Pending()))
+            self.flow_run.parent_task_run_id = parent_task.id
+        await self._ask(CreateRun("flow", self.flow_run, S.Pending()))
+        if self.logger.isEnabledFor(logging.INFO):
+            kind = "subflow run" if self.parent is not None else "flow run"
+            self.logger.info(
+                "Beginning %s %r for flow %r", kind, self.flow_run.name, self.flow.name
+            )
+
+    async def _run(self) -> State[Any]:
+        parameters = self.parameters
+        if self.parent is not None:
+            try:
+                parameters = await resolve_parameters(parameters)
+                await wait_for_upstreams(self.wait_for)
+            except UpstreamTaskError as exc:
+                await self._propose(S.Pending(name="NotReady", message=str(exc)), force=True)
+                return await self._finish()
+        if self.flow.should_validate_parameters:
+            try:
+                parameters = self.flow.validate_parameters(parameters)
+            except Exception as exc:
+                message = "Validation of flow parameters failed with error:"
+                self.logger.error("%s %s", message, exc)
+                self._raised = exc
+                await self._propose(exception_to_failed_state(exc, message))
+                return await self._finish()
+        self.parameters = parameters
+        try:
+            self._settings = result_settings_for_flow(self.flow, self.parent)
+        except Exception as exc:  # a bad result option: the run cannot start
+            self.logger.error("Flow run could not start: %s", exc)
+            self._raised = exc
+            await self._propose(exception_to_failed_state(exc, "Flow run could not start:"))
+            return await self._finish()
+
+        state = await self._enter_running()
+        if state.is_running() and self.flow.on_running_hooks:
+            await self._hooks(self.flow.on_running_hooks, state)
+        while state.is_running():
+            terminal = await self._attempt(parameters)
+            if terminal is None:  # the body left because the run was suspended
+                return await self._finish()
+            state = await self._finish_attempt(terminal)
+            if state.is_scheduled():
+                state = await self._enter_running()
+        await self._final_hooks(state)
+        return await self._finish()
+
+    async def _enter_running(self) -> State[Any]:
+        while True:
+            transition = await self._propose(S.Running())
+            if transition.status != "WAIT":
+                return self.flow_run.state  # type: ignore[return-value]
+            await wait_before_proposing_again(self.runtime, transition)
+
+    async def _attempt(self, parameters: dict[str, Any]) -> State[Any] | None:
+        flow = self.flow
+        self._return_value = _NOT_SET
+        self._raised = None
+        log_prints = (
+            flow.log_prints
+            if flow.log_prints is not None
+            else (self.parent.log_prints if self.parent is not None else False)
+        )
+        async with self._task_run_supervisor() as (supervisor, submitted):
+            task_runner = flow.task_runner.duplicate()
+            ctx = FlowRunContext(
+                flow=flow,
+                flow_run=self.flow_run,
+                parameters=parameters,
+                log_prints=log_prints,
+                start_time=now_utc(),
+                runtime=self.runtime,
+                task_runner=task_runner,
+                supervisor=supervisor,
+                submitted=submitted,
+                inbox=self.inbox,
+                result_settings=self._settings,
+                sync_target=task_runner.sync_target(),
+            )
+            flow_token = _flow_run_context.set(ctx)
+            task_token = _task_run_context.set(None)
+            prints_token = _log_prints.set(log_prints)
+            if log_prints:
+                install_print_patch()
+            try:
+                await self._resolve_name(parameters)
+                result = await self._call_body(parameters)
+            except _Interrupted:
+                ctx.abandoned = CancelledRun(
+                    f"Flow run {self.flow_run.name!r} was stopped; its body can no longer start "
+                    "task runs or subflow runs."
+                )
+                return self._interrupted_state()
+            except TimeoutError as exc:
+                message = (
+                    f"Flow run exceeded timeout of {flow.timeout_seconds:g} second(s)"
+                    if isinstance(exc, FlowRunTimeoutError)
+                    else f"Flow run failed due to timeout: {exc!r}"
+                )
+                self.logger.error(message)
+                self._raised = exc
+                # The run's time is up: its task runs still running are stopped, not awaited.
+                self._timed_out = isinstance(exc, FlowRunTimeoutError)
+                if self._timed_out:
+                    ctx.abandoned = FlowRunTimeoutError(
+                        f"Flow run {self.flow_run.name!r} timed out; its body can no longer "
+                        "start task runs or subflow runs."
+                    )
+                return S.Failed(data=exc, message=message, name="TimedOut")
+            except Pause:
+                return None
+            except Exception as exc:
+                self.logger.error("Encountered exception during execution: %r", exc, exc_info=True)
+                self._raised = exc
+                return exception_to_failed_state(exc, "Flow run encountered an exception:")
+            finally:
+                _log_prints.reset(prints_token)
+                _task_run_context.reset(task_token)
+                _flow_run_context.reset(flow_token)
+        resolved = await resolve_futures_to_states(result)
+        self._return_value = resolved
+        state = return_value_to_state(resolved)
+        settings = self._settings
+        if (
+            state.is_completed()
+            and not isinstance(resolved, State)
+            and settings
+            and settings.persist
+        ):
+            try:
+                state.data = persist_result(resolved, settings)
+            except Exception as exc:
+                self.logger.error("Could not persist the flow run's result: %s", exc)
+                self._raised = exc
+                return exception_to_failed_state(exc, "Flow run encountered an exception:")
+        return state
+
+    async def _call_body(self, parameters: dict[str, Any]) -> Any:
+        flow = self.flow
+        args, kwargs = flow.signature.to_call(parameters)
+        timeout = flow.timeout_seconds
+        deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
+        backend = self.runtime.backend
+        scope = anyio.CancelScope(deadline=deadline)
+
+        async def body() -> Any:
+            with scope:
+                self._body_scope = scope
+                if self._interrupt is not None:
+                    scope.cancel()
+                try:
+                    return await call_body(flow.is_async, flow.fn, args, kwargs, self.target)
+                except TerminationSignal as exc:
+                    # Raised by the SIGTERM handler inside a sync body on the main thread.
+                    self.interrupt(exc)
+                    raise _Interrupted from None
+                finally:
+                    self._body_scope = None
+
+        if backend is not None and backend.shared_across_processes:
+            result = await run_beside(self._watch_other_processes, body)
+        else:
+            result = await body()
+        if scope.cancelled_caught:
+            if self._interrupt is not None:
+                raise _Interrupted
+            raise FlowRunTimeoutError(f"Scope timed out after {timeout} second(s).")
+        return result
+
+    # -- stopping the body from outside -----------------------------------------------
+
+    def _on_own_state(self, run: Any, state: State[Any]) -> None:
+        """Store notification (any thread): a cancel request stops the body."""
+        if state.is_cancelling() and self.inbox is not None:
+            self.inbox.post(partial(self.interrupt, None))
+
+    async def _watch_other_processes(self) -> None:
+        """For a store shared between processes, notice a cancel another process made."""
+        backend = self.runtime.backend
+        assert backend is not None
+        while True:
+            await anyio.sleep(EXTERNAL_POLL_SECONDS)
+            await anyio.to_thread.run_sync(backend.sync_external)
+            state = self.flow_run.state
+            if state is not None and state.is_cancelling():
+                self.interrupt(None)
+
+    def interrupt(self, signal: TerminationSignal | None) -> None:
+        """Stop the body: for a cancellation (``signal`` None) or SIGTERM. Call on the
+        engine's loop."""
+        if self._interrupt is None or isinstance(signal, TerminationSignal):
+            self._interrupt = signal or _CANCEL
+        if self._body_scope is not None:
+            self._body_scope.cancel()
+
+    def _interrupted_state(self) -> State[Any]:
+        state = self.flow_run.state
+        cancelling = state is not None and state.is_cancelling()
+        if isinstance(self._interrupt, TerminationSignal) and not cancelling:
+            self.logger.error("Crash detected! Execution was aborted by a termination signal.")
+            return S.Crashed(
+                message="Execution was aborted by a termination signal.", data=self._interrupt
+            )
+        self.logger.info("Flow run was cancelled.")
+        return S.Cancelled(
+            message=(
+                state.message if cancelling and state.message else "The flow run was cancelled."
+            )
+        )
+
+    # -- finishing --------------------------------------------------------------------
+
+    async def _resolve_name(self, parameters: dict[str, Any]) -> None:
+        if self._named or self.flow.flow_run_name is None:
+            return
+        name = resolve_run_name(self.flow.flow_run_name, parameters, "flow_run_name")
+        await self._ask(UpdateRun("flow", self.flow_run, {"name": name}))
+        self.logger = flow_run_logger(self.flow_run, self.flow)
+        self._named = True
+
+    async def _finish_attempt(self, terminal: State[Any]) -> State[Any]:
+        force = terminal.is_cancelled() or terminal.is_crashed()
+        await self._propose(terminal, force=force and not self.flow_run.state.is_final())  # type: ignore[union-attr]
+        state: State[Any] = self.flow_run.state  # type: ignore[assignment]
+        if state.is_scheduled():
+            self.logger.info(
+                "Received non-final state %r when proposing final state %r and will attempt "
+                "to run again...",
+                state.name,
+                terminal.name,
+            )
+        return state
+
+    async def _final_hooks(self, state: State[Any]) -> None:
+        flow = self.flow
+        if state.is_failed():
+            hooks = flow.on_failure_hooks
+        elif state.is_completed():
+            hooks = flow.on_completion_hooks
+        elif state.is_cancelling() or state.is_cancelled():
+            hooks = flow.on_cancellation_hooks
+        elif state.is_crashed():
+            hooks = flow.on_crashed_hooks
+        else:
+            return
+        if hooks:
+            await self._hooks(hooks, state)
+
+    async def _hooks(self, hooks: list[Callable[..., Any]], state: State[Any]) -> None:
+        await run_hooks(hooks, (self.flow, self.flow_run, state), state, self.logger, self.target)
+
+    async def _crash(self, exc: BaseException) -> None:
+        with anyio.CancelScope(shield=True):
+            if isinstance(exc, TerminationSignal) or isinstance(self._interrupt, TerminationSignal):
+                if isinstance(exc, TerminationSignal):
+                    self._interrupt = exc
+                state = self._interrupted_state()
+            elif isinstance(exc, _cancelled_exc()) and self._cancelled_from_above():
+                state = S.Cancelled(message="The parent flow run was cancelled.")
+            else:
+                state = exception_to_crashed_state(exc)
+                self.logger.error("Crash detected! %s", state.message)
+                self.logger.debug("Crash details:", exc_info=exc)
+            current = self.flow_run.state
+            if current is None or not current.is_final():
+                await self._propose(state, force=True)
+            await self._final_hooks(self.flow_run.state)  # type: ignore[arg-type]
+            await self._finish()
+
+    def _cancelled_from_above(self) -> bool:
+        """Whether this run (or the flow run above it) is being cancelled."""
+        runs = [self.flow_run] + ([self.parent.flow_run] if self.parent is not None else [])
+        for run in runs:
+            state = run.state
+            if state is not None and (state.is_cancelling() or state.is_cancelled()):
+                return True
+        return False
+
+    async def _finish(self) -> State[Any]:
+        """Log the outcome and make the run's state durable before the call returns."""
+        state: State[Any] = self.flow_run.state  # type: ignore[assignment]
+        if state.is_paused():
+            self.logger.info("Finished in state %s", state)
+        else:
+            level = logging.INFO if state.is_completed() else logging.ERROR
+            if self.logger.isEnabledFor(level):
+                self.logger.log(level, "Finished in state %s", state)
+        backend = self.runtime.backend
+        store = self.runtime.store
+        if store is not None and backend is not None and backend.has_pending_writes():
+            with anyio.CancelScope(shield=True):
+                await store.ask(Commit())
+        return state
+
+    def result(self) -> Any:
+        """Return what a call of the flow returns: its result, or raise its exception."""
+        value = self._return_value
+        state: State[Any] = self.flow_run.state  # type: ignore[assignment]
+        # A returned collection of run states may have failed the run (e.g. it holds a
+        # failed future): then the call raises like any failed run, not return the list.
+        failed = state.is_final() and not state.is_completed()
+        if value is not _NOT_SET and not isinstance(value, State) and not failed:
+            return value
+        if self._raised is not None:
+            raise self._raised
+        return state.result()
+
+    # -- talking to the orchestrator --------------------------------------------------
+
+    async def _ask(self, message: Any) -> Any:
+        return await self._orchestrator.ask(message)  # type: ignore[union-attr]
+
+    async def _propose(self, state: State[Any], *, force: bool = False) -> Transition:
+        return await self._ask(ProposeState("flow", self.flow_run, state, force))  # type: ignore[no-any-return]
+
+    # -- submitted task runs ----------------------------------------------------------
+
+    @asynccontextmanager
+    async def _task_run_supervisor(self) -> AsyncIterator[tuple[Any, list[Any]]]:
+        """A supervisor for the task runs this attempt submits; on the way out, wait for
+        every one of them to finish (or, after an interruption, stop them), then stop it."""
+        assert self.inbox is not None
+        name = f"flow-run-{self.flow_run.id}-{self.flow_run.run_count}"
+        supervisor = _LazyRunSupervisor(self.runtime, name, self.inbox)
+        submitted: list[Any] = []
+        interrupted = False
+        self._timed_out = False
+        try:
+            yield supervisor, submitted
+        except BaseException as exc:
+            # An interrupt or a cancellation: stop the task runs rather than wait for them.
+            interrupted = not isinstance(exc, Exception)
+            raise
+        finally:
+            interrupted = interrupted or self._interrupt is not None or self._timed_out
+            with anyio.CancelScope(shield=True):
+                if not interrupted:
+                    await _wait_for_all(submitted)
+                await supervisor.stop()
+
+
+class _LazyRunSupervisor:
+    """The supervisor of one attempt's submitted task runs, spawned on the first submit.
+
+    Most flow runs submit nothing, and spawning and stopping an actor is about a third of
+    a trivial flow call. :meth:`start_child` runs on the flow run's loop; the spawn itself
+    is awaited by the flow run's inbox, and children started meanwhile queue up.
+    """
+
+    def __init__(self, runtime: Runtime, name: str, inbox: LoopInbox) -> None:
+        self._runtime = runtime
+        self._name = name
+        self._inbox = inbox
+        self._ref: Any = None
+        self._queued: list[tuple[ChildSpec, Any]] = []
+        self._closed = False
+
+    def start_child(self, spec: ChildSpec, future: Any) -> None:
+        """Start a task run actor (``future`` is its run's future); call on the loop."""
+        if self._ref is not None:
+            self._ref.tell_nowait(StartChild(spec))
+            return
+        if self._closed:
+            future.set_final_state(S.Cancelled(message=_NEVER_STARTED))
+            return
+        self._queued.append((spec, future))
+        if len(self._queued) == 1:
+            self._inbox.post_later(self._spawn)
+
+    async def _spawn(self) -> None:
+        if self._closed:
+            return
+        name = self._name
+        self._ref = ref = await self._runtime.spawn(
+            ChildSpec(
+                name,
+                lambda: _RunSupervisor(name=name, on_crash=_report_task_crash),
+                restart=Restart.TEMPORARY,
+            )
+        )
+        queued, self._queued = self._queued, []
+        for spec, _ in queued:
+            ref.tell_nowait(StartChild(spec))
+
+    async def stop(self) -> None:
+        """Stop the task runs still running; those that never started end Cancelled."""
+        self._closed = True
+        queued, self._queued = self._queued, []
+        for _, future in queued:
+            future.set_final_state(S.Cancelled(message=_NEVER_STARTED))
+        if self._ref is not None:
+            await self._ref.stop()
+
+
+_NEVER_STARTED = "The flow run attempt ended before this task run started."
+
+
+class _RunSupervisor(Supervisor):
+    """The supervisor of one flow run attempt's submitted task runs.
+
+    ``task.map`` may start thousands of runs in one go; the mailbox is sized for that.
+    """
+
+    mailbox_size = 1_000_000
+
+
+class _Cancel(BaseException):
+    """The reason recorded when a run is interrupted by a cancellation request."""
+
+
+_CANCEL = _Cancel()
+
+
+async def _wait_for_all(futures: list[Any]) -> None:
+    for future in futures:
+        await future.wait_async()

@@ -1,0 +1,152 @@
+"""Finding futures and states inside task arguments, and replacing them with results.
+
+Arguments are searched recursively through lists, tuples, sets, dicts and the
+annotations of :mod:`runtime.annotations`; :class:`~runtime.annotations.quote` stops the
+search. Plain scalars, the common case, are passed through without a look inside.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..core._annotations import BaseAnnotation, allow_failure, quote
+from ..core._exceptions import UpstreamTaskError
+from ..core._states import State
+from ._futures import TaskRunFuture, TaskRunFutureList
+
+__all__ = [
+    "collect_upstreams",
+    "resolve_parameters",
+    "resolve_futures_to_states",
+    "wait_for_upstreams",
+]
+
+_ATOMS = (int, float, str, bytes, bool, type(None), complex)
+
+
+def _visit(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """Return ``value`` with every future/state (and quote) replaced by ``fn(item)``."""
+    if isinstance(value, _ATOMS):
+        return value
+    if isinstance(value, (TaskRunFuture, State, BaseAnnotation)):
+        return fn(value)
+    kind = type(value)
+    if kind is list:
+        return [_visit(item, fn) for item in value]
+    if isinstance(value, list):  # a subclass, e.g. the futures task.map() returns
+        return _visit_list_subclass(value, fn)
+    if kind is tuple:
+        return tuple(_visit(item, fn) for item in value)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return kind(*(_visit(item, fn) for item in value))
+    if kind in (set, frozenset):
+        return kind(_visit(item, fn) for item in value)
+    if kind is dict:
+        return {_visit(k, fn): _visit(v, fn) for k, v in value.items()}
+    return value
+
+
+def _visit_list_subclass(value: list[Any], fn: Callable[[Any], Any]) -> Any:
+    items = [_visit(item, fn) for item in value]
+    if isinstance(value, TaskRunFutureList):
+        return items  # no longer futures: a plain list
+    if all(new is old for new, old in zip(items, value)):
+        return value
+    try:
+        return type(value)(items)
+    except Exception:  # a subclass whose constructor takes something else
+        return items
+
+
+def collect_upstreams(value: Any) -> list[TaskRunFuture[Any] | State[Any]]:
+    """Return the futures and run states found in ``value`` (not inside ``quote``)."""
+    found: list[Any] = []
+
+    def note(item: Any) -> Any:
+        if isinstance(item, quote):
+            return item
+        if isinstance(item, BaseAnnotation):
+            _visit(item.unwrap(), note)
+        else:
+            found.append(item)
+        return item
+
+    _visit(value, note)
+    return found
+
+
+async def _settle(upstreams: list[Any]) -> None:
+    for item in upstreams:
+        if isinstance(item, TaskRunFuture):
+            await item.wait_async()
+
+
+def _final_state(item: TaskRunFuture[Any] | State[Any]) -> State[Any]:
+    return item.state if isinstance(item, TaskRunFuture) else item
+
+
+def _upstream_error(state: State[Any]) -> UpstreamTaskError:
+    run_id = state.state_details.task_run_id
+    return UpstreamTaskError(f"Upstream task run '{run_id}' did not reach a 'COMPLETED' state.")
+
+
+async def resolve_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+    """Wait for the futures in ``parameters`` and replace futures and states with results.
+
+    ``allow_failure(x)`` yields x's exception if it failed; ``quote(x)`` yields x untouched.
+
+    Raises:
+        UpstreamTaskError: an upstream run did not complete (and was not allow_failure'd).
+    """
+    if all(isinstance(v, _ATOMS) for v in parameters.values()):
+        return parameters
+    await _settle(collect_upstreams(parameters))
+
+    def resolve(item: Any, tolerate: bool = False) -> Any:
+        if isinstance(item, quote):
+            return item.unwrap()
+        if isinstance(item, allow_failure):
+            return _visit(item.unwrap(), lambda inner: resolve(inner, tolerate=True))
+        if isinstance(item, BaseAnnotation):
+            return _visit(item.unwrap(), lambda inner: resolve(inner, tolerate))
+        state = _final_state(item)
+        if state.is_completed():
+            return state.result()
+        if tolerate and state.is_final():
+            return state.result(raise_on_failure=False)
+        raise _upstream_error(state)
+
+    return {name: _visit(value, resolve) for name, value in parameters.items()}
+
+
+async def wait_for_upstreams(wait_for: Any) -> None:
+    """Wait for the ``wait_for`` futures; each must complete unless ``allow_failure``'d.
+
+    Raises:
+        UpstreamTaskError: one of them did not complete.
+    """
+    if not wait_for:
+        return
+    upstreams = collect_upstreams(list(wait_for))
+    await _settle(upstreams)
+    tolerated = {
+        id(item)
+        for item in collect_upstreams(
+            [w.unwrap() for w in wait_for if isinstance(w, allow_failure)]
+        )
+    }
+    for item in upstreams:
+        state = _final_state(item)
+        if state.is_completed() or (id(item) in tolerated and state.is_final()):
+            continue
+        raise _upstream_error(state)
+
+
+async def resolve_futures_to_states(value: Any) -> Any:
+    """Return ``value`` with each future replaced by its final state (waiting for it)."""
+    if isinstance(value, _ATOMS):
+        return value
+    await _settle(collect_upstreams(value))
+    return _visit(
+        value, lambda item: _final_state(item) if isinstance(item, TaskRunFuture) else item
+    )

@@ -1,0 +1,81 @@
+"""SIGTERM in a flow process: the running flow runs are reported, not silently lost.
+
+While a top-level flow call runs on the main thread (``capture_sigterm``), SIGTERM
+interrupts every flow run this process drives. Each ends Cancelled if a cancellation was
+requested (it is Cancelling), Crashed otherwise, and the flow call then raises
+:class:`~runtime.exceptions.TerminationSignal`, so the process still terminates.
+
+A handler the program installed itself is left alone: stageflow only takes SIGTERM over
+while it has its default action (terminate without cleanup).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any, Protocol
+
+from ..core._exceptions import TerminationSignal
+
+__all__ = ["capture_sigterm", "interruptible"]
+
+
+class _Interruptible(Protocol):
+    inbox: Any
+
+    def interrupt(self, signal: TerminationSignal | None) -> None: ...
+
+
+_engines: set[Any] = set()
+_raise_in_main: list[bool] = []  # one entry per capture_sigterm block on the main thread
+
+
+@contextmanager
+def interruptible(engine: _Interruptible) -> Iterator[None]:
+    """Let SIGTERM reach ``engine`` while the block runs."""
+    _engines.add(engine)
+    try:
+        yield
+    finally:
+        _engines.discard(engine)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    exc = TerminationSignal(signum)
+    for engine in list(_engines):
+        if engine.inbox is not None:
+            engine.inbox.post_from_signal_handler(partial(engine.interrupt, exc))
+    if _raise_in_main and _raise_in_main[-1]:
+        # A sync flow body (or a sync task body) may be running right here, on the main
+        # thread, where no cancel scope can reach it.
+        raise exc
+
+
+@contextmanager
+def capture_sigterm(*, raise_in_main_thread: bool, top_level: bool = True) -> Iterator[None]:
+    """Handle SIGTERM as described in the module docstring while the block runs.
+
+    Args:
+        raise_in_main_thread: also raise :class:`TerminationSignal` where the main thread
+            is (for sync flow calls; never for a call made inside an event loop).
+        top_level: False for a subflow call, which the enclosing top-level call covers
+            (the block then changes nothing).
+    """
+    if not top_level or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is not signal.SIG_DFL and previous is not _on_sigterm:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    _raise_in_main.append(raise_in_main_thread)
+    try:
+        yield
+    finally:
+        _raise_in_main.pop()
+        if not _raise_in_main:
+            signal.signal(signal.SIGTERM, previous)

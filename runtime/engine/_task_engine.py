@@ -1,0 +1,559 @@
+"""The task run engine: one task run, from its inputs to its final state.
+
+Written once, async. It runs in the caller's task for a called task, and as the body of a
+:class:`TaskRunActor` (a temporary child of the flow run's supervisor) for a submitted
+one. It only *proposes* states; the orchestrator decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from typing import TYPE_CHECKING, Any, Callable
+
+import anyio
+
+from actors import Actor
+
+from ..core import _states as S
+from ..core._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskError
+from ..core._ids import new_id
+from ..core._models import TaskRun, TaskRunInput, new_task_run_record
+from ..core._parameters import resolve_run_name
+from ..core._states import State, now_utc
+from ..orchestration._orchestrator import (
+    CreateRun,
+    ProposeState,
+    Transition,
+    UpdateRun,
+    _as_datetime,
+)
+from ..orchestration._waiting import wait_before_proposing_again
+from ..store._backend import CacheRecord
+from ..store._results import ResultSettings, persist_result, refresh_cache_by_default
+from ._body import SyncTarget, call_body
+from ._context import (
+    FlowRunContext,
+    TaskRunContext,
+    _flow_run_context,
+    _task_run_context,
+    current_tags,
+)
+from ._hooks import run_hooks
+from ._logging import RunLogger, _log_prints, install_print_patch, task_run_logger
+from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
+from ._resolve import collect_upstreams, resolve_parameters, wait_for_upstreams
+from ._result_settings import result_settings_for_task, task_cache_key
+from ._specs import TaskSpec
+from ._transactions import Transaction, get_transaction
+
+if TYPE_CHECKING:
+    from ..orchestration._runtime import Runtime
+    from ._futures import TaskRunFuture
+
+__all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
+
+_cancelled_exc = anyio.get_cancelled_exc_class
+_task_runs_logger = logging.getLogger("stageflow.task_runs")  # what every run logger wraps
+
+
+def new_task_run(
+    task: TaskSpec,
+    flow_ctx: FlowRunContext | None,
+    parameters: dict[str, Any],
+    wait_for: Any = None,
+) -> TaskRun:
+    """Build the record of a new task run of ``task`` (not yet stored)."""
+    if flow_ctx is not None:
+        dynamic_key = flow_ctx.next_dynamic_key(task.task_key)
+        flow_run_id = flow_ctx.flow_run.id
+        flow_run_count = flow_ctx.flow_run.run_count
+    else:
+        dynamic_key = new_id().hex
+        flow_run_id = None
+        flow_run_count = 0
+    inputs: dict[str, list[TaskRunInput]] = {}
+    for name, value in parameters.items():
+        upstreams = collect_upstreams(value) if not isinstance(value, (int, str, float)) else ()
+        inputs[name] = [_as_input(item) for item in upstreams]
+    if wait_for:
+        inputs["wait_for"] = [_as_input(item) for item in collect_upstreams(list(wait_for))]
+    tags = task.tags | current_tags() if task.tags or current_tags() else task.tags
+    return new_task_run_record(
+        name=f"{task.name}-{dynamic_key[:3]}",
+        flow_run_id=flow_run_id,
+        task_key=task.task_key,
+        dynamic_key=dynamic_key,
+        task_version=task.version,
+        empirical_policy=task.run_policy,
+        tags=sorted(tags),
+        task_inputs=inputs,
+        flow_run_run_count=flow_run_count,
+    )
+
+
+def _as_input(item: Any) -> TaskRunInput:
+    run_id = getattr(item, "task_run_id", None)
+    if run_id is None:
+        run_id = item.state_details.task_run_id
+    return TaskRunInput(input_type="task_run", id=run_id)
+
+
+class TaskRunEngine:
+    """Drives one task run; see the module docstring.
+
+    Args:
+        task: the task.
+        task_run: its run record (stored already, in its first state).
+        parameters: the call's parameters, possibly holding futures and states.
+        wait_for: futures or states that must complete first.
+        runtime: the runtime whose orchestrator decides the run's states.
+        flow_ctx: the enclosing flow run's context, if any.
+        target: where the sync body and sync hooks run.
+    """
+
+    def __init__(
+        self,
+        task: TaskSpec,
+        task_run: TaskRun,
+        parameters: dict[str, Any],
+        wait_for: Any,
+        runtime: Runtime,
+        flow_ctx: FlowRunContext | None,
+        target: SyncTarget,
+        transaction: Transaction | None = None,
+    ) -> None:
+        self.task = task
+        self.task_run = task_run
+        self.parameters = parameters
+        self.wait_for = wait_for
+        self.runtime = runtime
+        self.flow_ctx = flow_ctx
+        self.target = target
+        self._logger: RunLogger | None = None
+        self._orchestrator = runtime.orchestrator
+        self._last_exception: BaseException | None = None
+        self._transaction = Transaction(parent=transaction or get_transaction())
+        self._settings: ResultSettings | None = None
+        self._result: Any = None
+        self._named = False  # task_run_name applied
+
+    def use_run(self, task_run: TaskRun) -> None:
+        """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
+        self.task_run = task_run
+        self._logger = None
+
+    @property
+    def logger(self) -> RunLogger:
+        """The run's logger; built on first use, since most runs log nothing at the
+        default level (building it formats two UUIDs)."""
+        logger = self._logger
+        if logger is None:
+            flow_ctx = self.flow_ctx
+            logger = self._logger = task_run_logger(
+                self.task_run,
+                self.task,
+                flow_ctx.flow_run if flow_ctx else None,
+                flow_ctx.flow if flow_ctx else None,
+            )
+        return logger
+
+    # -- the run ----------------------------------------------------------------------
+
+    async def run(self) -> State[Any]:
+        """Run the task run to a final state (or NotReady) and return that state.
+
+        Raises:
+            BaseException: anything that is not an ``Exception`` (an interrupt, a foreign
+                cancellation, ``SystemExit``...) after the run was marked Crashed.
+        """
+        try:
+            return await self._run()
+        except (Exception, EngineSignal):
+            raise
+        except BaseException as exc:
+            await self._crash(exc)
+            raise
+
+    async def _run(self) -> State[Any]:
+        if _task_runs_logger.isEnabledFor(logging.INFO):
+            self.logger.info("Created task run %r for task %r", self.task_run.name, self.task.name)
+        try:
+            parameters = await resolve_parameters(self.parameters)
+            await wait_for_upstreams(self.wait_for)
+        except UpstreamTaskError as exc:
+            state = self.task_run.state
+            await self._propose(
+                S.Pending(name="NotReady", message=str(exc)),
+                force=state is not None and state.is_pending(),
+            )
+            self._log_finished()
+            return self.task_run.state  # type: ignore[return-value]
+        self.parameters = parameters
+        try:
+            running = self._running_details(parameters)
+        except Exception as exc:  # a bad result option: the run cannot start, nor retry
+            self._last_exception = exc
+            failed = exception_to_failed_state(exc, "Task run could not start")
+            failed.state_details.retriable = False
+            state = await self._finish_attempt(failed)
+        else:
+            state = await self._enter_running(S.Running, running)
+            while state.is_running():
+                terminal = await self._attempt(parameters)
+                state = await self._finish_attempt(terminal)
+                if state.is_scheduled():
+                    state = await self._enter_running(S.Retrying, running)
+            if state.is_completed() and state.name != "Cached":
+                self._stage(state)
+        await self._call_hooks(state)
+        self._log_finished()
+        return state
+
+    def _running_details(self, parameters: dict[str, Any]) -> dict[str, Any]:
+        """Work out the run's result settings and cache key; return the details its
+        Running proposals carry (the orchestrator looks the cache key up).
+
+        Raises:
+            ConfigurationError: a result option is invalid.
+        """
+        task = self.task
+        flow_ctx = self.flow_ctx
+        settings = self._settings = result_settings_for_task(task, flow_ctx)
+        if not settings.persist:
+            return {}
+        try:
+            key = task_cache_key(self._context(parameters), flow_ctx, settings)
+        except Exception as exc:
+            self.logger.error(
+                "Error encountered when computing cache key - result will not be persisted: %s",
+                exc,
+            )
+            key = None
+        self._transaction.key = key
+        refresh = (
+            task.refresh_cache if task.refresh_cache is not None else refresh_cache_by_default()
+        )
+        return {"cache_key": key, "refresh_cache": refresh} if key is not None else {}
+
+    def _context(self, parameters: dict[str, Any]) -> TaskRunContext:
+        return TaskRunContext(
+            task=self.task,
+            task_run=self.task_run,
+            parameters=parameters,
+            log_prints=_log_prints_for(self.task, self.flow_ctx),
+            start_time=now_utc(),
+            result_settings=self._settings,
+        )
+
+    async def _enter_running(
+        self, make_state: Callable[..., State[Any]], details: dict[str, Any]
+    ) -> State[Any]:
+        while True:
+            proposed = make_state()
+            if details:
+                proposed.state_details = proposed.state_details.model_copy(update=details)
+            transition = await self._propose(proposed)
+            if transition.status != "WAIT":
+                return self.task_run.state  # type: ignore[return-value]
+            await wait_before_proposing_again(self.runtime, transition)
+
+    async def _attempt(self, parameters: dict[str, Any]) -> State[Any]:
+        task = self.task
+        ctx = self._context(parameters)
+        task_token = _task_run_context.set(ctx)
+        # A submitted run's actor task does not inherit the flow body's context: give the
+        # body its flow run's context (for get_run_logger(), FlowRunContext.get(), ...).
+        flow_token = _flow_run_context.set(self.flow_ctx)
+        prints_token = _log_prints.set(ctx.log_prints)
+        if ctx.log_prints:
+            install_print_patch()
+        timeout = task.timeout_seconds
+        try:
+            if not self._named and task.task_run_name is not None:
+                await self._resolve_name(parameters)
+            args, kwargs = task.signature.to_call(parameters)
+            if timeout is None:
+                result = await call_body(task.is_async, task.fn, args, kwargs, self.target)
+            else:
+                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
+                    result = await call_body(task.is_async, task.fn, args, kwargs, self.target)
+                if scope.cancelled_caught:
+                    raise TaskRunTimeoutError(f"Scope timed out after {timeout} second(s).")
+        except TimeoutError as exc:
+            if isinstance(exc, TaskRunTimeoutError):
+                message = f"Task run exceeded timeout of {timeout} second(s)"
+            else:
+                message = f"Task run failed due to timeout: {exc!r}"
+            self.logger.error(message)
+            self._last_exception = exc
+            failed = S.Failed(data=exc, message=message, name="TimedOut")
+            await self._check_retriable(failed)
+            return failed
+        except Exception as exc:
+            self._last_exception = exc
+            failed = exception_to_failed_state(exc, "Task run encountered an exception")
+            await self._check_retriable(failed)
+            return failed
+        finally:
+            _log_prints.reset(prints_token)
+            _task_run_context.reset(task_token)
+            _flow_run_context.reset(flow_token)
+        state = return_value_to_state(result)
+        if state.is_completed() and not isinstance(result, State):
+            try:
+                state = self._completed(result, state)
+            except Exception as exc:
+                self._last_exception = exc
+                return exception_to_failed_state(exc, "Task run encountered an exception")
+        return state
+
+    async def _resolve_name(self, parameters: dict[str, Any]) -> None:
+        """Rename the run after ``task_run_name`` (a template or a callable), once; called
+        inside the run's context, so a callable may use ``get_run_context()``.
+
+        Raises:
+            TypeError: the callable did not return a string.
+            KeyError: the template names a parameter the task does not have.
+        """
+        assert self.task.task_run_name is not None
+        name = resolve_run_name(self.task.task_run_name, parameters, "task_run_name")
+        await self._orchestrator.ask(UpdateRun("task", self.task_run, {"name": name}))  # type: ignore[union-attr]
+        self._logger = None  # rebuilt with the new name
+        self._named = True
+
+    def _completed(self, result: Any, state: State[Any]) -> State[Any]:
+        """Persist the result when the run's settings say so; carry its cache details.
+
+        Raises:
+            ResultSerializationError: the result cannot be serialized.
+        """
+        self._result = result
+        settings = self._settings
+        if settings is None or not settings.persist:
+            return state
+        key = self._transaction.key
+        state.data = persist_result(result, settings, key=key)
+        if key is not None:
+            details = state.state_details
+            details.cache_key = key
+            expiration = self.task.cache_expiration
+            if expiration is not None:
+                details.cache_expiration = _as_datetime(self.runtime.clock.now()) + expiration
+        return state
+
+    def _stage(self, state: State[Any]) -> None:
+        """Stage the completed result in the run's transaction (which may commit at once)."""
+        key = state.state_details.cache_key
+        write = None
+        backend = self.runtime.backend
+        if key is not None and backend is not None:
+            record = CacheRecord(key, state, state.state_details.cache_expiration)
+            write = partial(backend.write_cache_record, record)
+        task = self.task
+        self._transaction.stage(
+            self._result,
+            on_commit=task.on_commit_hooks,
+            on_rollback=task.on_rollback_hooks,
+            write=write,
+        )
+
+    async def _check_retriable(self, failed: State[Any]) -> None:
+        """Let ``retry_condition_fn`` veto a retry; a condition that raises vetoes it too."""
+        condition = self.task.retry_condition_fn
+        if condition is None or self.task_run.run_count > self.task.retries:
+            return
+        try:
+            verdict = condition(self.task, self.task_run, failed)
+            if hasattr(verdict, "__await__"):
+                verdict = await verdict
+        except Exception:
+            self.logger.error(
+                "An error was encountered while running `retry_condition_fn` check %r for task %r",
+                condition,
+                self.task.name,
+                exc_info=True,
+            )
+            verdict = False
+        if not verdict:
+            failed.state_details.retriable = False
+
+    async def _finish_attempt(self, terminal: State[Any]) -> State[Any]:
+        await self._propose(terminal)
+        state: State[Any] = self.task_run.state  # type: ignore[assignment]
+        if terminal.is_failed():
+            exc = self._last_exception
+            if state.is_scheduled() or state.is_running():
+                when = (
+                    "immediately"
+                    if state.is_running()
+                    else f"{_seconds_until(state, self.runtime.clock.now()):g} second(s) from now"
+                )
+                self.logger.info(
+                    "Task run failed with exception: %r - Retry %s/%s will start %s",
+                    exc,
+                    self.task_run.run_count
+                    if state.is_scheduled()
+                    else self.task_run.run_count - 1,
+                    self.task.retries,
+                    when,
+                )
+            elif state.is_failed():
+                self.logger.error(
+                    "Task run failed with exception: %r - Retries are exhausted", exc, exc_info=exc
+                )
+        return state
+
+    async def _call_hooks(self, state: State[Any]) -> None:
+        task = self.task
+        if state.is_failed():
+            hooks = task.on_failure_hooks
+        elif state.is_completed():
+            hooks = task.on_completion_hooks
+        else:
+            return
+        if hooks:
+            await run_hooks(hooks, (task, self.task_run, state), state, self.logger, self.target)
+
+    async def _crash(self, exc: BaseException) -> None:
+        with anyio.CancelScope(shield=True):
+            current = self.task_run.state
+            if isinstance(exc, _cancelled_exc()) and self._cancelled_by_flow():
+                if current is None or not current.is_final():
+                    await self._propose(
+                        S.Cancelled(message="The parent flow run was cancelled."), force=True
+                    )
+            else:
+                state = exception_to_crashed_state(exc)
+                self.logger.error("Crash detected! %s", state.message)
+                self.logger.debug("Crash details:", exc_info=exc)
+                await self._propose(state, force=True)
+            self._log_finished()
+
+    def _cancelled_by_flow(self) -> bool:
+        state = self.task_run.state
+        if state is not None and state.is_cancelled():
+            return True
+        if self.flow_ctx is None:
+            return False
+        flow_state = self.flow_ctx.flow_run.state
+        return flow_state is not None and (flow_state.is_cancelling() or flow_state.is_cancelled())
+
+    def _log_finished(self) -> None:
+        state = self.task_run.state
+        if state is None:
+            return
+        level = logging.INFO if state.is_completed() else logging.ERROR
+        if _task_runs_logger.isEnabledFor(level):
+            message = f"Finished in state {state}"
+            if state.is_pending():
+                message += (
+                    "\nPlease wait for all submitted tasks to complete before exiting your "
+                    "flow by calling `.wait()` on the future returned from your `.submit()` calls."
+                )
+            self.logger.log(level, message)
+
+    async def _propose(self, state: State[Any], *, force: bool = False) -> Transition:
+        return await self._orchestrator.ask(ProposeState("task", self.task_run, state, force))  # type: ignore[union-attr, no-any-return]
+
+    def result(self) -> Any:
+        """Return what a call of the task returns: its result, or raise its exception.
+
+        A run that never became final (its upstream failed: NotReady) returns None.
+        """
+        state = self.task_run.state
+        if state is None or not state.is_final():
+            return None
+        return state.result()
+
+
+def _log_prints_for(task: TaskSpec, flow_ctx: FlowRunContext | None) -> bool:
+    """A task's own ``log_prints`` wins; unset, it inherits the flow run's."""
+    if task.log_prints is not None:
+        return task.log_prints
+    return flow_ctx.log_prints if flow_ctx is not None else False
+
+
+def _seconds_until(state: State[Any], now: float) -> float:
+    """Seconds from ``now`` (the runtime clock's reading, which decided the schedule) to
+    the state's scheduled time."""
+    scheduled = state.state_details.scheduled_time
+    if scheduled is None:
+        return 0.0
+    return max(0.0, round(scheduled.timestamp() - now, 3))
+
+
+async def create_task_run(
+    runtime: Runtime, task_run: TaskRun, flow_ctx: FlowRunContext | None
+) -> tuple[TaskRun, State[Any] | None]:
+    """Store a new task run in its first state, Pending; return it and None.
+
+    In a flow run that runs again (resumed after a suspension or a crash), the task run
+    with the same task key and dynamic key is found instead: if it completed and its
+    result can be read, return it with that state (nothing to run); else it runs again.
+    """
+    orchestrator = runtime.orchestrator
+    if flow_ctx is not None and flow_ctx.flow_run.empirical_policy.resuming:
+        assert runtime.backend is not None
+        previous = runtime.backend.find_task_run(
+            flow_ctx.flow_run.id, task_run.task_key, task_run.dynamic_key
+        )
+        if previous is not None:
+            state = previous.state
+            if state is not None and state.is_completed() and state.data is not S.UNAVAILABLE:
+                return previous, state
+            await orchestrator.ask(ProposeState("task", previous, S.Pending(), force=True))  # type: ignore[union-attr]
+            return previous, None
+    await orchestrator.ask(CreateRun("task", task_run, S.Pending()))  # type: ignore[union-attr]
+    return task_run, None
+
+
+class TaskRunActor(Actor):
+    """A submitted task run: a temporary child of its flow run's supervisor.
+
+    Its work is the engine run; it hands the final state to the run's future. If the
+    future was claimed by a blocking wait on this same loop before the actor started, the
+    run already happened there and the actor has nothing to do.
+    """
+
+    def __init__(
+        self, engine_factory: Callable[[], TaskRunEngine], future: TaskRunFuture[Any]
+    ) -> None:
+        self._engine_factory = engine_factory
+        self._future = future
+
+    async def run(self) -> None:
+        """Run the task run and resolve its future, unless someone else claimed it.
+
+        A body that raised ``KeyboardInterrupt``, ``SystemExit`` or another non-``Exception``
+        left the run Crashed and its future holding that state: whoever waits on the future
+        gets the exception. It does not go up to the supervisor, where it would tear down
+        the whole runtime (the orchestrator with it) and leave the flow run hanging.
+        """
+        if not self._future.claim():
+            return
+        try:
+            await run_submitted(self._engine_factory(), self._future)
+        except (Exception, _cancelled_exc(), EngineSignal):
+            raise
+        except BaseException as exc:
+            self._future.set_final_state(exception_to_crashed_state(exc))  # if not set yet
+
+
+async def run_submitted(engine: TaskRunEngine, future: TaskRunFuture[Any]) -> None:
+    """Store and run a submitted task run; its future gets a final state even on a crash."""
+    try:
+        task_run, done = await create_task_run(engine.runtime, engine.task_run, engine.flow_ctx)
+        if task_run is not engine.task_run:
+            future.task_run = task_run
+            engine.use_run(task_run)
+        if done is not None:
+            future.set_final_state(done)
+            return
+        state = await engine.run()
+    except BaseException:
+        future.set_final_state(
+            engine.task_run.state or S.Crashed(message="The task run never started.")
+        )
+        raise
+    future.set_final_state(state)

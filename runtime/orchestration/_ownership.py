@@ -1,0 +1,129 @@
+"""Which process runs a flow run, and whether that process is still alive.
+
+A flow run records its owner when it starts: ``"host:pid:start"``, where ``start`` is the
+process's start time (so a recycled pid is not mistaken for the original process). A run
+whose owner is gone without recording a final state crashed; the store marks it Crashed
+the next time a runtime opens it.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import weakref
+from typing import Any
+from uuid import UUID
+
+from ..core import _states as S
+from ..core._states import StateType
+from ._orchestrator import ProposeState
+
+__all__ = ["active_flow_runs", "owner_alive", "process_owner", "reap_orphans"]
+
+_HOST = socket.gethostname()
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            # Field 22 (starttime) follows the parenthesised command name.
+            fields = stat.read().rsplit(b")", 1)[1].split()
+            return fields[19].decode()
+    except (OSError, IndexError):
+        return "?"
+
+
+_OWNER = f"{_HOST}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def process_owner() -> str:
+    """Return this process's owner token."""
+    global _OWNER
+    pid = os.getpid()
+    if f":{pid}:" not in _OWNER:  # forked since import
+        _OWNER = f"{_HOST}:{pid}:{_start_time(pid)}"
+    return _OWNER
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """Return whether the process behind ``owner`` still runs; None if it cannot be told
+    (another host, or an unknown format)."""
+    if not owner:
+        return None
+    try:
+        host, pid_text, start = owner.rsplit(":", 2)
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if host != _HOST:
+        return None
+    if owner == process_owner():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return start == "?" or _start_time(pid) == start
+
+
+class _ActiveRuns:
+    """The flow runs an engine in this process is driving right now (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: set[UUID] = set()
+
+    def add(self, run_id: UUID) -> None:
+        with self._lock:
+            self._ids.add(run_id)
+
+    def discard(self, run_id: UUID) -> None:
+        with self._lock:
+            self._ids.discard(run_id)
+
+    def __contains__(self, run_id: object) -> bool:
+        with self._lock:
+            return run_id in self._ids
+
+
+active_flow_runs = _ActiveRuns()
+
+
+_reaped: weakref.WeakSet[Any] = weakref.WeakSet()
+
+_ORPHAN_MESSAGE = (
+    "The process running this {kind} run exited without reporting a final state (it was "
+    "killed or crashed). Resume it with `stageflow runs resume {flow_run_id}`."
+)
+
+
+async def reap_orphans(runtime: Any) -> int:
+    """Mark Crashed every unfinished flow run (and its unfinished task runs) whose owner
+    process is gone; return how many flow runs were reaped.
+
+    Paused and suspended runs are left alone: they wait for a resume, not for a process.
+    """
+    backend = runtime.backend
+    if backend in _reaped:
+        return 0  # once per store and process: runs orphaned later are this process's own
+    _reaped.add(backend)
+    orchestrator = runtime.orchestrator
+    unfinished = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+    reaped = 0
+    for flow_run in backend.read_flow_runs(state_types=unfinished):
+        if flow_run.id in active_flow_runs or owner_alive(flow_run.owner) is not False:
+            continue
+        for task_run in backend.read_task_runs(flow_run_id=flow_run.id):
+            state = task_run.state
+            if state is not None and not state.is_final() and not state.is_paused():
+                message = _ORPHAN_MESSAGE.format(kind="task", flow_run_id=flow_run.id)
+                await orchestrator.ask(
+                    ProposeState("task", task_run, S.Crashed(message=message), True)
+                )
+        message = _ORPHAN_MESSAGE.format(kind="flow", flow_run_id=flow_run.id)
+        await orchestrator.ask(ProposeState("flow", flow_run, S.Crashed(message=message), True))
+        reaped += 1
+    return reaped

@@ -1,0 +1,293 @@
+"""The runtime: the orchestrator and store actors of one event loop.
+
+``async with Runtime(store=...)`` starts them inside the caller's task group (asyncio or
+trio, e.g. in a Starlette lifespan) and makes them the runtime of every flow called inside
+the block. Without an open Runtime, an async flow call opens an implicit one around
+itself, and sync calls use a runtime that lives on the global loop.
+
+A Runtime belongs to the loop it was started in. When code under a Runtime makes a *sync*
+call (say a sync task called from an async flow), the engine for that call runs on the
+global loop; there it uses a *companion* runtime that shares the same store backend, so
+every run still lands in the same store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from contextlib import AsyncExitStack
+from contextvars import ContextVar
+from typing import Any
+
+import anyio
+
+from actors import (
+    ActorRef,
+    ChildSpec,
+    Clock,
+    GlobalLoop,
+    LoopClosed,
+    Restart,
+    SystemClock,
+    open_actor_system,
+)
+
+from ..store._backend import StoreBackend
+from ..store._urls import default_backend, open_backend
+from ._orchestrator import Orchestrator
+from ._ownership import reap_orphans
+from ._store_actor import StoreActor
+
+__all__ = ["Runtime", "background_runtime", "current_runtime_var"]
+
+_current_runtime: ContextVar[Runtime | None] = ContextVar("stageflow_runtime", default=None)
+current_runtime_var = _current_runtime
+"""The Runtime whose block the calling code runs in (set by ``with``/``async with Runtime``)."""
+
+
+class Runtime:
+    """The actors that run flows in one event loop.
+
+    As an async context manager, it starts the orchestrator and store actors in the
+    caller's task group. As a plain (sync) context manager, it makes its store (and its
+    global loop) the ones of every flow and task the calling thread runs in the block; the
+    actors then run on that global loop.
+
+    Args:
+        store: a store URL (``"memory://"``, ``"sqlite:///path/to.db"``), a
+            :class:`~runtime.store._backend.StoreBackend`, or None for the default store.
+        loop: where the engine of *sync* calls made under this runtime runs: an
+            :class:`actors.GlobalLoop`, a backend name (``"asyncio"`` or ``"trio"``: a
+            global loop of that backend, owned by this runtime and closed with it), or
+            None for the process's global loop.
+        clock: the clock the engine reads (retry delays, pause timeouts); tests pass a
+            :class:`actors.FakeClock`.
+
+    Raises:
+        ValueError: ``loop`` names no backend.
+
+    Example::
+
+        async with Runtime(store="memory://"):
+            await my_async_flow()
+
+        with Runtime(store="sqlite:///runs.db", loop="trio"):
+            my_sync_flow()
+    """
+
+    def __init__(
+        self,
+        store: str | StoreBackend | None = None,
+        *,
+        loop: GlobalLoop | str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        if isinstance(loop, str) and loop not in ("asyncio", "trio"):
+            raise ValueError(f"loop must be 'asyncio', 'trio' or a GlobalLoop, got {loop!r}.")
+        if loop is not None and not isinstance(loop, (str, GlobalLoop)):
+            raise ValueError(f"loop must be 'asyncio', 'trio' or a GlobalLoop, got {loop!r}.")
+        self._store_arg = store
+        self._loop_arg = loop
+        self.sync_loop: GlobalLoop | None = loop if isinstance(loop, GlobalLoop) else None
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        self.backend: StoreBackend | None = None
+        self.orchestrator: ActorRef | None = None
+        self.store: ActorRef | None = None
+        self._thread: int | None = None
+        self._stack: AsyncExitStack | None = None
+        self._token: Any = None
+        self._owns_backend = False
+        self._system: Any = None
+        self._sync_token: Any = None
+
+    def _open(self) -> StoreBackend:
+        if self._stack is not None or self._sync_token is not None:
+            raise RuntimeError("This Runtime is already running; create a new one to nest.")
+        if isinstance(self._store_arg, StoreBackend):
+            backend = self._store_arg
+        elif self._store_arg is None:
+            backend = default_backend()
+        else:
+            backend, self._owns_backend = open_backend(self._store_arg)
+        self.backend = backend
+        if isinstance(self._loop_arg, str):
+            self.sync_loop = GlobalLoop(self._loop_arg, name=f"stageflow-runtime-{self._loop_arg}")
+        return backend
+
+    def _close(self) -> None:
+        """Stop this runtime's companions, flush and close what it owns."""
+        _stop_companions(self)
+        backend = self.backend
+        if backend is not None and not backend.closed and backend.has_pending_writes():
+            backend.commit()
+        if self._owns_backend and backend is not None:
+            backend.close()
+        if isinstance(self._loop_arg, str) and self.sync_loop is not None:
+            self.sync_loop.close()
+            self.sync_loop = None
+
+    def __enter__(self) -> Runtime:
+        self._open()
+        self._sync_token = _current_runtime.set(self)
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        token, self._sync_token = self._sync_token, None
+        _current_runtime.reset(token)
+        self._close()
+
+    async def __aenter__(self) -> Runtime:
+        backend = self._open()
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            self._system = system = await stack.enter_async_context(
+                open_actor_system("stageflow", clock=self.clock)
+            )
+            self.store = await system.spawn(
+                ChildSpec("store", lambda: StoreActor(backend), restart=Restart.PERMANENT)
+            )
+            self.orchestrator = await system.spawn(
+                ChildSpec(
+                    "orchestrator",
+                    lambda: Orchestrator(backend, self.clock),
+                    restart=Restart.PERMANENT,
+                )
+            )
+            if backend.shared_across_processes:
+                await reap_orphans(self)
+        except BaseException:
+            await stack.__aexit__(None, None, None)
+            raise
+        self._stack = stack
+        self._thread = threading.get_ident()
+        self._token = _current_runtime.set(self)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        stack, self._stack = self._stack, None
+        assert stack is not None
+        try:
+            _current_runtime.reset(self._token)
+        except ValueError:
+            # Exited in another context than it was entered in (e.g. a background
+            # runtime cancelled from outside); the variable dies with that context.
+            pass
+        try:
+            return await stack.__aexit__(*exc_info)
+        finally:
+            # The actors have stopped (perhaps cancelled mid-commit): _close flushes what
+            # is left directly, so a runtime that exits never loses a recorded state.
+            self._close()
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        """Whether the runtime's actors are running."""
+        return self._stack is not None
+
+    def is_local(self) -> bool:
+        """Whether this runtime runs on the calling thread's event loop."""
+        return self._thread == threading.get_ident() and self._stack is not None
+
+    async def spawn(self, spec: ChildSpec) -> ActorRef:
+        """Start a child actor under the runtime's root supervisor."""
+        return await self._system.spawn(spec)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        url = None if self.backend is None else self.backend.url
+        return f"<Runtime store={url!r} running={self.running}>"
+
+
+# -- finding the runtime for the current loop ------------------------------------------
+
+COMPANION_STOP_TIMEOUT = 10.0
+"""Seconds a closing runtime waits for the background runtimes sharing its store."""
+
+_companions: dict[tuple[int, int], _Companion] = {}
+_companions_lock = threading.Lock()
+
+
+class _Companion:
+    """A runtime serving a backend in the background of a global loop."""
+
+    def __init__(self, backend: StoreBackend, clock: Clock, loop: GlobalLoop) -> None:
+        self.runtime = Runtime(backend, clock=clock, loop=loop)
+        self.loop = loop
+        self.ready = anyio.Event()
+        self.failed: BaseException | None = None
+        self._stop = anyio.Event()
+        self.exited = anyio.Event()
+
+    async def serve(self) -> None:
+        # The runtime runs shielded, so that when the loop closes (cancelling this task)
+        # its actors are not cancelled mid-write: the watcher turns the cancellation into
+        # an orderly stop instead.
+        async def watch_for_cancellation() -> None:
+            try:
+                await anyio.sleep_forever()
+            finally:
+                self._stop.set()
+
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(watch_for_cancellation)
+                with anyio.CancelScope(shield=True):
+                    async with self.runtime:
+                        self.ready.set()
+                        await self._stop.wait()
+                tg.cancel_scope.cancel()
+        except BaseException as exc:
+            self.failed = exc
+            self.ready.set()
+            raise
+        finally:
+            self.exited.set()
+
+    def request_stop(self) -> None:
+        """Ask the runtime to stop; call on its loop."""
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """Stop the runtime and wait until it has; call on its loop."""
+        self._stop.set()
+        await self.exited.wait()
+
+
+async def background_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLoop) -> Runtime:
+    """Return the runtime serving ``backend`` on ``loop`` (the current loop), starting it
+    in the background if needed. It lives until the runtime that owns the backend exits,
+    or until the loop closes."""
+    key = (id(loop), id(backend))
+    with _companions_lock:
+        companion = _companions.get(key)
+        if companion is None:
+            companion = _companions[key] = _Companion(backend, clock, loop)
+            loop.start_background(companion.serve, name=f"stageflow-runtime-{backend.url}")
+    await companion.ready.wait()
+    if companion.failed is not None:
+        with _companions_lock:
+            _companions.pop(key, None)
+        raise RuntimeError(
+            f"The background runtime for {backend.url} could not start: {companion.failed!r}"
+        ) from companion.failed
+    return companion.runtime
+
+
+def _stop_companions(runtime: Runtime) -> None:
+    """Stop the background runtimes that share the backend this runtime owned, and wait
+    (a bounded time) until they have, so their last writes land before the store closes."""
+    if not runtime._owns_backend or runtime.backend is None:
+        return
+    backend_id = id(runtime.backend)
+    with _companions_lock:
+        doomed = [key for key in _companions if key[1] == backend_id]
+        companions = [_companions.pop(key) for key in doomed]
+    for companion in companions:
+        with contextlib.suppress(LoopClosed):
+            if companion.loop.is_loop_thread():
+                companion.request_stop()
+            else:
+                pending = companion.loop.call_soon(companion.stop)
+                with contextlib.suppress(TimeoutError):
+                    pending.result(timeout=COMPANION_STOP_TIMEOUT)

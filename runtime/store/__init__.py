@@ -1,0 +1,3 @@
+"""Layer 2: where runs, their state history, pause inputs, cache records, concurrency
+slots and results are kept (``memory://``, ``sqlite:///``). Imports only ``runtime.core``.
+"""

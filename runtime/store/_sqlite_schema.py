@@ -1,0 +1,400 @@
+"""The SQLite store's file: its schema, the migrations that build it, opening it, and how
+runs and states map to rows.
+
+The schema version lives in ``PRAGMA user_version``. :data:`MIGRATIONS` is an ordered list;
+step ``i`` takes a file from version ``i`` to ``i + 1``, so a file of any older version is
+brought up to date when it is opened, inside one write transaction (two processes opening
+a fresh file at once do not both migrate it). A file whose version is newer than
+``len(MIGRATIONS)`` was written by a newer stageflow and is refused.
+
+Tables (``seq`` columns give insertion order; ids are UUIDs as 32 hex digits). ``states`` and
+``run_updates`` are append-only: other processes find what is new by ``seq``.
+
+- ``flow_runs`` / ``task_runs``: one row per run. The columns the store filters on or that
+  the orchestrator changes with every state (state type and name, run count, start, end,
+  expected start, total run time) are columns; every other field is in ``body``, the
+  run's JSON without its state and history.
+- ``states``: every state of every run, in the order recorded (``seq``). ``body`` is the
+  state's JSON without its data; ``result`` the persisted-result reference when the data
+  is one; ``has_data`` whether there was data at all (kept only in the writing process
+  unless it is a reference); ``writer`` which store instance wrote it.
+- ``run_inputs``: pause inputs, by (flow run, key).
+- ``cache_records``: a completed state per cache key, with its expiration.
+- ``concurrency_limits`` / ``concurrency_slots``: tag limits and who holds their slots.
+- ``run_updates`` (version 2): a log of :meth:`update_run` calls, so other processes notice
+  changed run fields (a new name, a pause key, a resume) as they notice new states.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from ..core._exceptions import ConfigurationError, StoreError
+from ..core._models import FlowRun, RunKind, TaskRun
+from ..core._states import UNAVAILABLE, State
+from ._results import ResultRef
+
+__all__ = [
+    "AUTOCHECKPOINT_PAGES",
+    "INSERT_RUN",
+    "INSERT_RUN_UPDATE",
+    "INSERT_STATE",
+    "MIGRATIONS",
+    "SCHEMA_VERSION",
+    "SELECT_RUN",
+    "TABLES",
+    "UPDATE_RUN",
+    "UPDATE_STATE",
+    "build_run",
+    "iso",
+    "open_connection",
+    "parse_datetime",
+    "run_times",
+    "run_values",
+    "set_times",
+    "state_from_row",
+    "state_values",
+]
+
+_RUN_COLUMNS = """
+    seq INTEGER PRIMARY KEY,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    state_type TEXT,
+    state_name TEXT,
+    run_count INTEGER NOT NULL DEFAULT 0,
+    start_time TEXT,
+    end_time TEXT,
+    expected_start_time TEXT,
+    total_run_time_us INTEGER NOT NULL DEFAULT 0,
+    created TEXT NOT NULL,
+    body TEXT NOT NULL"""
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    # 0 -> 1: runs, state history, pause inputs, cache records, concurrency limits.
+    (
+        f"""CREATE TABLE flow_runs ({_RUN_COLUMNS},
+            flow_name TEXT NOT NULL,
+            parent_task_run_id TEXT)""",
+        "CREATE INDEX flow_runs_by_flow_name ON flow_runs (flow_name)",
+        "CREATE INDEX flow_runs_by_parent ON flow_runs (parent_task_run_id)",
+        f"""CREATE TABLE task_runs ({_RUN_COLUMNS},
+            flow_run_id TEXT,
+            task_key TEXT NOT NULL,
+            dynamic_key TEXT NOT NULL)""",
+        # Not UNIQUE: a flow run's retry makes its task runs again under the same keys, and
+        # find_task_run answers with the newest, as the memory store does.
+        "CREATE INDEX task_runs_by_key ON task_runs (flow_run_id, task_key, dynamic_key)",
+        """CREATE TABLE states (
+            seq INTEGER PRIMARY KEY,
+            run_id TEXT NOT NULL,
+            kind TEXT NOT NULL CHECK (kind IN ('flow', 'task')),
+            id TEXT NOT NULL,
+            type TEXT NOT NULL,
+            name TEXT,
+            body TEXT NOT NULL,
+            result TEXT,
+            has_data INTEGER NOT NULL DEFAULT 0,
+            writer INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX states_by_run ON states (run_id, seq)",
+        """CREATE TABLE run_inputs (
+            flow_run_id TEXT NOT NULL,
+            key TEXT NOT NULL,
+            value TEXT NOT NULL,
+            PRIMARY KEY (flow_run_id, key))""",
+        """CREATE TABLE cache_records (
+            key TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            result TEXT,
+            has_data INTEGER NOT NULL DEFAULT 0,
+            expiration TEXT)""",
+        'CREATE TABLE concurrency_limits (tag TEXT PRIMARY KEY, "limit" INTEGER NOT NULL)',
+        """CREATE TABLE concurrency_slots (
+            tag TEXT NOT NULL,
+            holder TEXT NOT NULL,
+            PRIMARY KEY (tag, holder))""",
+        "CREATE INDEX concurrency_slots_by_holder ON concurrency_slots (holder)",
+    ),
+    # 1 -> 2: the log of run updates other processes poll.
+    (
+        """CREATE TABLE run_updates (
+            seq INTEGER PRIMARY KEY,
+            kind TEXT NOT NULL CHECK (kind IN ('flow', 'task')),
+            run_id TEXT NOT NULL,
+            writer INTEGER NOT NULL)""",
+    ),
+]
+
+AUTOCHECKPOINT_PAGES = 10_000
+"""WAL size, in pages, at which a commit checkpoints by itself."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+"""The schema version this stageflow writes."""
+
+_OUR_TABLES = frozenset(
+    {
+        "flow_runs",
+        "task_runs",
+        "states",
+        "run_inputs",
+        "cache_records",
+        "concurrency_limits",
+        "concurrency_slots",
+        "run_updates",
+        "sqlite_sequence",
+    }
+)
+
+
+def open_connection(
+    path: Path, *, fsync: bool, busy_timeout: float, migrations: list[tuple[str, ...]] = MIGRATIONS
+) -> sqlite3.Connection:
+    """Open (creating it and its directory if needed) and upgrade the store file ``path``.
+
+    The connection is in autocommit mode (the store opens transactions itself), in WAL
+    journal mode, waits up to ``busy_timeout`` seconds for other processes' locks, syncs
+    to disk on every commit only when ``fsync`` is true, and checkpoints by itself only
+    when the WAL is large.
+
+    Raises:
+        StoreError: the file or its directory cannot be created or read, or the file is
+            not an SQLite database.
+        ConfigurationError: the file was written by a newer stageflow, or it is an SQLite
+            database of some other program.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreError(
+            f"Cannot open the store file {path}: {exc}. Check that its directory is writable, "
+            "or choose another file with STAGEFLOW_STORE=sqlite:///path/to/file.db."
+        ) from exc
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {'FULL' if fsync else 'NORMAL'}")
+        # Checkpoints (copying the WAL into the file, with an fsync) are the commit thread's
+        # job; a commit does one itself only once the WAL reaches ~40 MB. Once checkpointed,
+        # the WAL file is cut back to 64 MB at most.
+        conn.execute(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}")
+        conn.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
+        _migrate(conn, path, migrations)
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(
+            f"The store file {path} cannot be read as an SQLite database ({exc}). Move it "
+            "away to start a new store, or choose another file with "
+            "STAGEFLOW_STORE=sqlite:///path/to/file.db."
+        ) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+    return version
+
+
+def _check_version(version: int, path: Path, known: int) -> None:
+    if version > known:
+        raise ConfigurationError(
+            f"The store file {path} has schema version {version}, but this stageflow only "
+            f"knows versions up to {known}: it was written by a newer stageflow. Upgrade "
+            "stageflow (pip install -U stageflow), or choose another store file."
+        )
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, migrations: list[tuple[str, ...]]) -> None:
+    known = len(migrations)
+    version = _version(conn)
+    _check_version(version, path, known)
+    if version == known:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _version(conn)  # another process may have migrated meanwhile
+        _check_version(version, path, known)
+        if version == 0:
+            tables = {
+                row[0]
+                for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if tables - _OUR_TABLES:
+                raise ConfigurationError(
+                    f"The file {path} is an SQLite database of another program (it has the "
+                    f"tables {', '.join(sorted(tables - _OUR_TABLES))}), not a stageflow store. "
+                    "Choose another file with STAGEFLOW_STORE=sqlite:///path/to/file.db."
+                )
+        for step in migrations[version:]:
+            for statement in step:
+                conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {known}")
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+# -- rows <-> models ------------------------------------------------------------------------
+
+Run = FlowRun | TaskRun
+
+TABLES: dict[str, str] = {"flow": "flow_runs", "task": "task_runs"}
+_MODELS: dict[str, type[FlowRun | TaskRun]] = {"flow": FlowRun, "task": TaskRun}
+_LINKS = {
+    "flow": ("flow_name", "parent_task_run_id"),
+    "task": ("flow_run_id", "task_key", "dynamic_key"),
+}
+_WRITTEN = {
+    kind: (
+        "name",
+        "state_type",
+        "state_name",
+        "run_count",
+        "start_time",
+        "end_time",
+        "expected_start_time",
+        "total_run_time_us",
+        "created",
+        "body",
+        *links,
+    )
+    for kind, links in _LINKS.items()
+}
+_NOT_IN_BODY = {"state", "state_history"}
+_NO_DATA = {"data"}
+_MICROSECOND = timedelta(microseconds=1)
+
+SELECT_RUN = {
+    kind: "SELECT id, body, run_count, start_time, end_time, expected_start_time, "
+    f"total_run_time_us FROM {table}"
+    for kind, table in TABLES.items()
+}
+"""Per kind, the start of a query for rows :func:`build_run` and :func:`set_times` take."""
+
+INSERT_RUN = {
+    kind: f"INSERT OR IGNORE INTO {TABLES[kind]} (id, {', '.join(columns)}) "
+    f"VALUES (?{', ?' * len(columns)})"
+    for kind, columns in _WRITTEN.items()
+}
+"""Per kind, insert a run: parameters ``(id, *run_values(kind, run))``."""
+
+UPDATE_RUN = {
+    kind: f"UPDATE {TABLES[kind]} SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
+    for kind, columns in _WRITTEN.items()
+}
+"""Per kind, rewrite a run: parameters ``(*run_values(kind, run), id)``."""
+
+UPDATE_STATE = {
+    kind: f"UPDATE {table} SET state_type = ?, state_name = ?, run_count = ?, start_time = ?, "
+    "end_time = ?, expected_start_time = ?, total_run_time_us = ? WHERE id = ?"
+    for kind, table in TABLES.items()
+}
+"""Per kind, a run's new state: ``(type, name, *run_times(run), id)``."""
+
+INSERT_RUN_UPDATE = "INSERT INTO run_updates (kind, run_id, writer) VALUES (?, ?, ?)"
+"""Log an ``update_run``: parameters ``(kind, run id, writer)``."""
+
+INSERT_STATE = (
+    "INSERT INTO states (run_id, kind, id, type, name, body, result, has_data, writer) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+"""Parameters ``(run id, kind, state id, type, name, *state_values(state), writer)``."""
+
+
+def iso(value: datetime | None) -> str | None:
+    """Return ``value`` as ISO 8601 text (None stays None)."""
+    return None if value is None else value.isoformat()
+
+
+def parse_datetime(text: str | None) -> datetime | None:
+    """Return the datetime :func:`iso` wrote (None stays None)."""
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _column(value: Any) -> Any:
+    """A link column's value: ids as 32 hex digits, like every id in the file."""
+    return value.hex if isinstance(value, UUID) else value
+
+
+def _unencodable(value: Any) -> str:
+    return f"<{type(value).__name__}>"
+
+
+def run_values(kind: RunKind, run: Run) -> tuple[Any, ...]:
+    """Return the values of the columns :data:`INSERT_RUN` and :data:`UPDATE_RUN` write.
+
+    Fields JSON cannot encode (a parameter holding an object) are stored as
+    ``"<TypeName>"``, as ``Flow.serialize_parameters`` does.
+    """
+    state = run.state
+    return (
+        run.name,
+        None if state is None else state.type.value,
+        None if state is None else state.name,
+        *run_times(run),
+        run.created.isoformat(),
+        run.model_dump_json(exclude=_NOT_IN_BODY, fallback=_unencodable),
+        *(_column(getattr(run, column)) for column in _LINKS[kind]),
+    )
+
+
+def run_times(run: Run) -> tuple[Any, ...]:
+    """Return the values of the fields that change with every state, as stored."""
+    return (
+        run.run_count,
+        iso(run.start_time),
+        iso(run.end_time),
+        iso(run.expected_start_time),
+        run.total_run_time // _MICROSECOND,
+    )
+
+
+def set_times(run: Run, row: Sequence[Any]) -> None:
+    """Set the fields that change with every state from a :data:`SELECT_RUN` row."""
+    run.run_count = row[2]
+    run.start_time = parse_datetime(row[3])
+    run.end_time = parse_datetime(row[4])
+    run.expected_start_time = parse_datetime(row[5])
+    run.total_run_time = timedelta(microseconds=row[6])
+
+
+def build_run(kind: RunKind, row: Sequence[Any], history: list[State[Any]]) -> Run:
+    """Return the run of a :data:`SELECT_RUN` row, with its state history."""
+    run = _MODELS[kind].model_validate_json(row[1])
+    set_times(run, row)
+    run.state_history = history
+    run.state = history[-1] if history else None
+    return run
+
+
+def state_values(state: State[Any]) -> tuple[str, str | None, bool]:
+    """Return ``(body, result, has_data)`` for a state: its JSON without its data, the
+    persisted-result reference if its data is one, and whether it had data at all."""
+    data = state.data
+    return (
+        state.model_dump_json(exclude=_NO_DATA, exclude_none=True),
+        data.to_json() if isinstance(data, ResultRef) else None,
+        data is not None,
+    )
+
+
+def state_from_row(body: str, result: str | None, has_data: int) -> State[Any]:
+    """Rebuild a state from :func:`state_values`; data that was not a persisted result
+    (an exception, a value) was kept only in memory and reads as ``UNAVAILABLE``."""
+    state: State[Any] = State.model_validate_json(body)
+    if result is not None:
+        state.data = ResultRef.from_json(result)
+    elif has_data:
+        state.data = UNAVAILABLE
+    return state

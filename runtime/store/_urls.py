@@ -1,0 +1,91 @@
+"""Choosing a store backend from a URL, and the process's default store."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, unquote
+
+from ..core._exceptions import ConfigurationError
+from ..core._settings import stageflow_home
+from ._backend import StoreBackend
+from ._memory import MemoryStore
+from ._sqlite import SqliteStore
+
+__all__ = ["STORE_ENV", "default_backend", "open_backend", "stageflow_home"]
+
+STORE_ENV = "STAGEFLOW_STORE"
+"""Environment variable: the URL of the store to use when none is given."""
+
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True}
+_FLAGS.update(dict.fromkeys(("0", "false", "no", "off", ""), False))
+
+_default: StoreBackend | None = None
+_default_lock = threading.Lock()
+
+
+def open_backend(url: str) -> tuple[StoreBackend, bool]:
+    """Return the backend for ``url`` and whether the caller owns (must close) it.
+
+    ``memory://`` gives a new private in-memory store; ``sqlite:///relative/path.db`` and
+    ``sqlite:////absolute/path.db`` (optionally ``?fsync=1``) open an SQLite file, which
+    other processes may use at the same time.
+
+    Raises:
+        ConfigurationError: the URL names no store this build supports, or its options are
+            invalid, or the SQLite file belongs to a newer stageflow or another program.
+        StoreError: the SQLite file cannot be created or read.
+    """
+    if url.startswith("memory://"):
+        return MemoryStore(url), True
+    if url.startswith("sqlite:"):
+        return _open_sqlite(url), True
+    raise ConfigurationError(
+        f"Unsupported store URL {url!r}: use 'memory://' or 'sqlite:///path/to/file.db'."
+    )
+
+
+def _open_sqlite(url: str) -> SqliteStore:
+    """Open ``sqlite:///relative/path.db`` or ``sqlite:////absolute/path.db`` (the path is
+    what follows ``sqlite:///``, as in SQLAlchemy), optionally with ``?fsync=1``."""
+    if not url.startswith("sqlite:///"):
+        raise ConfigurationError(
+            f"Invalid SQLite store URL {url!r}: write 'sqlite:///relative/path.db' or "
+            "'sqlite:////absolute/path.db'."
+        )
+    path, _, query = url[len("sqlite:///") :].partition("?")
+    if not path:
+        raise ConfigurationError(
+            f"The SQLite store URL {url!r} names no file: add its path after 'sqlite:///'."
+        )
+    fsync = None
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        value = values[-1].strip().lower()
+        if key != "fsync" or value not in _FLAGS:
+            raise ConfigurationError(
+                f"Unsupported option {key}={values[-1]!r} in the store URL {url!r}: the only "
+                "option is fsync=1 or fsync=0."
+            )
+        fsync = _FLAGS[value]
+    return SqliteStore(unquote(path), fsync=fsync)
+
+
+def default_backend() -> StoreBackend:
+    """Return the store used when none is configured, shared by the whole process:
+    ``$STAGEFLOW_STORE`` if set, else the SQLite file ``stageflow.db`` in
+    :func:`stageflow_home`. A closed default store is replaced by a new one.
+
+    Raises:
+        ConfigurationError: ``$STAGEFLOW_STORE`` is not a valid store URL.
+        StoreError: the store file cannot be created or read.
+    """
+    global _default
+    with _default_lock:
+        if _default is None or _default.closed:
+            url = os.environ.get(STORE_ENV)
+            if url:
+                _default = open_backend(url)[0]
+            else:
+                _default = SqliteStore(stageflow_home() / "stageflow.db")
+        return _default
