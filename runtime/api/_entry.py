@@ -281,6 +281,7 @@ def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> 
             flow_ctx,
             flow_ctx.sync_target,
             future._transaction,
+            future,
         )
         future.set_inline_runner(
             home, partial(_run_inline, flow_ctx, task, parameters, wait_for, future)
@@ -325,6 +326,7 @@ async def _run_claimed_on_loop(
             flow_ctx,
             target,
             future._transaction,
+            future,
         )
         await run_submitted(engine, future)
 
@@ -446,7 +448,15 @@ async def _background_task(
     loop = global_loop()
     runtime = await background_runtime(backend, clock, loop)
     engine_factory = partial(
-        TaskRunEngine, task, future.task_run, parameters, wait_for, runtime, None, WORKER_THREADS
+        TaskRunEngine,
+        task,
+        future.task_run,
+        parameters,
+        wait_for,
+        runtime,
+        None,
+        WORKER_THREADS,
+        future=future,
     )
     ref = await runtime.spawn(
         ChildSpec(

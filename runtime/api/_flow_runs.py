@@ -35,15 +35,16 @@ from ..core._exceptions import (
 )
 from ..core._input import input_model, keyset_for, schema_json, unwrap, wrap_payload
 from ..core._models import FlowRun
-from ..core._states import State
+from ..core._states import State, StateDetails, StateType
 from ..engine._context import FlowRunContext, TaskRunContext
 from ..engine._logging import get_run_logger
-from ..orchestration._orchestrator import ProposeState, Transition, UpdateRun
+from ..orchestration._orchestrator import ProposeState, Transition
 from ..orchestration._ownership import active_flow_runs, owner_alive
 from ..orchestration._waiting import wait_for_state_change
+from ..store._backend import RunInputWrite
 from ._entry import run_sync, runtime_scope
 from ._registry import register_run_flow
-from ._rerun import rerun_flow_run
+from ._rerun import run_resumed_flow_run
 
 __all__ = [
     "cancel_flow_run",
@@ -165,34 +166,37 @@ async def _pause(
     ctx.observed_pauses += 1
     pause_key = key or str(ctx.observed_pauses)
     model = input_model(wait_for_input) if wait_for_input is not None else None
-    flow_run = ctx.flow_run
+    flow_run_id = ctx.flow_run.id
     logger = get_run_logger()
     async with runtime_scope() as runtime:
         backend = runtime.backend
         assert backend is not None
         make = S.Suspended if suspend else S.Paused
-        proposed = make(pause_expiration_time=_expiration(runtime, timeout), pause_key=pause_key)
         keyset = keyset_for(pause_key) if model is not None else None
-        proposed.state_details.run_input_keyset = keyset
+        proposed = make(
+            pause_expiration_time=_expiration(runtime, timeout),
+            pause_key=pause_key,
+            state_details=StateDetails(run_input_keyset=keyset),
+        )
         if keyset is not None:
-            backend.write_run_input(flow_run.id, keyset["schema"], schema_json(model))  # type: ignore[arg-type]
-            _waiting_models[(flow_run.id, keyset["response"])] = model
-        transition: Transition = await runtime.orchestrator.ask(
-            ProposeState("flow", flow_run, proposed)
-        )  # type: ignore[union-attr]
-        state = flow_run.state
-        assert state is not None
+            backend.write_run_input(flow_run_id, keyset["schema"], schema_json(model))  # type: ignore[arg-type]
+            _waiting_models[(flow_run_id, keyset["response"])] = model
+        transition: Transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
+            ProposeState("flow", flow_run_id, proposed)
+        )
+        ctx.flow_run = transition.run
+        state = transition.state
         if transition.status == "ABORT":
             raise RuntimeError(
                 f"Flow run cannot be {'suspended' if suspend else 'paused'}: {transition.reason}"
             )
         if state.is_running():
             # This pause fired before and the run was resumed since: carry on.
-            return _load_input(backend, flow_run, keyset, model)
+            return _load_input(backend, flow_run_id, keyset, model)
         if not state.is_paused():
             raise RuntimeError(f"Flow run cannot be paused: it is {state}.")
         if suspend:
-            register_run_flow(flow_run.id, ctx.flow)
+            register_run_flow(flow_run_id, ctx.flow)
             logger.info("Suspending flow run; it runs again from the top when it is resumed.")
             raise Pause("The flow run was suspended.", state=state)
         logger.info("Pausing flow run; it continues when it is resumed.")
@@ -200,8 +204,6 @@ async def _pause(
         deadline = None if timeout is None else clock.now() + timeout
         try:
             while True:
-                state = flow_run.state
-                assert state is not None
                 if state.is_running():
                     break
                 if state.is_cancelling() or state.is_cancelled():
@@ -210,19 +212,28 @@ async def _pause(
                     raise FlowPauseTimeout("Flow run was paused and never resumed.")
                 remaining = None if deadline is None else deadline - clock.now()
                 if remaining is not None and remaining <= 0:
-                    await runtime.orchestrator.ask(ProposeState("flow", flow_run, S.Running()))  # type: ignore[union-attr]
-                    if flow_run.state.is_running():  # type: ignore[union-attr]
+                    # Past the pause's timeout: the rules answer Failed ("never resumed").
+                    transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
+                        ProposeState("flow", flow_run_id, S.Running())
+                    )
+                    ctx.flow_run = transition.run
+                    state = transition.state
+                    if state.is_running():
                         break
                     raise FlowPauseTimeout("Flow run was paused and never resumed.")
                 wait = poll_interval if remaining is None else min(poll_interval, remaining)
-                await wait_for_state_change(backend, flow_run.id, clock, wait)
-                if backend.shared_across_processes:
-                    backend.sync_external()
+                await wait_for_state_change(backend, flow_run_id, clock, wait)
+                backend.sync_external()
+                # The store, not a snapshot: a resume may come from another process.
+                current = backend.read_flow_run(flow_run_id)
+                if current.version > ctx.flow_run.version:
+                    ctx.flow_run = current
+                state = current.state  # type: ignore[assignment]
         finally:
             if keyset is not None:
-                _waiting_models.pop((flow_run.id, keyset["response"]), None)
+                _waiting_models.pop((flow_run_id, keyset["response"]), None)
         logger.info("Resuming flow run execution!")
-        return _load_input(backend, flow_run, keyset, model)
+        return _load_input(backend, flow_run_id, keyset, model)
 
 
 def _expiration(runtime: Any, timeout: float | None) -> datetime | None:
@@ -233,12 +244,12 @@ def _expiration(runtime: Any, timeout: float | None) -> datetime | None:
     return datetime.fromtimestamp(runtime.clock.now() + timeout, timezone.utc)
 
 
-def _load_input(backend: Any, flow_run: FlowRun, keyset: dict[str, str] | None, model: Any) -> Any:
+def _load_input(backend: Any, flow_run_id: UUID, keyset: dict[str, str] | None, model: Any) -> Any:
     if keyset is None or model is None:
         return None
-    raw = backend.read_run_input(flow_run.id, keyset["response"])
+    raw = backend.read_run_input(flow_run_id, keyset["response"])
     if raw is None:
-        raise InvalidRunInput(f"Flow run {flow_run.id} was resumed without the input it waits for.")
+        raise InvalidRunInput(f"Flow run {flow_run_id} was resumed without the input it waits for.")
     return unwrap(model.model_validate_json(raw))
 
 
@@ -250,7 +261,9 @@ async def _suspend_other(flow_run_id: UUID, timeout: float | None, key: str | No
             pause_expiration_time=_expiration(runtime, timeout),
             pause_key=key or f"external-{flow_run.run_count}",
         )
-        transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, proposed))  # type: ignore[union-attr]
+        transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
+            ProposeState("flow", flow_run_id, proposed)
+        )
         if transition.status == "ABORT":
             raise RuntimeError(f"Flow run cannot be suspended: {transition.reason}")
 
@@ -281,44 +294,39 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
         flow_run = backend.read_flow_run(flow_run_id)
         state = flow_run.state
         if state is None or not state.is_paused():
-            raise NotPausedError(
-                f"Cannot resume flow run {flow_run_id}: it is not paused (it is {state})."
-            )
+            raise _not_paused(flow_run_id, state)
         keyset = state.state_details.run_input_keyset
+        given = None
         if keyset is not None:
-            backend.write_run_input(
-                flow_run_id,
-                keyset["response"],
-                _validated_input(backend, flow_run_id, keyset, run_input),
-            )
+            value = _validated_input(backend, flow_run_id, keyset, run_input)
+            given = RunInputWrite(keyset["response"], value)
         suspended = state.state_details.pause_reschedule
-        if suspended and keyset is not None:
-            # The suspending body has left; only a pause's own cleanup forgets its model.
-            _waiting_models.pop((flow_run_id, keyset["response"]), None)
         target = S.Scheduled(name="Resuming") if suspended else S.Running()
-        transition = await runtime.orchestrator.ask(ProposeState("flow", flow_run, target))  # type: ignore[union-attr]
-        if (
-            transition.status == "REJECT"
-            and flow_run.state is not None
-            and flow_run.state.is_failed()
-        ):
+        # Checked with the write: of two resumers, the second finds the run no longer
+        # paused, and its input is not written.
+        transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
+            ProposeState("flow", flow_run_id, target, required_types=_PAUSED, run_input=given)
+        )
+        if transition.status == "ABORT" and not transition.state.is_paused():
+            raise _not_paused(flow_run_id, transition.state)
+        if transition.status == "REJECT" and transition.state.is_failed():
             raise FlowPauseTimeout("Flow run can no longer be resumed.")
         if transition.status in ("REJECT", "ABORT"):
             raise RuntimeError(f"Cannot resume this run: {transition.reason}")
-        if suspended:
-            await runtime.orchestrator.ask(  # type: ignore[union-attr]
-                UpdateRun(
-                    "flow",
-                    flow_run,
-                    {
-                        "empirical_policy": flow_run.empirical_policy.model_copy(
-                            update={"resuming": True}
-                        )
-                    },
-                )
-            )
+        if suspended and keyset is not None:
+            # The suspending body has left; only a pause's own cleanup forgets its model.
+            _waiting_models.pop((flow_run_id, keyset["response"]), None)
     if suspended:
-        await rerun_flow_run(flow_run_id)
+        await run_resumed_flow_run(flow_run_id)
+
+
+_PAUSED = frozenset({StateType.PAUSED})
+
+
+def _not_paused(flow_run_id: UUID, state: State[Any] | None) -> NotPausedError:
+    return NotPausedError(
+        f"Cannot resume flow run {flow_run_id}: it is not paused (it is {state})."
+    )
 
 
 def _validated_input(
@@ -387,8 +395,10 @@ async def _cancel(flow_run_id: UUID) -> State[Any]:
             if executed
             else S.Cancelled(message="The flow run was cancelled.")
         )
-        await runtime.orchestrator.ask(ProposeState("flow", flow_run, proposed, force=True))  # type: ignore[union-attr]
-        return flow_run.state  # type: ignore[return-value]
+        transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
+            ProposeState("flow", flow_run_id, proposed)
+        )
+        return transition.state
 
 
 def wait_for_flow_run(
@@ -413,8 +423,7 @@ async def _wait_for(flow_run_id: UUID, timeout: float | None, poll_interval: flo
         clock = runtime.clock
         deadline = None if timeout is None else clock.now() + timeout
         while True:
-            if backend.shared_across_processes:
-                backend.sync_external()
+            backend.sync_external()
             flow_run = backend.read_flow_run(flow_run_id)
             if flow_run.state is not None and flow_run.state.is_final():
                 return flow_run

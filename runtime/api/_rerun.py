@@ -16,17 +16,17 @@ from typing import Any
 from uuid import UUID
 
 from ..core import _states as S
-from ..core._exceptions import ObjectNotFound
+from ..core._exceptions import NotPausedError, ObjectNotFound
 from ..core._models import FlowRun
-from ..core._states import State
+from ..core._states import State, StateType
 from ..engine._body import WORKER_THREADS
 from ..engine._flow_engine import FlowRunEngine
-from ..orchestration._orchestrator import ProposeState, UpdateRun
+from ..orchestration._orchestrator import ProposeState, ReadRun, UpdateRun
 from ._entry import runtime_scope
 from ._flow import Flow
 from ._registry import flow_at, flow_of_run
 
-__all__ = ["import_flow_file", "load_flow", "rerun_flow_run"]
+__all__ = ["import_flow_file", "load_flow", "rerun_flow_run", "run_resumed_flow_run"]
 
 
 def import_flow_file(path: Path) -> ModuleType:
@@ -99,22 +99,56 @@ def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
 
 
 async def rerun_flow_run(flow_run_id: UUID) -> State[Any]:
-    """Run a suspended (resumed) or crashed flow run's body again; return its final state."""
+    """Run a crashed flow run's body again, in this process; return its final state.
+
+    The run is first claimed: moved from Crashed to Scheduled ("Resuming") in one checked
+    write, so of two processes re-running one run, one runs it.
+
+    Raises:
+        ObjectNotFound: no such run, or its flow cannot be loaded.
+        NotPausedError: the run is not crashed (any more: someone else resumed it).
+    """
     async with runtime_scope() as runtime:
-        assert runtime.backend is not None
-        flow_run = runtime.backend.read_flow_run(flow_run_id)
-        flow = load_flow(flow_run)
-        state = flow_run.state
-        if state is not None and not state.is_scheduled():
-            await runtime.orchestrator.ask(  # type: ignore[union-attr]
-                ProposeState("flow", flow_run, S.Scheduled(name="Resuming"), force=True)
+        transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
+            ProposeState(
+                "flow",
+                flow_run_id,
+                S.Scheduled(name="Resuming"),
+                force=True,
+                required_types=_CRASHED,
             )
-        if not flow_run.empirical_policy.resuming:
-            policy = flow_run.empirical_policy.model_copy(update={"resuming": True})
-            await runtime.orchestrator.ask(
-                UpdateRun("flow", flow_run, {"empirical_policy": policy})
-            )  # type: ignore[union-attr]
-        engine = FlowRunEngine(
-            flow, dict(flow_run.parameters), None, runtime, WORKER_THREADS, None, existing=flow_run
         )
-        return await engine.run()
+        if transition.status != "ACCEPT":
+            raise NotPausedError(
+                f"Cannot resume flow run {flow_run_id}: it is not crashed, suspended or paused "
+                f"(it is {transition.state}); another process may have resumed it."
+            )
+        return await _run_again(runtime, transition.run)
+
+
+async def run_resumed_flow_run(flow_run_id: UUID) -> State[Any]:
+    """Run the body of a flow run this caller has just resumed (moved from Suspended to
+    Scheduled "Resuming") again, in this process; return its final state.
+
+    Raises:
+        ObjectNotFound: the run's flow cannot be loaded.
+    """
+    async with runtime_scope() as runtime:
+        flow_run = await runtime.orchestrator.ask(ReadRun("flow", flow_run_id))  # type: ignore[union-attr]
+        return await _run_again(runtime, flow_run)
+
+
+async def _run_again(runtime: Any, flow_run: FlowRun) -> State[Any]:
+    flow = load_flow(flow_run)
+    if not flow_run.empirical_policy.resuming:
+        policy = flow_run.empirical_policy.model_copy(update={"resuming": True})
+        flow_run = await runtime.orchestrator.ask(
+            UpdateRun("flow", flow_run.id, {"empirical_policy": policy})
+        )
+    engine = FlowRunEngine(
+        flow, dict(flow_run.parameters), None, runtime, WORKER_THREADS, None, existing=flow_run
+    )
+    return await engine.run()
+
+
+_CRASHED = frozenset({StateType.CRASHED})

@@ -1,9 +1,16 @@
-"""Flow runs and task runs: the records the store keeps and hooks receive."""
+"""Flow runs and task runs: the records the store keeps and hooks receive.
+
+A run record is an immutable snapshot. Only the orchestrator makes new ones (with
+:func:`evolve`, as it decides a run's states); the engines, futures, hooks and stores
+receive and pass snapshots around, and never change one. ``version`` counts the writes of
+the run in its store: a write is checked against the version it was decided on, so a
+decision made on a stale snapshot is detected and made again.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -18,6 +25,7 @@ __all__ = [
     "TaskRun",
     "TaskRunInput",
     "TaskRunPolicy",
+    "evolve",
     "new_task_run_record",
 ]
 
@@ -27,22 +35,28 @@ RunKind = Literal["flow", "task"]
 class FlowRunPolicy(BaseModel):
     """How the orchestrator treats a flow run's failures and pauses."""
 
+    model_config = ConfigDict(frozen=True)
+
     retries: int = 0
     retry_delay: float = 0.0
-    pause_keys: list[str] = Field(default_factory=list)
+    pause_keys: tuple[str, ...] = ()
     resuming: bool = False
 
 
 class TaskRunPolicy(BaseModel):
     """How the orchestrator treats a task run's failures."""
 
+    model_config = ConfigDict(frozen=True)
+
     retries: int = 0
-    retry_delay: list[float] = Field(default_factory=list)
+    retry_delay: tuple[float, ...] = ()
     retry_jitter_factor: float | None = None
 
 
 class TaskRunInput(BaseModel):
     """An upstream dependency of a task run: another task run, or a flow parameter."""
+
+    model_config = ConfigDict(frozen=True)
 
     input_type: Literal["task_run", "parameter", "constant"] = "task_run"
     id: UUID | None = None
@@ -50,7 +64,7 @@ class TaskRunInput(BaseModel):
 
 
 class _Run(BaseModel):
-    model_config = ConfigDict(arbitrary_types_allowed=True, validate_assignment=False)
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     id: UUID = Field(default_factory=new_id)
     name: str
@@ -62,7 +76,8 @@ class _Run(BaseModel):
     end_time: datetime | None = None
     total_run_time: timedelta = timedelta(0)
     state: State[Any] | None = None
-    state_history: list[State[Any]] = Field(default_factory=list, repr=False)
+    version: int = 0
+    """How many times the store wrote this run (0: not stored yet)."""
 
     @property
     def state_type(self) -> Any:
@@ -116,7 +131,7 @@ _object_new = object.__new__
 _object_setattr = object.__setattr__
 _TASK_RUN_FIELDS = [
     "id", "name", "tags", "run_count", "created", "expected_start_time", "start_time",
-    "end_time", "total_run_time", "state", "state_history", "flow_run_id", "task_key",
+    "end_time", "total_run_time", "state", "version", "flow_run_id", "task_key",
     "dynamic_key", "task_version", "cache_key", "cache_expiration", "empirical_policy",
     "task_inputs", "flow_run_run_count",
 ]  # fmt: skip
@@ -181,7 +196,7 @@ def new_task_run_record(
                 "end_time": None,
                 "total_run_time": _ZERO,
                 "state": None,
-                "state_history": [],
+                "version": 0,
                 "flow_run_id": flow_run_id,
                 "task_key": task_key,
                 "dynamic_key": dynamic_key,
@@ -208,3 +223,22 @@ def new_task_run_record(
         task_inputs=task_inputs,
         flow_run_run_count=flow_run_run_count,
     )
+
+
+RunT = TypeVar("RunT", FlowRun, TaskRun)
+
+
+def evolve(run: RunT, **changes: Any) -> RunT:
+    """Return a copy of the snapshot ``run`` with ``changes``, without validation.
+
+    The orchestrator's way to make a run's next snapshot: the values must already have
+    their fields' types (they are the engine's own, never user input).
+    """
+    new = _object_new(type(run))
+    values = run.__dict__.copy()
+    values.update(changes)
+    _object_setattr(new, "__dict__", values)
+    _object_setattr(new, "__pydantic_fields_set__", run.__pydantic_fields_set__ | changes.keys())
+    _object_setattr(new, "__pydantic_extra__", None)
+    _object_setattr(new, "__pydantic_private__", None)
+    return new

@@ -92,6 +92,9 @@ class RuleContext:
         pause_keys: pause keys the flow run has already passed.
         has_parent_run: the flow run is a subflow.
         poll_interval: how long to wait before proposing again while the parent is paused.
+        required_types: the proposal holds only if the run is in one of these state types
+            now (a resume requires PAUSED: of two resumers, the second finds the run
+            running and is aborted); None for no such condition.
     """
 
     kind: RunKind
@@ -109,17 +112,29 @@ class RuleContext:
     pause_keys: frozenset[str] = frozenset()
     has_parent_run: bool = False
     poll_interval: float = 10.0
+    required_types: frozenset[StateType] | None = None
 
 
 def decide(current: State[Any] | None, proposed: State[Any], ctx: RuleContext) -> Decision:
     """Decide what happens to a proposed transition from ``current`` to ``proposed``."""
+    required = ctx.required_types
+    if required is not None and (current is None or current.type not in required):
+        found = "no state" if current is None else f"the {current.type.value} state"
+        wanted = " or ".join(sorted(t.value for t in required))
+        return Abort(f"The run is in {found}, not {wanted}.")
     if ctx.force:
         return Accept(proposed)
     if current is not None and current.is_final():
         return Abort(f"This run is already in terminal state {current.type.value}.")
     if current is not None and current.is_paused():
         return _leaving_pause(current, proposed, ctx)
-    if current is not None and current.is_cancelling() and not proposed.is_final():
+    if (
+        current is not None
+        and current.is_cancelling()
+        and not (proposed.is_cancelled() or proposed.is_crashed())
+    ):
+        # A cancellation, once requested, is how the run ends: whatever the body did
+        # meanwhile (it failed on the cancellation, or just finished), it ends Cancelled.
         return Reject(
             S.Cancelled(message=current.message or "The run was cancelled."),
             "The run is being cancelled.",
@@ -188,6 +203,8 @@ def _entering_pause(current: State[Any] | None, proposed: State[Any], ctx: RuleC
 
 
 def _leaving_pause(current: State[Any], proposed: State[Any], ctx: RuleContext) -> Decision:
+    if proposed.is_cancelling():
+        return Accept(proposed)
     if not (proposed.is_running() or proposed.is_scheduled() or proposed.is_final()):
         return Reject(
             None,

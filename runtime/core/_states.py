@@ -46,6 +46,8 @@ __all__ = [
     "StateType",
     "Suspended",
     "TERMINAL_STATES",
+    "replace",
+    "replace_details",
 ]
 
 R = TypeVar("R")
@@ -111,9 +113,13 @@ UNAVAILABLE: ResultHandle = _Unavailable()
 
 
 class StateDetails(BaseModel):
-    """Run links and scheduling, caching and pausing details attached to a state."""
+    """Run links and scheduling, caching and pausing details attached to a state.
 
-    model_config = ConfigDict(extra="forbid")
+    Immutable, like the state that carries it: build a changed copy with
+    ``details.model_copy(update={...})``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     flow_run_id: UUID | None = None
     task_run_id: UUID | None = None
@@ -136,9 +142,14 @@ class State(BaseModel, Generic[R]):
 
     ``str(state)`` is short, for logs: ``Completed()``, ``Failed('boom')``,
     ``AwaitingRetry(type=SCHEDULED)``. ``repr(state)`` adds the type and result.
+
+    States are immutable: a run's state is proposed, decided and recorded as one value,
+    which every party may hold without copying. ``state.model_copy(update={...})`` (or
+    :meth:`fresh_copy`) makes a changed copy; assigning a field raises
+    ``pydantic.ValidationError``.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
 
     id: UUID = Field(default_factory=new_id)
     type: StateType
@@ -150,10 +161,12 @@ class State(BaseModel, Generic[R]):
 
     @model_validator(mode="after")
     def _defaults(self) -> State[R]:
+        # The model is frozen: fill in the defaults the way validation does, in place.
         if self.name is None:
-            self.name = self.type.value.title()
+            _object_setattr(self, "name", self.type.value.title())
         if self.type is StateType.SCHEDULED and self.state_details.scheduled_time is None:
-            self.state_details.scheduled_time = now_utc()
+            details = replace_details(self.state_details, scheduled_time=now_utc())
+            _object_setattr(self, "state_details", details)
         return self
 
     # -- predicates -------------------------------------------------------------------
@@ -319,14 +332,47 @@ _FAST_KEYWORDS = frozenset({"name", "message", "data", "state_details"})
 _DEFAULT_NAMES = {state_type: state_type.value.title() for state_type in StateType}
 
 
-def _new_details() -> StateDetails:
-    """``StateDetails()``, without validation (every field takes its immutable default)."""
+def _new_details(**fields: Any) -> StateDetails:
+    """``StateDetails(**fields)`` without validation, for values of the fields' own types
+    (the engine's; user input goes through ``StateDetails(...)``)."""
     details = _object_new(StateDetails)
-    _object_setattr(details, "__dict__", _DETAILS_DEFAULTS.copy())
-    _object_setattr(details, "__pydantic_fields_set__", set())
+    values = _DETAILS_DEFAULTS.copy()
+    values.update(fields)
+    _object_setattr(details, "__dict__", values)
+    _object_setattr(details, "__pydantic_fields_set__", set(fields))
     _object_setattr(details, "__pydantic_extra__", None)
     _object_setattr(details, "__pydantic_private__", None)
     return details
+
+
+def replace_details(details: StateDetails, **changes: Any) -> StateDetails:
+    """Return a copy of ``details`` with ``changes``, without validation (engine values)."""
+    new = _object_new(StateDetails)
+    values = details.__dict__.copy()
+    values.update(changes)
+    _object_setattr(new, "__dict__", values)
+    _object_setattr(
+        new, "__pydantic_fields_set__", details.__pydantic_fields_set__ | changes.keys()
+    )
+    _object_setattr(new, "__pydantic_extra__", None)
+    _object_setattr(new, "__pydantic_private__", None)
+    return new
+
+
+def replace(state: State[R], **changes: Any) -> State[R]:
+    """Return a copy of ``state`` (same id) with ``changes``, without validation.
+
+    For the engine and the orchestrator, which change states they built (stamping run ids,
+    attaching a persisted result); the values must have their fields' types.
+    """
+    new = _object_new(type(state))
+    values = state.__dict__.copy()
+    values.update(changes)
+    _object_setattr(new, "__dict__", values)
+    _object_setattr(new, "__pydantic_fields_set__", state.__pydantic_fields_set__ | changes.keys())
+    _object_setattr(new, "__pydantic_extra__", None)
+    _object_setattr(new, "__pydantic_private__", None)
+    return new
 
 
 def _new_state(state_type: StateType, kwargs: dict[str, Any]) -> State[Any]:
@@ -342,6 +388,8 @@ def _new_state(state_type: StateType, kwargs: dict[str, Any]) -> State[Any]:
         ):
             if details is _new_details:
                 details = _new_details()
+            if state_type is StateType.SCHEDULED and details.scheduled_time is None:
+                details = replace_details(details, scheduled_time=now_utc())
             state = _object_new(State)
             _object_setattr(
                 state,
@@ -359,8 +407,6 @@ def _new_state(state_type: StateType, kwargs: dict[str, Any]) -> State[Any]:
             _object_setattr(state, "__pydantic_fields_set__", {"type", "name", *kwargs})
             _object_setattr(state, "__pydantic_extra__", None)
             _object_setattr(state, "__pydantic_private__", None)
-            if state_type is StateType.SCHEDULED and details.scheduled_time is None:
-                details.scheduled_time = now_utc()
             return state
     return State(type=state_type, **kwargs)
 
@@ -368,13 +414,15 @@ def _new_state(state_type: StateType, kwargs: dict[str, Any]) -> State[Any]:
 # -- constructors ---------------------------------------------------------------------
 
 
-def _details(kwargs: dict[str, Any]) -> StateDetails:
+def _details(kwargs: dict[str, Any], **changes: Any) -> StateDetails:
+    """The ``state_details`` keyword of a constructor (a StateDetails, a dict or None),
+    with ``changes``."""
     details = kwargs.pop("state_details", None)
     if details is None:
-        return _new_details()
-    if isinstance(details, StateDetails):
-        return details.model_copy()
-    return StateDetails.model_validate(details)
+        return _new_details(**changes)
+    if not isinstance(details, StateDetails):
+        details = StateDetails.model_validate(details)
+    return replace_details(details, **changes) if changes else details
 
 
 def Scheduled(scheduled_time: datetime | None = None, **kwargs: Any) -> State[Any]:
@@ -382,7 +430,9 @@ def Scheduled(scheduled_time: datetime | None = None, **kwargs: Any) -> State[An
     details = _details(kwargs)
     if scheduled_time is not None and details.scheduled_time is not None:
         raise ValueError("An extra scheduled_time was provided in state_details")
-    details.scheduled_time = scheduled_time or details.scheduled_time or now_utc()
+    details = replace_details(
+        details, scheduled_time=scheduled_time or details.scheduled_time or now_utc()
+    )
     return _new_state(StateType.SCHEDULED, {"state_details": details, **kwargs})
 
 
@@ -436,9 +486,12 @@ def Paused(
         raise ValueError("Cannot supply both a pause_expiration_time and timeout_seconds")
     if timeout_seconds is not None:
         pause_expiration_time = now_utc() + timedelta(seconds=timeout_seconds)
-    details.pause_timeout = pause_expiration_time
-    details.pause_reschedule = reschedule
-    details.pause_key = pause_key
+    details = replace_details(
+        details,
+        pause_timeout=pause_expiration_time,
+        pause_reschedule=reschedule,
+        pause_key=pause_key,
+    )
     return _new_state(StateType.PAUSED, {"state_details": details, **kwargs})
 
 

@@ -34,7 +34,7 @@ from ..core._exceptions import (
 from ..core._models import FlowRun, FlowRunPolicy, TaskRun
 from ..core._names import generate_run_name
 from ..core._parameters import resolve_run_name, serialize_parameters
-from ..core._states import State, now_utc
+from ..core._states import State, now_utc, replace
 from ..orchestration._orchestrator import CreateRun, ProposeState, Transition, UpdateRun
 from ..orchestration._ownership import active_flow_runs, process_owner
 from ..orchestration._store_actor import Commit
@@ -124,6 +124,17 @@ class FlowRunEngine:
         self._timed_out = False  # this attempt's body hit the flow's timeout
         self.inbox: LoopInbox | None = None
         self._settings: ResultSettings | None = None
+        self._context: FlowRunContext | None = None
+        self._hooks_ran: set[Any] = set()  # ids of the states whose hooks ran
+
+    def _set_run(self, flow_run: FlowRun) -> None:
+        """Follow the run's newest snapshot (and let its context follow it); older ones,
+        arriving late from another thread, are ignored."""
+        if flow_run.version < self.flow_run.version:
+            return
+        self.flow_run = flow_run
+        if self._context is not None:
+            self._context.flow_run = flow_run
 
     # -- the run ----------------------------------------------------------------------
 
@@ -158,7 +169,9 @@ class FlowRunEngine:
 
     async def _create(self) -> None:
         if self._existing:
-            await self._ask(UpdateRun("flow", self.flow_run, {"owner": process_owner()}))
+            self._set_run(
+                await self._ask(UpdateRun("flow", self.flow_run.id, {"owner": process_owner()}))
+            )
             self.logger.info("Resuming flow run %r for flow %r", self.flow_run.name, self.flow.name)
             return
         if self.parent is not None:
@@ -172,8 +185,8 @@ class FlowRunEngine:
                 task_version=self.flow.version,
             )
             await self._ask(CreateRun("task", parent_task, S.Pending()))
-            self.flow_run.parent_task_run_id = parent_task.id
-        await self._ask(CreateRun("flow", self.flow_run, S.Pending()))
+            self.flow_run = self.flow_run.model_copy(update={"parent_task_run_id": parent_task.id})
+        self._set_run((await self._ask(CreateRun("flow", self.flow_run, S.Pending()))).run)
         if self.logger.isEnabledFor(logging.INFO):
             kind = "subflow run" if self.parent is not None else "flow run"
             self.logger.info(
@@ -238,7 +251,7 @@ class FlowRunEngine:
         )
         async with self._task_run_supervisor() as (supervisor, submitted):
             task_runner = flow.task_runner.duplicate()
-            ctx = FlowRunContext(
+            ctx = self._context = FlowRunContext(
                 flow=flow,
                 flow_run=self.flow_run,
                 parameters=parameters,
@@ -303,7 +316,7 @@ class FlowRunEngine:
             and settings.persist
         ):
             try:
-                state.data = persist_result(resolved, settings)
+                state = replace(state, data=persist_result(resolved, settings))
             except Exception as exc:
                 self.logger.error("Could not persist the flow run's result: %s", exc)
                 self._raised = exc
@@ -345,9 +358,16 @@ class FlowRunEngine:
     # -- stopping the body from outside -----------------------------------------------
 
     def _on_own_state(self, run: Any, state: State[Any]) -> None:
-        """Store notification (any thread): a cancel request stops the body."""
-        if state.is_cancelling() and self.inbox is not None:
-            self.inbox.post(partial(self.interrupt, None))
+        """Store notification (any thread, or this process polling others' changes): follow
+        the run; a cancel request stops the body."""
+        if self.inbox is not None:
+            self.inbox.post(partial(self._observe, run))
+
+    def _observe(self, run: FlowRun) -> None:
+        self._set_run(run)
+        state = self.flow_run.state
+        if state is not None and state.is_cancelling():
+            self.interrupt(None)
 
     async def _watch_other_processes(self) -> None:
         """For a store shared between processes, notice a cancel another process made."""
@@ -355,10 +375,7 @@ class FlowRunEngine:
         assert backend is not None
         while True:
             await anyio.sleep(EXTERNAL_POLL_SECONDS)
-            await anyio.to_thread.run_sync(backend.sync_external)
-            state = self.flow_run.state
-            if state is not None and state.is_cancelling():
-                self.interrupt(None)
+            await anyio.to_thread.run_sync(backend.sync_external)  # notifies _on_own_state
 
     def interrupt(self, signal: TerminationSignal | None) -> None:
         """Stop the body: for a cancellation (``signal`` None) or SIGTERM. Call on the
@@ -389,13 +406,12 @@ class FlowRunEngine:
         if self._named or self.flow.flow_run_name is None:
             return
         name = resolve_run_name(self.flow.flow_run_name, parameters, "flow_run_name")
-        await self._ask(UpdateRun("flow", self.flow_run, {"name": name}))
+        self._set_run(await self._ask(UpdateRun("flow", self.flow_run.id, {"name": name})))
         self.logger = flow_run_logger(self.flow_run, self.flow)
         self._named = True
 
     async def _finish_attempt(self, terminal: State[Any]) -> State[Any]:
-        force = terminal.is_cancelled() or terminal.is_crashed()
-        await self._propose(terminal, force=force and not self.flow_run.state.is_final())  # type: ignore[union-attr]
+        await self._propose(terminal)
         state: State[Any] = self.flow_run.state  # type: ignore[assignment]
         if state.is_scheduled():
             self.logger.info(
@@ -407,6 +423,11 @@ class FlowRunEngine:
         return state
 
     async def _final_hooks(self, state: State[Any]) -> None:
+        """Run the hooks of a final (or cancelling) state, at most once per state: a signal
+        landing in a hook, or a crash after them, never runs them again."""
+        if state.id in self._hooks_ran:
+            return
+        self._hooks_ran.add(state.id)
         flow = self.flow
         if state.is_failed():
             hooks = flow.on_failure_hooks
@@ -438,7 +459,7 @@ class FlowRunEngine:
                 self.logger.debug("Crash details:", exc_info=exc)
             current = self.flow_run.state
             if current is None or not current.is_final():
-                await self._propose(state, force=True)
+                await self._propose(state)
             await self._final_hooks(self.flow_run.state)  # type: ignore[arg-type]
             await self._finish()
 
@@ -486,7 +507,11 @@ class FlowRunEngine:
         return await self._orchestrator.ask(message)  # type: ignore[union-attr]
 
     async def _propose(self, state: State[Any], *, force: bool = False) -> Transition:
-        return await self._ask(ProposeState("flow", self.flow_run, state, force))  # type: ignore[no-any-return]
+        transition: Transition = await self._ask(
+            ProposeState("flow", self.flow_run.id, state, force)
+        )
+        self._set_run(transition.run)
+        return transition
 
     # -- submitted task runs ----------------------------------------------------------
 

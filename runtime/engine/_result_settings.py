@@ -10,8 +10,6 @@ always turns it off.
 
 from __future__ import annotations
 
-from typing import Any
-
 from ..store._results import ResultSettings, default_settings, format_storage_key
 from ._cache_policies import NONE, CachePolicy, cache_policy_for_task
 from ._context import FlowRunContext, TaskRunContext

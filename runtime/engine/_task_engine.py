@@ -20,7 +20,7 @@ from ..core._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskEr
 from ..core._ids import new_id
 from ..core._models import TaskRun, TaskRunInput, new_task_run_record
 from ..core._parameters import resolve_run_name
-from ..core._states import State, now_utc
+from ..core._states import State, StateDetails, now_utc, replace, replace_details
 from ..orchestration._orchestrator import (
     CreateRun,
     ProposeState,
@@ -110,6 +110,8 @@ class TaskRunEngine:
         runtime: the runtime whose orchestrator decides the run's states.
         flow_ctx: the enclosing flow run's context, if any.
         target: where the sync body and sync hooks run.
+        transaction: the transaction the run joins (default: the current one).
+        future: the future of a submitted run, which follows the run's snapshots.
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class TaskRunEngine:
         flow_ctx: FlowRunContext | None,
         target: SyncTarget,
         transaction: Transaction | None = None,
+        future: TaskRunFuture[Any] | None = None,
     ) -> None:
         self.task = task
         self.task_run = task_run
@@ -137,11 +140,23 @@ class TaskRunEngine:
         self._settings: ResultSettings | None = None
         self._result: Any = None
         self._named = False  # task_run_name applied
+        self._running_details: StateDetails | None = None
+        self._context: TaskRunContext | None = None
+        self._future = future
+        self._hooks_ran = False
 
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
-        self.task_run = task_run
+        self._set_run(task_run)
         self._logger = None
+
+    def _set_run(self, task_run: TaskRun) -> None:
+        """Follow the run's newest snapshot (and let its context and future follow it)."""
+        self.task_run = task_run
+        if self._context is not None:
+            self._context.task_run = task_run
+        if self._future is not None:
+            self._future.task_run = task_run
 
     @property
     def logger(self) -> RunLogger:
@@ -191,28 +206,27 @@ class TaskRunEngine:
             return self.task_run.state  # type: ignore[return-value]
         self.parameters = parameters
         try:
-            running = self._running_details(parameters)
+            self._running_details = self._work_out_details(parameters)
         except Exception as exc:  # a bad result option: the run cannot start, nor retry
             self._last_exception = exc
-            failed = exception_to_failed_state(exc, "Task run could not start")
-            failed.state_details.retriable = False
+            failed = _not_retriable(exception_to_failed_state(exc, "Task run could not start"))
             state = await self._finish_attempt(failed)
         else:
-            state = await self._enter_running(S.Running, running)
+            state = await self._enter_running(S.Running)
             while state.is_running():
                 terminal = await self._attempt(parameters)
                 state = await self._finish_attempt(terminal)
                 if state.is_scheduled():
-                    state = await self._enter_running(S.Retrying, running)
+                    state = await self._enter_running(S.Retrying)
             if state.is_completed() and state.name != "Cached":
                 self._stage(state)
         await self._call_hooks(state)
         self._log_finished()
         return state
 
-    def _running_details(self, parameters: dict[str, Any]) -> dict[str, Any]:
+    def _work_out_details(self, parameters: dict[str, Any]) -> StateDetails | None:
         """Work out the run's result settings and cache key; return the details its
-        Running proposals carry (the orchestrator looks the cache key up).
+        Running proposals carry (the orchestrator looks the cache key up), if any.
 
         Raises:
             ConfigurationError: a result option is invalid.
@@ -221,9 +235,9 @@ class TaskRunEngine:
         flow_ctx = self.flow_ctx
         settings = self._settings = result_settings_for_task(task, flow_ctx)
         if not settings.persist:
-            return {}
+            return None
         try:
-            key = task_cache_key(self._context(parameters), flow_ctx, settings)
+            key = task_cache_key(self._new_context(parameters), flow_ctx, settings)
         except Exception as exc:
             self.logger.error(
                 "Error encountered when computing cache key - result will not be persisted: %s",
@@ -234,9 +248,11 @@ class TaskRunEngine:
         refresh = (
             task.refresh_cache if task.refresh_cache is not None else refresh_cache_by_default()
         )
-        return {"cache_key": key, "refresh_cache": refresh} if key is not None else {}
+        if key is None:
+            return None
+        return StateDetails(cache_key=key, refresh_cache=refresh)
 
-    def _context(self, parameters: dict[str, Any]) -> TaskRunContext:
+    def _new_context(self, parameters: dict[str, Any]) -> TaskRunContext:
         return TaskRunContext(
             task=self.task,
             task_run=self.task_run,
@@ -246,13 +262,10 @@ class TaskRunEngine:
             result_settings=self._settings,
         )
 
-    async def _enter_running(
-        self, make_state: Callable[..., State[Any]], details: dict[str, Any]
-    ) -> State[Any]:
+    async def _enter_running(self, make_state: Callable[..., State[Any]]) -> State[Any]:
+        details = self._running_details
         while True:
-            proposed = make_state()
-            if details:
-                proposed.state_details = proposed.state_details.model_copy(update=details)
+            proposed = make_state() if details is None else make_state(state_details=details)
             transition = await self._propose(proposed)
             if transition.status != "WAIT":
                 return self.task_run.state  # type: ignore[return-value]
@@ -260,7 +273,7 @@ class TaskRunEngine:
 
     async def _attempt(self, parameters: dict[str, Any]) -> State[Any]:
         task = self.task
-        ctx = self._context(parameters)
+        ctx = self._context = self._new_context(parameters)
         task_token = _task_run_context.set(ctx)
         # A submitted run's actor task does not inherit the flow body's context: give the
         # body its flow run's context (for get_run_logger(), FlowRunContext.get(), ...).
@@ -288,13 +301,11 @@ class TaskRunEngine:
             self.logger.error(message)
             self._last_exception = exc
             failed = S.Failed(data=exc, message=message, name="TimedOut")
-            await self._check_retriable(failed)
-            return failed
+            return await self._check_retriable(failed)
         except Exception as exc:
             self._last_exception = exc
             failed = exception_to_failed_state(exc, "Task run encountered an exception")
-            await self._check_retriable(failed)
-            return failed
+            return await self._check_retriable(failed)
         finally:
             _log_prints.reset(prints_token)
             _task_run_context.reset(task_token)
@@ -318,7 +329,9 @@ class TaskRunEngine:
         """
         assert self.task.task_run_name is not None
         name = resolve_run_name(self.task.task_run_name, parameters, "task_run_name")
-        await self._orchestrator.ask(UpdateRun("task", self.task_run, {"name": name}))  # type: ignore[union-attr]
+        self._set_run(
+            await self._orchestrator.ask(UpdateRun("task", self.task_run.id, {"name": name}))  # type: ignore[union-attr]
+        )
         self._logger = None  # rebuilt with the new name
         self._named = True
 
@@ -333,14 +346,18 @@ class TaskRunEngine:
         if settings is None or not settings.persist:
             return state
         key = self._transaction.key
-        state.data = persist_result(result, settings, key=key)
-        if key is not None:
-            details = state.state_details
-            details.cache_key = key
-            expiration = self.task.cache_expiration
-            if expiration is not None:
-                details.cache_expiration = _as_datetime(self.runtime.clock.now()) + expiration
-        return state
+        data = persist_result(result, settings, key=key)
+        if key is None:
+            return replace(state, data=data)
+        expiration = self.task.cache_expiration
+        details = replace_details(
+            state.state_details,
+            cache_key=key,
+            cache_expiration=None
+            if expiration is None
+            else _as_datetime(self.runtime.clock.now()) + expiration,
+        )
+        return replace(state, data=data, state_details=details)
 
     def _stage(self, state: State[Any]) -> None:
         """Stage the completed result in the run's transaction (which may commit at once)."""
@@ -358,11 +375,12 @@ class TaskRunEngine:
             write=write,
         )
 
-    async def _check_retriable(self, failed: State[Any]) -> None:
-        """Let ``retry_condition_fn`` veto a retry; a condition that raises vetoes it too."""
+    async def _check_retriable(self, failed: State[Any]) -> State[Any]:
+        """Let ``retry_condition_fn`` veto a retry (a condition that raises vetoes it too);
+        return ``failed``, marked not retriable if vetoed."""
         condition = self.task.retry_condition_fn
         if condition is None or self.task_run.run_count > self.task.retries:
-            return
+            return failed
         try:
             verdict = condition(self.task, self.task_run, failed)
             if hasattr(verdict, "__await__"):
@@ -375,8 +393,7 @@ class TaskRunEngine:
                 exc_info=True,
             )
             verdict = False
-        if not verdict:
-            failed.state_details.retriable = False
+        return failed if verdict else _not_retriable(failed)
 
     async def _finish_attempt(self, terminal: State[Any]) -> State[Any]:
         await self._propose(terminal)
@@ -405,6 +422,10 @@ class TaskRunEngine:
         return state
 
     async def _call_hooks(self, state: State[Any]) -> None:
+        """Run the hooks of the run's final state, at most once per run."""
+        if self._hooks_ran:
+            return
+        self._hooks_ran = True
         task = self.task
         if state.is_failed():
             hooks = task.on_failure_hooks
@@ -416,18 +437,20 @@ class TaskRunEngine:
             await run_hooks(hooks, (task, self.task_run, state), state, self.logger, self.target)
 
     async def _crash(self, exc: BaseException) -> None:
+        """Record why the run stopped, unless it had finished already: a final state is
+        never replaced (an interrupt landing in an ``on_completion`` hook leaves the run
+        Completed)."""
         with anyio.CancelScope(shield=True):
             current = self.task_run.state
+            if current is not None and current.is_final():
+                return
             if isinstance(exc, _cancelled_exc()) and self._cancelled_by_flow():
-                if current is None or not current.is_final():
-                    await self._propose(
-                        S.Cancelled(message="The parent flow run was cancelled."), force=True
-                    )
+                await self._propose(S.Cancelled(message="The parent flow run was cancelled."))
             else:
                 state = exception_to_crashed_state(exc)
                 self.logger.error("Crash detected! %s", state.message)
                 self.logger.debug("Crash details:", exc_info=exc)
-                await self._propose(state, force=True)
+                await self._propose(state)
             self._log_finished()
 
     def _cancelled_by_flow(self) -> bool:
@@ -454,7 +477,11 @@ class TaskRunEngine:
             self.logger.log(level, message)
 
     async def _propose(self, state: State[Any], *, force: bool = False) -> Transition:
-        return await self._orchestrator.ask(ProposeState("task", self.task_run, state, force))  # type: ignore[union-attr, no-any-return]
+        transition: Transition = await self._orchestrator.ask(  # type: ignore[union-attr]
+            ProposeState("task", self.task_run.id, state, force)
+        )
+        self._set_run(transition.run)
+        return transition
 
     def result(self) -> Any:
         """Return what a call of the task returns: its result, or raise its exception.
@@ -465,6 +492,10 @@ class TaskRunEngine:
         if state is None or not state.is_final():
             return None
         return state.result()
+
+
+def _not_retriable(state: State[Any]) -> State[Any]:
+    return replace(state, state_details=replace_details(state.state_details, retriable=False))
 
 
 def _log_prints_for(task: TaskSpec, flow_ctx: FlowRunContext | None) -> bool:
@@ -502,10 +533,12 @@ async def create_task_run(
             state = previous.state
             if state is not None and state.is_completed() and state.data is not S.UNAVAILABLE:
                 return previous, state
-            await orchestrator.ask(ProposeState("task", previous, S.Pending(), force=True))  # type: ignore[union-attr]
-            return previous, None
-    await orchestrator.ask(CreateRun("task", task_run, S.Pending()))  # type: ignore[union-attr]
-    return task_run, None
+            transition = await orchestrator.ask(  # type: ignore[union-attr]
+                ProposeState("task", previous.id, S.Pending(), force=True)
+            )
+            return transition.run, None
+    transition = await orchestrator.ask(CreateRun("task", task_run, S.Pending()))  # type: ignore[union-attr]
+    return transition.run, None
 
 
 class TaskRunActor(Actor):
@@ -544,9 +577,7 @@ async def run_submitted(engine: TaskRunEngine, future: TaskRunFuture[Any]) -> No
     """Store and run a submitted task run; its future gets a final state even on a crash."""
     try:
         task_run, done = await create_task_run(engine.runtime, engine.task_run, engine.flow_ctx)
-        if task_run is not engine.task_run:
-            future.task_run = task_run
-            engine.use_run(task_run)
+        engine.use_run(task_run)
         if done is not None:
             future.set_final_state(done)
             return

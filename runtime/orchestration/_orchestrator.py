@@ -1,12 +1,22 @@
-"""The orchestrator actor: the only place where a run's state changes.
+"""The orchestrator actor: the only code that creates a run record or changes its state.
 
-Run actors (and the resume/cancel commands) *propose* states with :class:`ProposeState`;
-the orchestrator looks up what the rules need (the parent run's state, cache records,
-concurrency slots), asks :func:`runtime.core._rules.decide`, applies the outcome to the run
-record, writes the store and notifies subscribers. Its ``receive`` is synchronous, so a
-proposal from a task on the orchestrator's own loop is dispatched directly, without a
-scheduler round trip. The store backend's lock makes the decide-and-apply step atomic
-across every orchestrator that shares the backend.
+Run actors (and the resume, cancel and reaping commands) send it messages:
+:class:`CreateRun`, :class:`ProposeState` (a run id and a frozen state), :class:`UpdateRun`
+and :class:`ReadRun`. For a proposal it takes the run's current snapshot, looks up what
+the rules need (the parent run's state, cache records, concurrency slots), asks
+:func:`runtime.core._rules.decide`, makes the run's next snapshot and writes it to the
+store *checked against the version it decided on*. If another writer got there first
+(another orchestrator of this process, another process), the store says so
+(:class:`~runtime.store._backend.StaleRun`) with the run as it is now, and the
+orchestrator decides again on that. The reply, a :class:`Transition`, carries the decision
+and the run's new immutable snapshot.
+
+The orchestrator remembers the snapshots of the runs it is driving (created here, not yet
+finished), so deciding on them costs no store read; that memory is only a cache, since
+every write is checked.
+
+Its ``receive`` is synchronous, so a proposal from a task on the orchestrator's own loop is
+dispatched directly, without a scheduler round trip.
 """
 
 from __future__ import annotations
@@ -14,55 +24,82 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
+from uuid import UUID
 
 import attrs
 
 from actors import Actor, Clock
 
 from ..core import _states as S
-from ..core._exceptions import ObjectNotFound
-from ..core._models import FlowRun, RunKind, TaskRun
+from ..core._exceptions import ObjectNotFound, StoreError
+from ..core._models import FlowRun, RunKind, TaskRun, evolve
 from ..core._rules import Abort, Accept, Reject, RuleContext, Wait, decide
-from ..core._states import State
-from ..store._backend import StoreBackend
+from ..core._states import State, StateType, replace, replace_details
+from ..store._backend import Run, RunInputWrite, StaleRun, StoreBackend
 
 __all__ = [
     "CreateRun",
     "Orchestrator",
     "ProposeState",
-    "UpdateRun",
+    "ReadRun",
     "Transition",
+    "UpdateRun",
 ]
 
 Status = Literal["ACCEPT", "REJECT", "WAIT", "ABORT"]
 
+MAX_CONFLICTS = 20
+"""How many times in a row a write may find its run changed before the orchestrator gives up."""
+
+_MICROSECOND = timedelta(microseconds=1)
+
 
 @attrs.frozen
 class CreateRun:
-    """Record a new run in ``state`` (normally Pending)."""
+    """Record ``run`` (a snapshot the store has not seen, version 0) in its first ``state``."""
 
     kind: RunKind
-    run: FlowRun | TaskRun
+    run: Run
     state: State[Any]
 
 
 @attrs.frozen
 class ProposeState:
-    """Propose ``state`` for ``run``; ``force`` skips the rules."""
+    """Propose ``state`` for the run ``run_id``.
+
+    Attributes:
+        kind: "flow" or "task".
+        run_id: the run.
+        state: the proposed state.
+        force: apply it without the rules (re-running a finished run; never for a crash).
+        required_types: the proposal holds only if the run is in one of these state types
+            (checked with the write, so of two resumers one wins).
+        run_input: a pause input to write with the state (it lands only if the state does).
+    """
 
     kind: RunKind
-    run: FlowRun | TaskRun
+    run_id: UUID
     state: State[Any]
     force: bool = False
+    required_types: frozenset[StateType] | None = None
+    run_input: RunInputWrite | None = None
 
 
 @attrs.frozen
 class UpdateRun:
-    """Change fields of a run that are not its state (its name, owner, policy...)."""
+    """Change fields of a run other than its state (its name, owner, policy...)."""
 
     kind: RunKind
-    run: FlowRun | TaskRun
+    run_id: UUID
     changes: dict[str, Any]
+
+
+@attrs.frozen
+class ReadRun:
+    """Answer the run's current snapshot (the one this orchestrator decides on)."""
+
+    kind: RunKind
+    run_id: UUID
 
 
 @attrs.frozen
@@ -72,6 +109,7 @@ class Transition:
     Attributes:
         status: ACCEPT, REJECT, WAIT or ABORT.
         state: the run's state after the decision.
+        run: the run's snapshot after the decision.
         reason: why, for REJECT, WAIT and ABORT.
         delay: for WAIT, seconds before proposing again.
         watch: for WAIT, a run id whose next state change is worth waking up for.
@@ -79,6 +117,7 @@ class Transition:
 
     status: Status
     state: State[Any]
+    run: Any
     reason: str = ""
     delay: float = 0.0
     watch: Any = None
@@ -86,26 +125,6 @@ class Transition:
 
 def _as_datetime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, timezone.utc)
-
-
-def _field_setter(*models: type[Any]) -> Any:
-    """Return ``setattr``, or for models that neither validate assignments nor are frozen,
-    a setter doing what pydantic's ``__setattr__`` does for a plain field (store the value,
-    mark the field set) without its per-call dispatch: :meth:`Orchestrator._apply` sets a
-    dozen fields per task run."""
-    if any(
-        m.model_config.get("validate_assignment") or m.model_config.get("frozen") for m in models
-    ):
-        return setattr
-
-    def set_field(model: Any, name: str, value: Any) -> None:
-        model.__dict__[name] = value
-        model.__pydantic_fields_set__.add(name)
-
-    return set_field
-
-
-_set = _field_setter(FlowRun, TaskRun, State, S.StateDetails)
 
 
 class Orchestrator(Actor):
@@ -117,119 +136,216 @@ class Orchestrator(Actor):
         self._backend = backend
         self._clock = clock
         self._random = random.Random()
+        self._live: dict[UUID, Run] = {}
 
     def receive(self, message: Any) -> Any:
-        """Handle a :class:`CreateRun`, :class:`ProposeState` or :class:`UpdateRun`."""
+        """Handle a :class:`CreateRun`, :class:`ProposeState`, :class:`UpdateRun` or
+        :class:`ReadRun`.
+
+        Raises:
+            ObjectNotFound: the run does not exist.
+            StoreError: the run kept changing under the orchestrator's writes.
+            TypeError: any other message.
+        """
         kind = type(message)
         if kind is ProposeState:
-            return self.propose(message.kind, message.run, message.state, force=message.force)
+            return self.propose(message)
         if kind is CreateRun:
             return self.create(message.kind, message.run, message.state)
         if kind is UpdateRun:
-            with self._backend.lock:
-                for field, value in message.changes.items():
-                    setattr(message.run, field, value)
-                self._backend.update_run(message.kind, message.run)
-            return None
+            return self.update(message.kind, message.run_id, message.changes)
+        if kind is ReadRun:
+            return self._current(message.kind, message.run_id)
         raise TypeError(f"The orchestrator does not understand {message!r}.")
 
     # -- the work ---------------------------------------------------------------------
 
-    def create(self, kind: RunKind, run: FlowRun | TaskRun, state: State[Any]) -> State[Any]:
+    def create(self, kind: RunKind, run: Run, state: State[Any]) -> Transition:
         """Record a new run in its first state."""
-        backend = self._backend
-        with backend.lock:
-            self._apply(kind, run, state, record=False)
-            if kind == "flow":
-                backend.add_flow_run(run)  # type: ignore[arg-type]
-            else:
-                backend.add_task_run(run)  # type: ignore[arg-type]
-        backend.notify(run, state)
-        return state
+        new, stamped, _ = self._apply(kind, run, state)
+        self._backend.create_run(kind, new)
+        self._remember(new)
+        self._backend.notify(new, stamped)
+        return Transition("ACCEPT", stamped, new)
 
-    def propose(
-        self, kind: RunKind, run: FlowRun | TaskRun, proposed: State[Any], *, force: bool = False
-    ) -> Transition:
-        """Decide on ``proposed`` for ``run`` and apply the outcome."""
-        backend = self._backend
-        with backend.lock:
-            ctx = self._rule_context(kind, run, proposed, force)
+    def update(self, kind: RunKind, run_id: UUID, changes: dict[str, Any]) -> Run:
+        """Change fields of a run other than its state; return its new snapshot."""
+        for _ in range(MAX_CONFLICTS):
+            run = self._current(kind, run_id)
+            new = evolve(run, **changes, version=run.version + 1)
+            try:
+                self._backend.write_run(kind, new)
+            except StaleRun as stale:
+                self._refresh(stale.current)
+                continue
+            self._remember(new)
+            return new
+        raise self._too_many_conflicts(kind, run_id)
+
+    def propose(self, message: ProposeState) -> Transition:
+        """Decide on a proposed state, record the outcome and answer it."""
+        kind = message.kind
+        proposed = message.state
+        for _ in range(MAX_CONFLICTS):
+            run = self._current(kind, message.run_id)
+            ctx = self._rule_context(kind, run, message)
             decision = decide(run.state, proposed, ctx)
             decision_type = type(decision)
+            target: State[Any] | None
             if decision_type is Accept:
-                applied: State[Any] | None = self._apply(kind, run, proposed)
-                transition = Transition("ACCEPT", proposed)
-            elif decision_type is Reject:
-                assert isinstance(decision, Reject)
-                applied = None
-                if decision.state is not None:
-                    applied = self._apply(kind, run, decision.state)
-                transition = Transition("REJECT", run.state, decision.reason)  # type: ignore[arg-type]
-            elif decision_type is Wait:
-                assert isinstance(decision, Wait)
-                applied = None
-                if decision.state is not None and (
-                    run.state is None or run.state.name != decision.state.name
+                target = proposed
+            elif decision_type is Reject or decision_type is Wait:
+                target = decision.state  # type: ignore[union-attr]
+                if (
+                    decision_type is Wait
+                    and target is not None
+                    and run.state is not None
+                    and run.state.name == target.name
                 ):
-                    applied = self._apply(kind, run, decision.state)
-                transition = Transition(
-                    "WAIT",
-                    run.state,
-                    decision.reason,
-                    decision.delay,
-                    decision.watch,  # type: ignore[arg-type]
-                )
+                    target = None  # waiting again: nothing new to record
             else:
-                assert isinstance(decision, Abort)
-                applied = None
-                transition = Transition("ABORT", run.state, decision.reason)  # type: ignore[arg-type]
-            cascaded = self._cascade(kind, run, applied) if applied is not None else ()
-        if applied is not None:
-            backend.notify(run, applied)
-            for other, state in cascaded:
-                backend.notify(other, state)
-        return transition
+                target = None
+            if target is not None:
+                try:
+                    run, target = self._write(kind, run, target, message.run_input)
+                except StaleRun as stale:
+                    self._refresh(stale.current)
+                    continue
+            if kind == "task" and ctx.slot_wait is None and proposed.is_running():
+                self._release_unused_slots(run)
+            return self._transition(decision, run)
+        raise self._too_many_conflicts(kind, message.run_id)
 
-    def _rule_context(
-        self, kind: RunKind, run: FlowRun | TaskRun, proposed: State[Any], force: bool
-    ) -> RuleContext:
+    @staticmethod
+    def _transition(decision: Any, run: Run) -> Transition:
+        state: State[Any] = run.state  # type: ignore[assignment]
+        decision_type = type(decision)
+        if decision_type is Accept:
+            return Transition("ACCEPT", state, run)
+        if decision_type is Reject:
+            return Transition("REJECT", state, run, decision.reason)
+        if decision_type is Wait:
+            return Transition("WAIT", state, run, decision.reason, decision.delay, decision.watch)
+        assert isinstance(decision, Abort)
+        return Transition("ABORT", state, run, decision.reason)
+
+    def _write(
+        self, kind: RunKind, run: Run, state: State[Any], run_input: RunInputWrite | None = None
+    ) -> tuple[Run, State[Any]]:
+        """Record ``state`` as the run's next state (checked against ``run.version``); then
+        notify and apply what follows from it. Return the new snapshot and the state as
+        recorded.
+
+        Raises:
+            StaleRun: the run changed since ``run`` was read; nothing was written.
+        """
+        new, stamped, fields_changed = self._apply(kind, run, state)
+        backend = self._backend
+        backend.write_run(
+            kind, new, state=stamped, run_input=run_input, fields_changed=fields_changed
+        )
+        self._remember(new)
+        if kind == "task" and stamped.is_final() and new.tags:
+            backend.release_slots(new.id)
+            backend.notify_slots_released()
+        backend.notify(new, stamped)
+        if kind == "flow":
+            self._cascade(new, stamped)  # type: ignore[arg-type]
+        return new, stamped
+
+    def _write_other(self, kind: RunKind, run_id: UUID, state: State[Any]) -> None:
+        """Record ``state`` for another run than the one proposed for (a cascade), unless
+        that run is finished by now."""
+        for _ in range(MAX_CONFLICTS):
+            try:
+                run = self._current(kind, run_id)
+            except ObjectNotFound:
+                return
+            if run.state is not None and run.state.is_final():
+                return
+            try:
+                self._write(kind, run, state)
+            except StaleRun as stale:
+                self._refresh(stale.current)
+                continue
+            return
+        raise self._too_many_conflicts(kind, run_id)
+
+    # -- snapshots --------------------------------------------------------------------
+
+    def _current(self, kind: RunKind, run_id: UUID) -> Run:
+        run = self._live.get(run_id)
+        if run is None:
+            run = self._backend.read_run(kind, run_id)
+        return run
+
+    def _remember(self, run: Run) -> None:
+        """Keep deciding on ``run`` from memory while this orchestrator drives it."""
+        state = run.state
+        if state is not None and (
+            state.is_final() or (state.is_paused() and state.state_details.pause_reschedule)
+        ):
+            self._live.pop(run.id, None)  # finished, or its engine has left (suspended)
+        else:
+            self._live[run.id] = run
+
+    def _refresh(self, current: Run) -> None:
+        if current.id in self._live:
+            self._remember(current)
+
+    def _too_many_conflicts(self, kind: RunKind, run_id: UUID) -> StoreError:
+        self._live.pop(run_id, None)
+        return StoreError(
+            f"The {kind} run {run_id} changed in the store {MAX_CONFLICTS} times while the "
+            "orchestrator was deciding on it; another process keeps writing it. Try again."
+        )
+
+    # -- deciding ---------------------------------------------------------------------
+
+    def _rule_context(self, kind: RunKind, run: Run, message: ProposeState) -> RuleContext:
         now = _as_datetime(self._clock.now())
-        if force:
-            return RuleContext(kind=kind, now=now, force=True)
+        proposed = message.state
+        if message.force:
+            return RuleContext(
+                kind=kind, now=now, force=True, required_types=message.required_types
+            )
         parent_id = None
         parent_state = None
         if kind == "task":
-            parent_id = run.flow_run_id  # type: ignore[union-attr]
-            policy = run.empirical_policy
-            retry_delays = tuple(policy.retry_delay)  # type: ignore[union-attr]
-            jitter = policy.retry_jitter_factor  # type: ignore[union-attr]
+            task_run: TaskRun = run  # type: ignore[assignment]
+            parent_id = task_run.flow_run_id
+            task_policy = task_run.empirical_policy
+            retries = task_policy.retries
+            retry_delays = task_policy.retry_delay
+            jitter = task_policy.retry_jitter_factor
             pause_keys: frozenset[str] = frozenset()
             has_parent_run = parent_id is not None
         else:
             flow_run: FlowRun = run  # type: ignore[assignment]
-            policy = flow_run.empirical_policy
-            retry_delays = (policy.retry_delay,)
+            flow_policy = flow_run.empirical_policy
+            retries = flow_policy.retries
+            retry_delays = (flow_policy.retry_delay,)
             jitter = None
-            pause_keys = frozenset(policy.pause_keys)
+            pause_keys = frozenset(flow_policy.pause_keys)
             has_parent_run = flow_run.parent_task_run_id is not None
             if has_parent_run:
                 parent_id = self._parent_flow_run_id(flow_run)
         if parent_id is not None and proposed.is_running():
             try:
-                parent_state = self._backend.read_flow_run(parent_id).state
+                parent_state = self._current("flow", parent_id).state
             except ObjectNotFound:
                 parent_state = None
         cached_state = None
         slot_wait = None
         if kind == "task" and proposed.is_running():
-            cached_state = self._cached_state(run, proposed)  # type: ignore[arg-type]
+            cached_state = self._cached_state(proposed)
             if cached_state is None and run.tags:
                 slot_wait = self._slot_wait(run)  # type: ignore[arg-type]
         return RuleContext(
             kind=kind,
             now=now,
             run_count=run.run_count,
-            retries=policy.retries,
+            retries=retries,
             retry_delays=retry_delays,
             retry_jitter_factor=jitter,
             jitter_sample=self._random.random(),
@@ -239,16 +355,17 @@ class Orchestrator(Actor):
             slot_wait=slot_wait,
             pause_keys=pause_keys,
             has_parent_run=has_parent_run,
+            required_types=message.required_types,
         )
 
     def _parent_flow_run_id(self, flow_run: FlowRun) -> Any:
         try:
-            parent_task = self._backend.read_task_run(flow_run.parent_task_run_id)  # type: ignore[arg-type]
+            parent_task = self._current("task", flow_run.parent_task_run_id)  # type: ignore[arg-type]
         except ObjectNotFound:
             return None
-        return parent_task.flow_run_id
+        return parent_task.flow_run_id  # type: ignore[union-attr]
 
-    def _cached_state(self, run: TaskRun, proposed: State[Any]) -> State[Any] | None:
+    def _cached_state(self, proposed: State[Any]) -> State[Any] | None:
         key = proposed.state_details.cache_key
         if key is None or proposed.state_details.refresh_cache:
             return None
@@ -263,9 +380,7 @@ class Orchestrator(Actor):
             name="Cached",
             message=cached.message,
             data=cached.data,
-            state_details=cached.state_details.model_copy(
-                update={"task_run_id": None, "flow_run_id": None}
-            ),
+            state_details=replace_details(cached.state_details, task_run_id=None, flow_run_id=None),
         )
 
     def _slot_wait(self, run: TaskRun) -> float | None:
@@ -273,94 +388,87 @@ class Orchestrator(Actor):
             return None
         return 1.0
 
-    def _apply(
-        self, kind: RunKind, run: FlowRun | TaskRun, state: State[Any], *, record: bool = True
-    ) -> State[Any]:
+    def _release_unused_slots(self, run: Run) -> None:
+        """Give back the slots a Running proposal took if the run is not running after all
+        (the parent is paused, say)."""
+        if run.tags and (run.state is None or not run.state.is_running()):
+            self._backend.release_slots(run.id)
+
+    # -- applying ---------------------------------------------------------------------
+
+    def _apply(self, kind: RunKind, run: Run, state: State[Any]) -> tuple[Run, State[Any], bool]:
+        """Return the run's next snapshot in ``state``, the state as recorded (stamped
+        with the run's ids, its timestamp after the previous one's) and whether fields
+        other than the state and its timings changed."""
         details = state.state_details
         if kind == "flow":
-            _set(details, "flow_run_id", run.id)
+            if details.flow_run_id != run.id:
+                details = replace_details(details, flow_run_id=run.id)
         else:
-            _set(details, "task_run_id", run.id)
-            _set(details, "flow_run_id", run.flow_run_id)  # type: ignore[union-attr]
+            flow_run_id = run.flow_run_id  # type: ignore[union-attr]
+            if details.task_run_id != run.id or details.flow_run_id != flow_run_id:
+                details = replace_details(details, task_run_id=run.id, flow_run_id=flow_run_id)
         previous = run.state
-        if previous is not None:
-            if state.timestamp <= previous.timestamp:
-                _set(state, "timestamp", previous.timestamp + timedelta(microseconds=1))
-            if previous.is_running():
-                _set(
-                    run,
-                    "total_run_time",
-                    run.total_run_time + (state.timestamp - previous.timestamp),
-                )
+        timestamp = state.timestamp
+        if previous is not None and timestamp <= previous.timestamp:
+            timestamp = previous.timestamp + _MICROSECOND
+        if details is not state.state_details or timestamp is not state.timestamp:
+            state = replace(state, state_details=details, timestamp=timestamp)
+        changes: dict[str, Any] = {"state": state, "version": run.version + 1}
+        if previous is not None and previous.is_running():
+            changes["total_run_time"] = run.total_run_time + (timestamp - previous.timestamp)
         if state.is_running():
-            _set(run, "run_count", run.run_count + 1)
+            changes["run_count"] = run.run_count + 1
             if run.start_time is None:
-                _set(run, "start_time", state.timestamp)
+                changes["start_time"] = timestamp
         elif state.is_final():
-            _set(run, "end_time", state.timestamp)
-            if kind == "task" and run.tags:
-                self._backend.release_slots(run.id)
-                self._backend.notify_slots_released()
+            changes["end_time"] = timestamp
+        fields_changed = False
         if state.is_scheduled():
-            _set(run, "expected_start_time", details.scheduled_time)
+            changes["expected_start_time"] = details.scheduled_time
         elif kind == "flow" and state.is_paused() and details.pause_key is not None:
             policy = run.empirical_policy  # type: ignore[union-attr]
             if details.pause_key not in policy.pause_keys:
-                policy.pause_keys.append(details.pause_key)
-                if record:
-                    self._backend.update_run(kind, run)
-        _set(run, "state", state)
-        run.state_history.append(state)
-        if record:
-            self._backend.record_state(kind, run, state)
-        return state
+                changes["empirical_policy"] = policy.model_copy(
+                    update={"pause_keys": (*policy.pause_keys, details.pause_key)}
+                )
+                fields_changed = True
+        return evolve(run, **changes), state, fields_changed
 
-    def _cascade(
-        self, kind: RunKind, run: FlowRun | TaskRun, state: State[Any]
-    ) -> list[tuple[FlowRun | TaskRun, State[Any]]]:
-        """Apply what follows from ``run`` entering ``state``; return every (run, state)
-        changed on the way, to notify.
+    def _cascade(self, flow_run: FlowRun, state: State[Any]) -> None:
+        """Apply what follows from a flow run entering ``state``.
 
         - A subflow's state is mirrored onto the task run that stands for it in the parent.
         - A flow run that is being cancelled cancels its unfinished task runs, and asks its
           running subflows to cancel (their own engines finish them).
         """
-        if kind != "flow":
-            return []
-        flow_run: FlowRun = run  # type: ignore[assignment]
-        changed: list[tuple[FlowRun | TaskRun, State[Any]]] = []
         if flow_run.parent_task_run_id is not None:
-            try:
-                parent_task = self._backend.read_task_run(flow_run.parent_task_run_id)
-            except ObjectNotFound:
-                parent_task = None
-            if parent_task is not None:
-                mirror = State(
-                    type=state.type,
-                    name=state.name,
-                    message=state.message,
-                    data=state.data,
-                    state_details=state.state_details.model_copy(
-                        update={
-                            "child_flow_run_id": flow_run.id,
-                            "flow_run_id": None,
-                            "task_run_id": None,
-                        }
-                    ),
-                )
-                changed.append((parent_task, self._apply("task", parent_task, mirror)))
+            mirror = S.State(
+                type=state.type,
+                name=state.name,
+                message=state.message,
+                data=state.data,
+                state_details=replace_details(
+                    state.state_details,
+                    child_flow_run_id=flow_run.id,
+                    flow_run_id=None,
+                    task_run_id=None,
+                ),
+            )
+            self._write_other("task", flow_run.parent_task_run_id, mirror)
         if state.is_cancelling() or state.is_cancelled():
             for task_run in self._backend.read_task_runs(flow_run_id=flow_run.id):
+                task_run = self._live.get(task_run.id, task_run)  # type: ignore[assignment]
                 current = task_run.state
                 if current is None or current.is_final():
                     continue
                 child_id = current.state_details.child_flow_run_id
                 if child_id is None:
                     cancelled = S.Cancelled(message="The parent flow run was cancelled.")
-                    changed.append((task_run, self._apply("task", task_run, cancelled)))
+                    self._write_other("task", task_run.id, cancelled)
                     continue
                 try:
-                    child = self._backend.read_flow_run(child_id)
+                    child = self._current("flow", child_id)
                 except ObjectNotFound:
                     continue
                 if (
@@ -369,6 +477,4 @@ class Orchestrator(Actor):
                     and not child.state.is_cancelling()
                 ):
                     cancelling = S.Cancelling(message="The parent flow run is being cancelled.")
-                    changed.append((child, self._apply("flow", child, cancelling)))
-                    changed.extend(self._cascade("flow", child, cancelling))
-        return changed
+                    self._write_other("flow", child_id, cancelling)

@@ -121,9 +121,9 @@ async def reap_orphans(runtime: Any) -> int:
             if state is not None and not state.is_final() and not state.is_paused():
                 message = _ORPHAN_MESSAGE.format(kind="task", flow_run_id=flow_run.id)
                 await orchestrator.ask(
-                    ProposeState("task", task_run, S.Crashed(message=message), True)
+                    ProposeState("task", task_run.id, S.Crashed(message=message))
                 )
         message = _ORPHAN_MESSAGE.format(kind="flow", flow_run_id=flow_run.id)
-        await orchestrator.ask(ProposeState("flow", flow_run, S.Crashed(message=message), True))
+        await orchestrator.ask(ProposeState("flow", flow_run.id, S.Crashed(message=message)))
         reaped += 1
     return reaped

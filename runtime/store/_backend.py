@@ -1,13 +1,34 @@
-"""The store interface: where runs, state history, pause inputs, cache records and
+"""The store contract: where runs, state history, pause inputs, cache records and
 concurrency slots are kept.
 
-A :class:`StoreBackend` is thread-safe and may be shared by several runtimes in one process
-(several event loops), as several processes share one SQLite file. It is also the
-in-process hub for state-change notifications: whoever changes a run's state (its own
-actor, a resume from another thread, a cancel from another loop) notifies everyone who
-subscribed to that run.
+A store takes and returns *rows*: immutable run snapshots (:class:`~runtime.FlowRun`,
+:class:`~runtime.TaskRun`) and states. It never hands out an object that someone else
+changes, and it keeps no object the engine changes.
 
-Backends: ``memory://`` (:mod:`runtime.store._memory`) and ``sqlite:///path``.
+**Writes are checked.** Every run carries ``version``, the number of times the store has
+written it. :meth:`StoreBackend.write_run` is a compare-and-set: it writes the new
+snapshot only if the stored run's version is still the one the writer read (the version
+its decision was made on), and raises :class:`StaleRun` otherwise, carrying the run as it
+is now; the orchestrator then decides again on that. So a decision holds across threads,
+event loops and processes: of two resumers, one wins; a cancel and a completion cannot
+both land. A backend makes the check and the write one transaction (a lock-protected
+step in memory, ``BEGIN IMMEDIATE`` in SQLite, ``SELECT ... FOR UPDATE`` or the same
+version check in a server database).
+
+**Who writes a run.** Any process may write a flow run (a cancel, a resume, a reaper).
+A task run has one writing process at a time, the one running it (its flow run's
+process, or the worker that claimed it): other processes change a task run only through
+its flow run (a cancel) or once its process is gone. A backend may rely on this to batch
+task-run writes (the SQLite store checks their versions in memory and writes them in
+groups).
+
+**Notifications.** A backend is also the in-process hub for state changes: the
+orchestrator calls :meth:`StoreBackend.notify` after each write it commits, and a backend
+shared with other processes reports their changes from :meth:`StoreBackend.sync_external`.
+Subscribers get the run's snapshot and its new state.
+
+Backends: ``memory://`` (:mod:`runtime.store._memory`) and ``sqlite:///path``
+(:mod:`runtime.store._sqlite`); a server database implements the same methods.
 """
 
 from __future__ import annotations
@@ -25,10 +46,37 @@ from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._rules import SLOTS_RELEASED
 from ..core._states import State, StateType
 
-__all__ = ["CacheRecord", "StoreBackend", "StateListener"]
+__all__ = ["CacheRecord", "RunInputWrite", "StaleRun", "StateListener", "StoreBackend"]
+
+Run = FlowRun | TaskRun
 
 StateListener = Callable[[Any, State[Any]], None]
-"""Called with (run, new state) after a state change; must be quick and thread-safe."""
+"""Called with (run snapshot, new state) after a state change; must be quick and
+thread-safe. Listeners of :data:`~runtime.core._rules.SLOTS_RELEASED` get (None, None)."""
+
+
+class StaleRun(Exception):
+    """Raised by :meth:`StoreBackend.write_run` when the run changed since it was read.
+
+    Attributes:
+        current: the run as it is in the store now.
+    """
+
+    def __init__(self, current: Run) -> None:
+        super().__init__(
+            f"{type(current).__name__} {current.id} changed in the store since it was read "
+            f"(it is at version {current.version}, in state {current.state})."
+        )
+        self.current = current
+
+
+@attrs.frozen
+class RunInputWrite:
+    """A pause input written in the same transaction as a run's state (a resume's input
+    lands only if its resume does)."""
+
+    key: str
+    value: str
 
 
 @attrs.frozen
@@ -47,19 +95,14 @@ class CacheRecord:
 
 
 class StoreBackend(abc.ABC):
-    """Where runs and their history live. Every method is thread-safe.
-
-    ``lock`` serialises state changes across every orchestrator sharing this backend: an
-    orchestrator holds it while it reads a run's current state, applies the rules and
-    records the outcome.
-    """
+    """Where runs and their history live; see the module docstring. Every method is
+    thread-safe."""
 
     url: str
     shared_across_processes: bool = False
     """Whether other processes may change this store (so running flows poll it for cancels)."""
 
     def __init__(self) -> None:
-        self.lock = threading.RLock()
         self._listeners: dict[Any, list[StateListener]] = defaultdict(list)
         self._listeners_lock = threading.Lock()
         self._closed = False
@@ -67,12 +110,41 @@ class StoreBackend(abc.ABC):
     # -- runs --------------------------------------------------------------------------
 
     @abc.abstractmethod
-    def add_flow_run(self, run: FlowRun) -> None:
-        """Record a new flow run (with its current state, if any)."""
+    def create_run(self, kind: RunKind, run: Run) -> None:
+        """Record a new run, with its first state (``run.state``) as its history.
+
+        ``run.version`` must be 1: the store has written it once.
+
+        Raises:
+            ValueError: a run with this id exists already.
+            StoreClosed: the store is closed.
+        """
 
     @abc.abstractmethod
-    def add_task_run(self, run: TaskRun) -> None:
-        """Record a new task run (with its current state, if any)."""
+    def write_run(
+        self,
+        kind: RunKind,
+        run: Run,
+        *,
+        state: State[Any] | None = None,
+        run_input: RunInputWrite | None = None,
+        fields_changed: bool = True,
+    ) -> None:
+        """Replace the stored run with ``run`` if its version is still ``run.version - 1``.
+
+        Args:
+            kind: "flow" or "task".
+            run: the run's new snapshot; its version is one more than the one read.
+            state: a new state to append to the run's history (``run.state`` then).
+            run_input: a pause input of the flow run to write with it.
+            fields_changed: whether fields other than the state and its timings changed
+                (a name, a policy); False lets a backend write less.
+
+        Raises:
+            StaleRun: the stored version is not ``run.version - 1``; nothing was written.
+            ObjectNotFound: no such run.
+            StoreClosed: the store is closed.
+        """
 
     @abc.abstractmethod
     def read_flow_run(self, run_id: UUID) -> FlowRun:
@@ -90,13 +162,17 @@ class StoreBackend(abc.ABC):
             ObjectNotFound: no task run has this id.
         """
 
-    def read_run(self, kind: RunKind, run_id: UUID) -> FlowRun | TaskRun:
-        """Return the flow run or task run with this id."""
+    def read_run(self, kind: RunKind, run_id: UUID) -> Run:
+        """Return the flow run or task run with this id.
+
+        Raises:
+            ObjectNotFound: no such run.
+        """
         return self.read_flow_run(run_id) if kind == "flow" else self.read_task_run(run_id)
 
     @abc.abstractmethod
     def find_task_run(self, flow_run_id: UUID, task_key: str, dynamic_key: str) -> TaskRun | None:
-        """Return the task run of ``flow_run_id`` with this task key and dynamic key, if any."""
+        """Return the newest task run of ``flow_run_id`` with this task key and dynamic key."""
 
     @abc.abstractmethod
     def read_flow_runs(
@@ -107,23 +183,20 @@ class StoreBackend(abc.ABC):
         parent_task_run_id: UUID | None = None,
         limit: int | None = None,
     ) -> list[FlowRun]:
-        """Return flow runs, newest first, filtered by state type, flow name and parent."""
+        """Return flow runs, newest first, filtered by state type, flow name and parent;
+        at most ``limit`` of them (``limit=0``: none)."""
 
     @abc.abstractmethod
     def read_task_runs(self, *, flow_run_id: UUID | None = None) -> list[TaskRun]:
         """Return task runs (of one flow run, if given), oldest first."""
 
     @abc.abstractmethod
-    def record_state(self, kind: RunKind, run: FlowRun | TaskRun, state: State[Any]) -> None:
-        """Persist ``state`` as the new current state of ``run`` (already applied to it)."""
-
-    @abc.abstractmethod
-    def update_run(self, kind: RunKind, run: FlowRun | TaskRun) -> None:
-        """Persist changed fields of ``run`` (its name, its policy, ...)."""
-
-    @abc.abstractmethod
     def read_state_history(self, kind: RunKind, run_id: UUID) -> list[State[Any]]:
-        """Return every state the run has been in, oldest first."""
+        """Return every state the run has been in, oldest first.
+
+        Raises:
+            ObjectNotFound: no such run.
+        """
 
     # -- pause inputs -----------------------------------------------------------------
 
@@ -161,11 +234,12 @@ class StoreBackend(abc.ABC):
 
     @abc.abstractmethod
     def acquire_slots(self, tags: Iterable[str], holder: UUID) -> bool:
-        """Take one slot of every limited tag for ``holder``, all or none; return success."""
+        """Take one slot of every limited tag for ``holder``, all or none; return success.
+        Taking slots ``holder`` already holds succeeds and takes nothing more."""
 
     @abc.abstractmethod
     def release_slots(self, holder: UUID) -> None:
-        """Give back every slot ``holder`` took."""
+        """Give back every slot ``holder`` took (never fails, even once closed)."""
 
     # -- notifications ----------------------------------------------------------------
 
@@ -187,7 +261,12 @@ class StoreBackend(abc.ABC):
 
         return unsubscribe
 
-    def notify(self, run: FlowRun | TaskRun, state: State[Any]) -> None:
+    def has_listeners(self, run_id: Any) -> bool:
+        """Whether anyone listens to ``run_id``'s changes (or to every run's)."""
+        listeners = self._listeners
+        return run_id in listeners or None in listeners
+
+    def notify(self, run: Run, state: State[Any]) -> None:
         """Tell the subscribers of ``run`` (and of every run) about its new state."""
         listeners = self._listeners
         run_id = run.id
@@ -204,7 +283,7 @@ class StoreBackend(abc.ABC):
         """Wake the task runs of this process waiting for a concurrency slot (they
         subscribed to ``runtime.core._rules.SLOTS_RELEASED``)."""
         listeners = self._listeners
-        if not listeners:
+        if SLOTS_RELEASED not in listeners:
             return
         with self._listeners_lock:
             targets = list(listeners.get(SLOTS_RELEASED, ()))
@@ -221,7 +300,8 @@ class StoreBackend(abc.ABC):
         """Make every write so far durable. Backends that write at once do nothing."""
 
     def sync_external(self) -> None:
-        """Pick up changes other processes made (a no-op for process-local backends)."""
+        """Notify subscribers of the state changes other processes made since the last
+        call (a no-op for process-local backends)."""
 
     def close(self) -> None:
         """Release the backend's resources; further use raises ``StoreClosed``."""

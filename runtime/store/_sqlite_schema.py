@@ -12,8 +12,8 @@ Tables (``seq`` columns give insertion order; ids are UUIDs as 32 hex digits). `
 
 - ``flow_runs`` / ``task_runs``: one row per run. The columns the store filters on or that
   the orchestrator changes with every state (state type and name, run count, start, end,
-  expected start, total run time) are columns; every other field is in ``body``, the
-  run's JSON without its state and history.
+  expected start, total run time, version, the state itself) are columns; every other
+  field is in ``body``, the run's JSON without its state.
 - ``states``: every state of every run, in the order recorded (``seq``). ``body`` is the
   state's JSON without its data; ``result`` the persisted-result reference when the data
   is one; ``has_data`` whether there was data at all (kept only in the writing process
@@ -21,14 +21,17 @@ Tables (``seq`` columns give insertion order; ids are UUIDs as 32 hex digits). `
 - ``run_inputs``: pause inputs, by (flow run, key).
 - ``cache_records``: a completed state per cache key, with its expiration.
 - ``concurrency_limits`` / ``concurrency_slots``: tag limits and who holds their slots.
-- ``run_updates`` (version 2): a log of :meth:`update_run` calls, so other processes notice
-  changed run fields (a new name, a pause key, a resume) as they notice new states.
+- ``run_updates`` (version 2): no longer written (version 3 puts what it was for in the
+  run rows); kept so that older files open unchanged.
+- Version 3: each run row also holds its ``version`` (the store's write count, for checked
+  writes) and its current state (``state_body``, ``state_result``, ``state_has_data``, as
+  in ``states``), so a run is read with one row.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,13 +39,12 @@ from uuid import UUID
 
 from ..core._exceptions import ConfigurationError, StoreError
 from ..core._models import FlowRun, RunKind, TaskRun
-from ..core._states import UNAVAILABLE, State
+from ..core._states import UNAVAILABLE, State, replace
 from ._results import ResultRef
 
 __all__ = [
     "AUTOCHECKPOINT_PAGES",
     "INSERT_RUN",
-    "INSERT_RUN_UPDATE",
     "INSERT_STATE",
     "MIGRATIONS",
     "SCHEMA_VERSION",
@@ -54,9 +56,10 @@ __all__ = [
     "iso",
     "open_connection",
     "parse_datetime",
-    "run_times",
+    "SELECT_VERSION",
+    "StateValues",
     "run_values",
-    "set_times",
+    "state_columns",
     "state_from_row",
     "state_values",
 ]
@@ -127,6 +130,26 @@ MIGRATIONS: list[tuple[str, ...]] = [
             kind TEXT NOT NULL CHECK (kind IN ('flow', 'task')),
             run_id TEXT NOT NULL,
             writer INTEGER NOT NULL)""",
+    ),
+    # 2 -> 3: checked writes (a version per run) and the current state in the run's row.
+    tuple(
+        statement
+        for table in ("flow_runs", "task_runs")
+        for statement in (
+            f"ALTER TABLE {table} ADD COLUMN version INTEGER NOT NULL DEFAULT 1",
+            f"ALTER TABLE {table} ADD COLUMN state_body TEXT",
+            f"ALTER TABLE {table} ADD COLUMN state_result TEXT",
+            f"ALTER TABLE {table} ADD COLUMN state_has_data INTEGER NOT NULL DEFAULT 0",
+            f"""UPDATE {table} SET
+                version = MAX(1, (SELECT COUNT(*) FROM states WHERE run_id = {table}.id)),
+                state_body = (SELECT body FROM states WHERE run_id = {table}.id
+                              ORDER BY seq DESC LIMIT 1),
+                state_result = (SELECT result FROM states WHERE run_id = {table}.id
+                                ORDER BY seq DESC LIMIT 1),
+                state_has_data = COALESCE((SELECT has_data FROM states
+                                           WHERE run_id = {table}.id
+                                           ORDER BY seq DESC LIMIT 1), 0)""",
+        )
     ),
 ]
 
@@ -255,61 +278,65 @@ _LINKS = {
     "flow": ("flow_name", "parent_task_run_id"),
     "task": ("flow_run_id", "task_key", "dynamic_key"),
 }
+_STATE_COLUMNS = (
+    "state_type",
+    "state_name",
+    "run_count",
+    "start_time",
+    "end_time",
+    "expected_start_time",
+    "total_run_time_us",
+    "version",
+    "state_body",
+    "state_result",
+    "state_has_data",
+)
 _WRITTEN = {
-    kind: (
-        "name",
-        "state_type",
-        "state_name",
-        "run_count",
-        "start_time",
-        "end_time",
-        "expected_start_time",
-        "total_run_time_us",
-        "created",
-        "body",
-        *links,
-    )
-    for kind, links in _LINKS.items()
+    kind: ("name", *_STATE_COLUMNS, "created", "body", *links) for kind, links in _LINKS.items()
 }
-_NOT_IN_BODY = {"state", "state_history"}
+_NOT_IN_BODY = {"state", "version", "run_count", "start_time", "end_time"}
 _NO_DATA = {"data"}
 _MICROSECOND = timedelta(microseconds=1)
 
 SELECT_RUN = {
-    kind: "SELECT id, body, run_count, start_time, end_time, expected_start_time, "
-    f"total_run_time_us FROM {table}"
+    kind: f"SELECT id, body, {', '.join(_STATE_COLUMNS[2:])} FROM {table}"
     for kind, table in TABLES.items()
 }
-"""Per kind, the start of a query for rows :func:`build_run` and :func:`set_times` take."""
+"""Per kind, the start of a query for rows :func:`build_run` takes."""
 
 INSERT_RUN = {
-    kind: f"INSERT OR IGNORE INTO {TABLES[kind]} (id, {', '.join(columns)}) "
-    f"VALUES (?{', ?' * len(columns)})"
+    kind: f"INSERT INTO {TABLES[kind]} (id, {', '.join(columns)}) VALUES (?{', ?' * len(columns)})"
     for kind, columns in _WRITTEN.items()
 }
-"""Per kind, insert a run: parameters ``(id, *run_values(kind, run))``."""
+"""Per kind, insert a run: parameters ``(id, *run_values(kind, run, state_values))``."""
 
 UPDATE_RUN = {
     kind: f"UPDATE {TABLES[kind]} SET {', '.join(f'{c} = ?' for c in columns)} WHERE id = ?"
     for kind, columns in _WRITTEN.items()
 }
-"""Per kind, rewrite a run: parameters ``(*run_values(kind, run), id)``."""
+"""Per kind, rewrite a run: parameters ``(*run_values(kind, run, state_values), id)``."""
 
 UPDATE_STATE = {
-    kind: f"UPDATE {table} SET state_type = ?, state_name = ?, run_count = ?, start_time = ?, "
-    "end_time = ?, expected_start_time = ?, total_run_time_us = ? WHERE id = ?"
+    kind: f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in _STATE_COLUMNS)} WHERE id = ?"
     for kind, table in TABLES.items()
 }
-"""Per kind, a run's new state: ``(type, name, *run_times(run), id)``."""
+"""Per kind, a run's new state: parameters ``(*state_columns(run, state_values), id)``."""
 
-INSERT_RUN_UPDATE = "INSERT INTO run_updates (kind, run_id, writer) VALUES (?, ?, ?)"
-"""Log an ``update_run``: parameters ``(kind, run id, writer)``."""
+SELECT_VERSION = {
+    kind: f"SELECT version FROM {table} WHERE id = ?" for kind, table in TABLES.items()
+}
+"""Per kind, a run's stored version: parameters ``(id,)``."""
 
 INSERT_STATE = (
     "INSERT INTO states (run_id, kind, id, type, name, body, result, has_data, writer) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 """Parameters ``(run id, kind, state id, type, name, *state_values(state), writer)``."""
+
+StateValues = tuple[str, "str | None", bool]
+"""What :func:`state_values` returns: ``(body, result, has_data)``."""
+
+_NO_STATE: StateValues = (None, None, False)  # type: ignore[assignment]
 
 
 def iso(value: datetime | None) -> str | None:
@@ -331,54 +358,61 @@ def _unencodable(value: Any) -> str:
     return f"<{type(value).__name__}>"
 
 
-def run_values(kind: RunKind, run: Run) -> tuple[Any, ...]:
-    """Return the values of the columns :data:`INSERT_RUN` and :data:`UPDATE_RUN` write.
+def run_values(kind: RunKind, run: Run, state: StateValues | None) -> tuple[Any, ...]:
+    """Return the values of the columns :data:`INSERT_RUN` and :data:`UPDATE_RUN` write;
+    ``state`` is :func:`state_values` of ``run.state`` (None if it has none).
 
     Fields JSON cannot encode (a parameter holding an object) are stored as
     ``"<TypeName>"``, as ``Flow.serialize_parameters`` does.
     """
-    state = run.state
     return (
         run.name,
-        None if state is None else state.type.value,
-        None if state is None else state.name,
-        *run_times(run),
+        *state_columns(run, state),
         run.created.isoformat(),
         run.model_dump_json(exclude=_NOT_IN_BODY, fallback=_unencodable),
         *(_column(getattr(run, column)) for column in _LINKS[kind]),
     )
 
 
-def run_times(run: Run) -> tuple[Any, ...]:
-    """Return the values of the fields that change with every state, as stored."""
+def state_columns(run: Run, state: StateValues | None) -> tuple[Any, ...]:
+    """Return the values of the columns that change with every state, as stored."""
+    current = run.state
     return (
+        None if current is None else current.type.value,
+        None if current is None else current.name,
         run.run_count,
         iso(run.start_time),
         iso(run.end_time),
         iso(run.expected_start_time),
         run.total_run_time // _MICROSECOND,
+        run.version,
+        *(state or _NO_STATE),
     )
 
 
-def set_times(run: Run, row: Sequence[Any]) -> None:
-    """Set the fields that change with every state from a :data:`SELECT_RUN` row."""
-    run.run_count = row[2]
-    run.start_time = parse_datetime(row[3])
-    run.end_time = parse_datetime(row[4])
-    run.expected_start_time = parse_datetime(row[5])
-    run.total_run_time = timedelta(microseconds=row[6])
-
-
-def build_run(kind: RunKind, row: Sequence[Any], history: list[State[Any]]) -> Run:
-    """Return the run of a :data:`SELECT_RUN` row, with its state history."""
-    run = _MODELS[kind].model_validate_json(row[1])
-    set_times(run, row)
-    run.state_history = history
-    run.state = history[-1] if history else None
+def build_run(
+    kind: RunKind,
+    row: Sequence[Any],
+    known_state: Callable[[str], State[Any] | None] = lambda state_id: None,
+) -> Run:
+    """Return the snapshot of a :data:`SELECT_RUN` row. ``known_state(id)`` may return the
+    state object this process wrote with that id (whose data is still in memory)."""
+    run: Run = _MODELS[kind].model_validate_json(row[1])
+    state = None
+    if row[8] is not None:
+        state = state_from_row(row[8], row[9], row[10], known_state)
+    values = run.__dict__
+    values["run_count"] = row[2]
+    values["start_time"] = parse_datetime(row[3])
+    values["end_time"] = parse_datetime(row[4])
+    values["expected_start_time"] = parse_datetime(row[5])
+    values["total_run_time"] = timedelta(microseconds=row[6])
+    values["version"] = row[7]
+    values["state"] = state
     return run
 
 
-def state_values(state: State[Any]) -> tuple[str, str | None, bool]:
+def state_values(state: State[Any]) -> StateValues:
     """Return ``(body, result, has_data)`` for a state: its JSON without its data, the
     persisted-result reference if its data is one, and whether it had data at all."""
     data = state.data
@@ -389,12 +423,25 @@ def state_values(state: State[Any]) -> tuple[str, str | None, bool]:
     )
 
 
-def state_from_row(body: str, result: str | None, has_data: int) -> State[Any]:
-    """Rebuild a state from :func:`state_values`; data that was not a persisted result
+_STATE_ID = len('{"id":"')
+
+
+def state_from_row(
+    body: str,
+    result: str | None,
+    has_data: int,
+    known_state: Callable[[str], State[Any] | None] = lambda state_id: None,
+) -> State[Any]:
+    """Rebuild a state from :func:`state_values`. A state this process wrote comes back as
+    the object it wrote (``known_state``); otherwise data that was not a persisted result
     (an exception, a value) was kept only in memory and reads as ``UNAVAILABLE``."""
+    if body.startswith('{"id":"'):
+        known = known_state(body[_STATE_ID : _STATE_ID + 36])
+        if known is not None:
+            return known
     state: State[Any] = State.model_validate_json(body)
     if result is not None:
-        state.data = ResultRef.from_json(result)
-    elif has_data:
-        state.data = UNAVAILABLE
+        return replace(state, data=ResultRef.from_json(result))
+    if has_data:
+        return replace(state, data=UNAVAILABLE)
     return state

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import threading
-from pathlib import Path
 from urllib.parse import parse_qs, unquote
 
 from ..core._exceptions import ConfigurationError
 from ..core._settings import stageflow_home
 from ._backend import StoreBackend
-from ._memory import MemoryStore
+from ._memory import DEFAULT_MAX_RUNS, MemoryStore
 from ._sqlite import SqliteStore
 
 __all__ = ["STORE_ENV", "default_backend", "open_backend", "stageflow_home"]
@@ -28,7 +27,8 @@ _default_lock = threading.Lock()
 def open_backend(url: str) -> tuple[StoreBackend, bool]:
     """Return the backend for ``url`` and whether the caller owns (must close) it.
 
-    ``memory://`` gives a new private in-memory store; ``sqlite:///relative/path.db`` and
+    ``memory://`` gives a new private in-memory store (``memory://?max_runs=N``: keep at most
+    N finished top-level flow runs; 0 keeps all); ``sqlite:///relative/path.db`` and
     ``sqlite:////absolute/path.db`` (optionally ``?fsync=1``) open an SQLite file, which
     other processes may use at the same time.
 
@@ -38,12 +38,27 @@ def open_backend(url: str) -> tuple[StoreBackend, bool]:
         StoreError: the SQLite file cannot be created or read.
     """
     if url.startswith("memory://"):
-        return MemoryStore(url), True
+        return _open_memory(url), True
     if url.startswith("sqlite:"):
         return _open_sqlite(url), True
     raise ConfigurationError(
         f"Unsupported store URL {url!r}: use 'memory://' or 'sqlite:///path/to/file.db'."
     )
+
+
+def _open_memory(url: str) -> MemoryStore:
+    """Open ``memory://``, optionally with ``?max_runs=N``."""
+    _, _, query = url.partition("?")
+    max_runs = DEFAULT_MAX_RUNS
+    for key, values in parse_qs(query, keep_blank_values=True).items():
+        value = values[-1].strip()
+        if key != "max_runs" or not value.isdigit():
+            raise ConfigurationError(
+                f"Unsupported option {key}={values[-1]!r} in the store URL {url!r}: the only "
+                "option is max_runs=N, a whole number (0 keeps every run)."
+            )
+        max_runs = int(value)
+    return MemoryStore(url, max_runs=max_runs)
 
 
 def _open_sqlite(url: str) -> SqliteStore:

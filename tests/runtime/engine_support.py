@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import Any
 from uuid import UUID
 
 import pytest
 
-from runtime import FlowRun, Runtime, TaskRun
+from runtime import FlowRun, Runtime, State, TaskRun
 
 __all__ = [
     "flow_run_named",
@@ -19,6 +20,7 @@ __all__ = [
     "messages",
     "only_flow_run",
     "records_of",
+    "state_history",
     "state_names",
     "task_runs_of",
 ]
@@ -59,9 +61,16 @@ def task_runs_of(rt: Runtime, flow_run_id: UUID | None) -> list[TaskRun]:
     )
 
 
-def state_names(run: FlowRun | TaskRun) -> list[str]:
+def state_history(rt: Runtime, run: FlowRun | TaskRun) -> list[State[Any]]:
+    """Return the states ``run`` went through, from ``rt``'s store."""
+    assert rt.backend is not None
+    kind = "flow" if isinstance(run, FlowRun) else "task"
+    return rt.backend.read_state_history(kind, run.id)
+
+
+def state_names(rt: Runtime, run: FlowRun | TaskRun) -> list[str]:
     """Return the names of the states ``run`` went through."""
-    return [state.name or "" for state in run.state_history]
+    return [state.name or "" for state in state_history(rt, run)]
 
 
 def records_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:

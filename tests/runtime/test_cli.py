@@ -207,7 +207,8 @@ class TestFindFlowRun:
             "aaaa0000-0000-0000-0000-000000000002",
             "bbbb0000-0000-0000-0000-000000000003",
         ):
-            backend.add_flow_run(FlowRun(id=UUID(text), name=f"run-{text[:4]}", flow_name="f"))
+            run = FlowRun(id=UUID(text), name=f"run-{text[:4]}", flow_name="f", version=1)
+            backend.create_run("flow", run)
         return backend
 
     def test_full_id_and_unique_prefix(self, backend: MemoryStore) -> None:
@@ -619,10 +620,10 @@ def test_resume_crashed_run_reruns_it(
         entrypoint=f"{flows.resolve()}:greet",
         parameters={"name": "again", "count": 2},
         state=crashed,
-        state_history=[crashed],
+        version=1,
     )
     backend, owned = (default_backend(), False) if not store else open_backend(store[1])
-    backend.add_flow_run(run)
+    backend.create_run("flow", run)
     backend.commit()
     if owned:
         backend.close()

@@ -7,7 +7,13 @@ from typing import Any
 
 import anyio
 import pytest
-from engine_support import isolated_home, only_flow_run, records_of, task_runs_of  # noqa: F401
+from engine_support import (  # noqa: F401
+    isolated_home,
+    only_flow_run,
+    records_of,
+    state_history,
+    task_runs_of,
+)
 
 from runtime import Runtime, StateType, flow, get_run_context, task
 from runtime.core._exceptions import CancelledRun
@@ -266,10 +272,11 @@ async def test_cancelling_a_flow_run_runs_on_cancellation() -> None:
             await started.wait()
             await cancel_flow_run(run_ids[0])
         run = only_flow_run(rt)
+        history = state_history(rt, run)
     (state,) = states
     assert state.is_cancelled()
     assert run.state is not None and run.state.is_cancelled()
-    assert [s.type for s in run.state_history][-2:] == [StateType.CANCELLING, StateType.CANCELLED]
+    assert [s.type for s in history][-2:] == [StateType.CANCELLING, StateType.CANCELLED]
     assert hooks.calls == [("on_running", "Running"), ("on_cancellation", "Cancelled")]
     with pytest.raises(CancelledRun):
         state.result()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
+from engine_support import isolated_home, only_flow_run, state_history, task_runs_of  # noqa: F401
 
 from runtime import Flow, Runtime, State, StateType, flow, task
 from runtime import states as S
@@ -127,11 +127,12 @@ async def test_async_flow_returns_its_value() -> None:
     async with Runtime(store="memory://") as rt:
         assert await add(2, 3) == 5
         run = only_flow_run(rt)
+        history = state_history(rt, run)
     assert run.state is not None and run.state.is_completed()
     assert run.flow_name == "add"
     assert run.parameters == {"x": 2, "y": 3}
     assert run.run_count == 1
-    assert [s.type for s in run.state_history] == [
+    assert [s.type for s in history] == [
         StateType.PENDING,
         StateType.RUNNING,
         StateType.COMPLETED,

@@ -9,10 +9,16 @@ from typing import Any
 
 import anyio
 import pytest
-from engine_support import isolated_home, only_flow_run, state_names, task_runs_of  # noqa: F401
+from engine_support import (  # noqa: F401
+    isolated_home,
+    only_flow_run,
+    state_history,
+    state_names,
+    task_runs_of,
+)
 
 from actors import FakeClock
-from runtime import Runtime, StateType, flow, get_run_context, task
+from runtime import Runtime, State, StateType, flow, get_run_context, task
 from runtime.core._exceptions import FlowRunTimeoutError, TaskRunTimeoutError
 
 START = 1_700_000_000.0
@@ -26,10 +32,10 @@ def _at(offset: float) -> datetime:
     return datetime.fromtimestamp(START + offset, timezone.utc)
 
 
-def _scheduled_offsets(run: Any) -> list[float]:
+def _scheduled_offsets(history: list[State[Any]]) -> list[float]:
     return [
         round(s.state_details.scheduled_time.timestamp() - START, 6)
-        for s in run.state_history
+        for s in history
         if s.name == "AwaitingRetry"
     ]
 
@@ -59,9 +65,10 @@ async def test_task_retries_until_success_and_sees_run_count() -> None:
     async with Runtime(store="memory://") as rt:
         assert await pipeline() == "third time lucky"
         (task_run,) = task_runs_of(rt, only_flow_run(rt).id)
+        history = state_history(rt, task_run)
     assert counts == [1, 2, 3]
     assert task_run.run_count == 3
-    assert state_names(task_run) == ["Pending", "Running", "Retrying", "Retrying", "Completed"]
+    assert [x.name for x in history] == ["Pending", "Running", "Retrying", "Retrying", "Completed"]
 
 
 def test_sync_task_retries_exhausted() -> None:
@@ -116,9 +123,10 @@ async def test_retry_delay_number_waits_on_the_clock(caplog: pytest.LogCaptureFi
         with caplog.at_level(logging.INFO, logger="stageflow"):
             assert await pipeline() == 3
         (task_run,) = task_runs_of(rt, only_flow_run(rt).id)
-    assert _scheduled_offsets(task_run) == [10.0, 20.0]
+        history = state_history(rt, task_run)
+    assert _scheduled_offsets(history) == [10.0, 20.0]
     assert clock.now() == START + 20
-    assert state_names(task_run) == [
+    assert [x.name for x in history] == [
         "Pending",
         "Running",
         "AwaitingRetry",
@@ -127,7 +135,7 @@ async def test_retry_delay_number_waits_on_the_clock(caplog: pytest.LogCaptureFi
         "Retrying",
         "Completed",
     ]
-    awaiting = [s for s in task_run.state_history if s.name == "AwaitingRetry"]
+    awaiting = [s for s in history if s.name == "AwaitingRetry"]
     assert all(s.type is StateType.SCHEDULED for s in awaiting)
     retry_lines = [r.getMessage() for r in caplog.records if "will start" in r.getMessage()]
     assert retry_lines == [
@@ -150,9 +158,10 @@ async def test_retry_delay_list_repeats_its_last_value() -> None:
     async with Runtime(store="memory://", clock=clock) as rt:
         state = await pipeline(return_state=True)
         (task_run,) = task_runs_of(rt, only_flow_run(rt).id)
+        history = state_history(rt, task_run)
     assert state.is_failed()
     assert task_run.run_count == 5
-    assert _scheduled_offsets(task_run) == [1.0, 6.0, 36.0, 66.0]
+    assert _scheduled_offsets(history) == [1.0, 6.0, 36.0, 66.0]
 
 
 async def test_retry_delay_callable_gets_the_retry_count() -> None:
@@ -174,8 +183,9 @@ async def test_retry_delay_callable_gets_the_retry_count() -> None:
     async with Runtime(store="memory://", clock=clock) as rt:
         await pipeline(return_state=True)
         (task_run,) = task_runs_of(rt, only_flow_run(rt).id)
+        history = state_history(rt, task_run)
     assert asked == [3]
-    assert _scheduled_offsets(task_run) == [2.0, 6.0, 14.0]
+    assert _scheduled_offsets(history) == [2.0, 6.0, 14.0]
 
 
 async def test_retry_jitter_keeps_delays_within_bounds() -> None:
@@ -192,7 +202,8 @@ async def test_retry_jitter_keeps_delays_within_bounds() -> None:
     async with Runtime(store="memory://", clock=clock) as rt:
         await pipeline(return_state=True)
         (task_run,) = task_runs_of(rt, only_flow_run(rt).id)
-    offsets = _scheduled_offsets(task_run)
+        history = state_history(rt, task_run)
+    offsets = _scheduled_offsets(history)
     delays = [b - a for a, b in zip([0.0, *offsets], offsets)]
     assert len(delays) == 5
     assert all(0 < d <= 15.0 + 1e-6 for d in delays), delays
@@ -343,13 +354,14 @@ async def test_async_flow_retries_with_delay_and_hooks() -> None:
     async with Runtime(store="memory://", clock=clock) as rt:
         state = await always_fails(return_state=True)
         run = only_flow_run(rt)
+        names = state_names(rt, run)
     assert state.is_failed()
     assert counts == [1, 2, 3]
     assert task_runs_per_attempt == [1, 2, 3]
     assert failures == [3]
     assert run.run_count == 3
     assert clock.now() == START + 60
-    assert [n for n in state_names(run) if n != "Running"] == [
+    assert [n for n in names if n != "Running"] == [
         "Pending",
         "AwaitingRetry",
         "AwaitingRetry",

@@ -20,15 +20,16 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import pydantic
 import pytest
 
 from runtime import states as S
 from runtime.core._exceptions import ConfigurationError, ObjectNotFound, StoreClosed, StoreError
-from runtime.core._models import FlowRun, RunKind, TaskRun
+from runtime.core._models import FlowRun, RunKind, TaskRun, evolve
 from runtime.results import ResultRef
 from runtime.states import UNAVAILABLE, State, StateType
-from runtime.store._backend import CacheRecord, StoreBackend
-from runtime.store._memory import MemoryStore
+from runtime.store._backend import CacheRecord, RunInputWrite, StaleRun, StoreBackend
+from runtime.store._memory import DEFAULT_MAX_RUNS, MemoryStore
 from runtime.store._sqlite import SqliteStore
 from runtime.store._sqlite_db import Database
 from runtime.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -47,36 +48,34 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBacke
     backend.close()
 
 
-def apply(store: StoreBackend, kind: RunKind, run: Run, state: State[Any]) -> State[Any]:
-    """Make ``state`` the run's current state and record it, as the orchestrator does."""
-    run.state = state
-    run.state_history.append(state)
-    store.record_state(kind, run, state)
-    return state
+def apply(store: StoreBackend, kind: RunKind, run: Any, state: State[Any], **changes: Any) -> Any:
+    """Record ``state`` as the run's next state, as the orchestrator does; return the new
+    snapshot."""
+    new = evolve(run, state=state, version=run.version + 1, **changes)
+    store.write_run(kind, new, state=state)
+    return new
 
 
 def new_flow_run(store: StoreBackend, name: str = "my-flow", **fields: Any) -> FlowRun:
-    """Add a flow run in state Pending, as the orchestrator does."""
+    """Create a flow run in state Pending, as the orchestrator does."""
     run = FlowRun(name=f"{name}-run", flow_name=name, **fields)
-    run.state = S.Pending()
-    run.state_history.append(run.state)
-    store.add_flow_run(run)
+    run = evolve(run, state=S.Pending(), version=1)
+    store.create_run("flow", run)
     return run
 
 
 def new_task_run(
     store: StoreBackend, flow_run: FlowRun | None, key: str = "t", dynamic_key: str = "0"
 ) -> TaskRun:
-    """Add a task run in state Pending, as the orchestrator does."""
+    """Create a task run in state Pending, as the orchestrator does."""
     run = TaskRun(
         name=f"{key}-{dynamic_key}",
         task_key=key,
         dynamic_key=dynamic_key,
         flow_run_id=None if flow_run is None else flow_run.id,
     )
-    run.state = S.Pending()
-    run.state_history.append(run.state)
-    store.add_task_run(run)
+    run = evolve(run, state=S.Pending(), version=1)
+    store.create_run("task", run)
     return run
 
 
@@ -85,18 +84,39 @@ def summary(state: State[Any]) -> tuple[Any, ...]:
     return (state.id, state.type, state.name, state.timestamp, state.message, state.state_details)
 
 
+def same(one: Any, other: Any) -> bool:
+    """Whether two snapshots of a run are equal, states compared by what the store keeps."""
+    exclude = {"state"}
+    return (
+        one.model_dump(exclude=exclude) == other.model_dump(exclude=exclude)
+        and (one.state is None) == (other.state is None)
+        and (one.state is None or summary(one.state) == summary(other.state))
+    )
+
+
 # -- runs ----------------------------------------------------------------------------------
 
 
 class TestRuns:
-    def test_read_returns_the_added_object(self, store: StoreBackend) -> None:
-        """A read answers with the very object the engine added and changes."""
+    def test_reads_return_equal_snapshots(self, store: StoreBackend) -> None:
+        """A read answers a snapshot equal to the one written, at the written version."""
         flow_run = new_flow_run(store)
         task_run = new_task_run(store, flow_run)
-        assert store.read_flow_run(flow_run.id) is flow_run
-        assert store.read_task_run(task_run.id) is task_run
-        assert store.read_run("flow", flow_run.id) is flow_run
-        assert store.read_run("task", task_run.id) is task_run
+        assert same(store.read_flow_run(flow_run.id), flow_run)
+        assert same(store.read_task_run(task_run.id), task_run)
+        assert same(store.read_run("flow", flow_run.id), flow_run)
+        assert store.read_run("task", task_run.id).version == 1
+        running = apply(store, "task", task_run, S.Running(), run_count=1)
+        read = store.read_task_run(task_run.id)
+        assert same(read, running) and read.version == 2 and read.run_count == 1
+
+    def test_snapshots_are_immutable(self, store: StoreBackend) -> None:
+        """Nobody can change a snapshot in place: not the store's caller, not a hook."""
+        flow_run = new_flow_run(store)
+        with pytest.raises(pydantic.ValidationError):
+            flow_run.name = "changed"  # type: ignore[misc]
+        with pytest.raises(pydantic.ValidationError):
+            store.read_flow_run(flow_run.id).state.name = "changed"  # type: ignore[union-attr, misc]
 
     def test_unknown_ids_raise(self, store: StoreBackend) -> None:
         """Unknown ids, and ids of the other kind of run, raise ObjectNotFound."""
@@ -114,25 +134,36 @@ class TestRuns:
             store.read_state_history("flow", missing)
         with pytest.raises(ObjectNotFound):
             store.read_state_history("task", flow_run.id)
+        ghost = evolve(FlowRun(name="ghost", flow_name="ghost"), version=2)
+        with pytest.raises(ObjectNotFound):
+            store.write_run("flow", ghost)
+
+    def test_creating_a_run_twice_fails(self, store: StoreBackend) -> None:
+        """A run is created once; a second create of its id is refused."""
+        run = new_flow_run(store)
+        with pytest.raises((ValueError, StoreError)):
+            store.create_run("flow", run)
+            store.commit()
 
     def test_state_history_in_order(self, store: StoreBackend) -> None:
         """Every recorded state is in the history, oldest first, with its data."""
         run = new_task_run(store, new_flow_run(store))
-        apply(store, "task", run, S.Running())
-        apply(store, "task", run, S.Completed(data={"answer": 42}))
+        recorded = [run.state]
+        run = apply(store, "task", run, S.Running())
+        recorded.append(run.state)
+        run = apply(store, "task", run, S.Completed(data={"answer": 42}))
+        recorded.append(run.state)
         history = store.read_state_history("task", run.id)
         assert [state.name for state in history] == ["Pending", "Running", "Completed"]
-        assert [summary(state) for state in history] == [
-            summary(state) for state in run.state_history
-        ]
+        assert [summary(state) for state in history] == [summary(state) for state in recorded]
         assert history[-1].result() == {"answer": 42}
-        assert store.read_task_run(run.id).state is run.state
+        assert store.read_task_run(run.id).state.result() == {"answer": 42}  # type: ignore[union-attr]
 
     def test_flow_run_states(self, store: StoreBackend) -> None:
         """Flow runs record states like task runs."""
         run = new_flow_run(store)
-        apply(store, "flow", run, S.Running())
-        apply(store, "flow", run, S.Failed(message="boom", data=ValueError("boom")))
+        run = apply(store, "flow", run, S.Running())
+        run = apply(store, "flow", run, S.Failed(message="boom", data=ValueError("boom")))
         history = store.read_state_history("flow", run.id)
         assert [state.type for state in history] == [
             StateType.PENDING,
@@ -142,14 +173,43 @@ class TestRuns:
         with pytest.raises(ValueError, match="^boom$"):
             history[-1].result()
 
-    def test_update_run(self, store: StoreBackend) -> None:
-        """Changed fields are kept."""
+    def test_fields_are_written(self, store: StoreBackend) -> None:
+        """A write of changed fields (no new state) keeps them."""
         run = new_flow_run(store)
-        run.name = "renamed"
-        run.empirical_policy.pause_keys.append("1")
-        store.update_run("flow", run)
-        assert store.read_flow_run(run.id).name == "renamed"
-        assert store.read_flow_run(run.id).empirical_policy.pause_keys == ["1"]
+        policy = run.empirical_policy.model_copy(update={"pause_keys": ("1",)})
+        store.write_run("flow", evolve(run, name="renamed", empirical_policy=policy, version=2))
+        read = store.read_flow_run(run.id)
+        assert (read.name, read.empirical_policy.pause_keys, read.version) == ("renamed", ("1",), 2)
+        assert [s.name for s in store.read_state_history("flow", run.id)] == ["Pending"]
+
+    @pytest.mark.parametrize("kind", ["flow", "task"])
+    def test_a_stale_write_is_refused(self, store: StoreBackend, kind: RunKind) -> None:
+        """A write decided on an older version raises StaleRun with the run as it is, and
+        writes nothing: of two writers that read the same version, one wins."""
+        flow_run = new_flow_run(store)
+        run: Any = flow_run if kind == "flow" else new_task_run(store, flow_run)
+        winner = apply(store, kind, run, S.Running())
+        loser = evolve(run, state=S.Cancelled(), version=run.version + 1)
+        with pytest.raises(StaleRun) as caught:
+            store.write_run(kind, loser, state=loser.state)
+        assert caught.value.current.version == winner.version
+        assert caught.value.current.state.name == "Running"
+        assert store.read_run(kind, run.id).state.name == "Running"  # type: ignore[union-attr]
+        assert [s.name for s in store.read_state_history(kind, run.id)] == ["Pending", "Running"]
+        later = apply(store, kind, caught.value.current, S.Completed())
+        assert store.read_run(kind, run.id).version == later.version == 3
+
+    def test_a_run_input_lands_with_its_state(self, store: StoreBackend) -> None:
+        """A resume's input is written with its state, or, when the write is stale, not at
+        all."""
+        run = apply(store, "flow", new_flow_run(store), S.Running())
+        paused = apply(store, "flow", run, S.Paused())
+        first = evolve(paused, state=S.Running(), version=paused.version + 1)
+        store.write_run("flow", first, state=first.state, run_input=RunInputWrite("r", '"a"'))
+        second = evolve(paused, state=S.Running(), version=paused.version + 1)
+        with pytest.raises(StaleRun):
+            store.write_run("flow", second, state=second.state, run_input=RunInputWrite("r", '"b"'))
+        assert store.read_run_input(run.id, "r") == '"a"'
 
     def test_find_task_run(self, store: StoreBackend) -> None:
         """Task runs are found by flow run, task key and dynamic key; the newest wins."""
@@ -157,14 +217,19 @@ class TestRuns:
         first = new_task_run(store, flow_run, "t", "0")
         other = new_task_run(store, flow_run, "t", "1")
         loose = new_task_run(store, None, "t", "0")
-        assert store.find_task_run(flow_run.id, "t", "0") is first
-        assert store.find_task_run(flow_run.id, "t", "1") is other
-        assert store.find_task_run(None, "t", "0") is loose  # type: ignore[arg-type]
-        assert store.find_task_run(flow_run.id, "t", "2") is None
-        assert store.find_task_run(flow_run.id, "u", "0") is None
-        assert store.find_task_run(uuid4(), "t", "0") is None
+
+        def found(*key: Any) -> Any:
+            run = store.find_task_run(*key)
+            return None if run is None else run.id
+
+        assert found(flow_run.id, "t", "0") == first.id
+        assert found(flow_run.id, "t", "1") == other.id
+        assert found(None, "t", "0") == loose.id
+        assert found(flow_run.id, "t", "2") is None
+        assert found(flow_run.id, "u", "0") is None
+        assert found(uuid4(), "t", "0") is None
         retried = new_task_run(store, flow_run, "t", "0")  # a flow retry makes the same keys
-        assert store.find_task_run(flow_run.id, "t", "0") is retried
+        assert found(flow_run.id, "t", "0") == retried.id
 
     def test_read_flow_runs_newest_first_and_filtered(self, store: StoreBackend) -> None:
         """Flow runs list newest first, filtered by state type, flow name, parent and limit."""
@@ -172,18 +237,27 @@ class TestRuns:
         a = new_flow_run(store, "a")
         b = new_flow_run(store, "b", parent_task_run_id=parent_task)
         c = new_flow_run(store, "a")
-        apply(store, "flow", a, S.Running())
-        apply(store, "flow", c, S.Completed())
-        assert store.read_flow_runs() == [c, b, a]
-        assert all(x is y for x, y in zip(store.read_flow_runs(), [c, b, a]))
-        assert store.read_flow_runs(flow_name="a") == [c, a]
+        a = apply(store, "flow", a, S.Running())
+        c = apply(store, "flow", c, S.Completed())
+
+        def ids(runs: list[FlowRun]) -> list[UUID]:
+            return [run.id for run in runs]
+
+        assert ids(store.read_flow_runs()) == ids([c, b, a])
+        assert all(same(x, y) for x, y in zip(store.read_flow_runs(), [c, b, a]))
+        assert ids(store.read_flow_runs(flow_name="a")) == ids([c, a])
         assert store.read_flow_runs(flow_name="zzz") == []
-        assert store.read_flow_runs(state_types=[StateType.RUNNING, StateType.PENDING]) == [b, a]
-        assert store.read_flow_runs(state_types={StateType.COMPLETED}) == [c]
+        assert ids(store.read_flow_runs(state_types=[StateType.RUNNING, StateType.PENDING])) == ids(
+            [b, a]
+        )
+        assert ids(store.read_flow_runs(state_types={StateType.COMPLETED})) == ids([c])
         assert store.read_flow_runs(state_types=[]) == []
-        assert store.read_flow_runs(parent_task_run_id=parent_task) == [b]
-        assert store.read_flow_runs(limit=2) == [c, b]
-        assert store.read_flow_runs(flow_name="a", state_types=[StateType.RUNNING], limit=5) == [a]
+        assert ids(store.read_flow_runs(parent_task_run_id=parent_task)) == ids([b])
+        assert ids(store.read_flow_runs(limit=2)) == ids([c, b])
+        assert store.read_flow_runs(limit=0) == []
+        assert ids(
+            store.read_flow_runs(flow_name="a", state_types=[StateType.RUNNING], limit=5)
+        ) == ids([a])
 
     def test_read_task_runs_oldest_first(self, store: StoreBackend) -> None:
         """Task runs list oldest first, all or one flow run's."""
@@ -193,10 +267,10 @@ class TestRuns:
             new_task_run(store, two, "b"),
             new_task_run(store, one, "c"),
         ]
-        assert store.read_task_runs() == runs
-        assert store.read_task_runs(flow_run_id=one.id) == [runs[0], runs[2]]
+        assert [r.id for r in store.read_task_runs()] == [r.id for r in runs]
+        assert [r.id for r in store.read_task_runs(flow_run_id=one.id)] == [runs[0].id, runs[2].id]
         assert store.read_task_runs(flow_run_id=uuid4()) == []
-        assert all(x is y for x, y in zip(store.read_task_runs(), runs))
+        assert all(same(x, y) for x, y in zip(store.read_task_runs(), runs))
 
 
 # -- pause inputs, cache records ----------------------------------------------------------
@@ -301,8 +375,10 @@ class TestNotifications:
         heard: list[tuple[str, UUID, str | None]] = []
         stop_one = store.subscribe(run.id, lambda r, s: heard.append(("one", r.id, s.name)))
         stop_all = store.subscribe(None, lambda r, s: heard.append(("all", r.id, s.name)))
-        store.notify(run, apply(store, "flow", run, S.Running()))
-        store.notify(other, apply(store, "flow", other, S.Cancelled()))
+        run = apply(store, "flow", run, S.Running())
+        store.notify(run, run.state)  # type: ignore[arg-type]
+        other = apply(store, "flow", other, S.Cancelled())
+        store.notify(other, other.state)  # type: ignore[arg-type]
         assert heard == [
             ("one", run.id, "Running"),
             ("all", run.id, "Running"),
@@ -311,7 +387,8 @@ class TestNotifications:
         stop_one()
         stop_all()
         stop_one()  # twice is fine
-        store.notify(run, apply(store, "flow", run, S.Completed()))
+        run = apply(store, "flow", run, S.Completed())
+        store.notify(run, run.state)  # type: ignore[arg-type]
         assert len(heard) == 3
 
 
@@ -335,15 +412,16 @@ class TestClose:
         assert store.closed
         message = rf"^The store {store.url!r} is closed; open a new Runtime to use it\.$"
         calls: list[Callable[[], object]] = [
-            lambda: store.add_flow_run(FlowRun(name="x", flow_name="x")),
-            lambda: store.add_task_run(TaskRun(name="x", task_key="x", dynamic_key="0")),
+            lambda: store.create_run("flow", evolve(FlowRun(name="x", flow_name="x"), version=1)),
+            lambda: store.create_run(
+                "task", evolve(TaskRun(name="x", task_key="x", dynamic_key="0"), version=1)
+            ),
             lambda: store.read_flow_run(run.id),
             lambda: store.read_task_run(run.id),
             lambda: store.find_task_run(run.id, "t", "0"),
             lambda: store.read_flow_runs(),
             lambda: store.read_task_runs(),
-            lambda: store.record_state("flow", run, S.Running()),
-            lambda: store.update_run("flow", run),
+            lambda: store.write_run("flow", evolve(run, version=2)),
             lambda: store.read_state_history("flow", run.id),
             lambda: store.write_run_input(run.id, "k", "1"),
             lambda: store.read_run_input(run.id, "k"),
@@ -361,6 +439,47 @@ class TestClose:
         store.commit()
         store.close()
         assert not store.has_pending_writes()
+
+
+# -- memory: a bounded history --------------------------------------------------------------
+
+
+class TestMemoryHistory:
+    def test_old_finished_runs_are_forgotten(self) -> None:
+        """Past ``max_runs`` top-level flow runs, the oldest finished ones go, with their
+        task runs and subflows; unfinished ones stay, however old."""
+        store = MemoryStore(max_runs=2)
+        running = apply(store, "flow", new_flow_run(store, "running"), S.Running())
+        done = new_flow_run(store, "done")
+        task = new_task_run(store, done)
+        subflow = new_flow_run(store, "sub", parent_task_run_id=task.id)
+        apply(store, "flow", done, S.Completed())
+        apply(store, "flow", subflow, S.Completed())
+        assert store.read_flow_run(done.id).id == done.id  # 2 top-level runs: all kept
+        newest = [
+            apply(store, "flow", new_flow_run(store, f"n{i}"), S.Completed()) for i in range(3)
+        ]
+        kept = {run.id for run in store.read_flow_runs()}
+        assert kept == {running.id, newest[2].id}  # at most 2, the oldest finished first
+        for forgotten in (
+            lambda: store.read_flow_run(done.id),
+            lambda: store.read_task_run(task.id),
+            lambda: store.read_flow_run(subflow.id),
+        ):
+            with pytest.raises(ObjectNotFound):
+                forgotten()
+        assert store.find_task_run(done.id, "t", "0") is None
+
+    def test_the_bound_is_settable_from_the_url(self) -> None:
+        """``memory://?max_runs=N`` sets the bound; 0 keeps every run; other options fail."""
+        assert open_backend("memory://?max_runs=5")[0].max_runs == 5  # type: ignore[attr-defined]
+        assert open_backend("memory://")[0].max_runs == DEFAULT_MAX_RUNS  # type: ignore[attr-defined]
+        unbounded = open_backend("memory://?max_runs=0")[0]
+        for i in range(30):
+            apply(unbounded, "flow", new_flow_run(unbounded, f"r{i}"), S.Completed())
+        assert len(unbounded.read_flow_runs()) == 30
+        with pytest.raises(ConfigurationError, match=r"the only option is max_runs=N"):
+            open_backend("memory://?max_runs=lots")
 
 
 # -- SQLite: the file ---------------------------------------------------------------------
@@ -382,18 +501,23 @@ class TestSqliteFile:
         ref = ResultRef(storage_path=str(tmp_path), key="r", serializer="json")
         store = sqlite_store(db)
         flow_run = new_flow_run(store, parameters={"x": 1, "when": "now"}, tags=["a"])
-        apply(store, "flow", flow_run, S.Running())
+        flow_run = apply(store, "flow", flow_run, S.Running(), run_count=1)
         task = new_task_run(store, flow_run)
-        apply(store, "task", task, S.Running())
-        task.total_run_time = timedelta(seconds=1.5)
-        task.end_time = datetime.now(timezone.utc)
-        apply(store, "task", task, S.Completed(data=ref))
+        task = apply(store, "task", task, S.Running())
+        task = apply(
+            store,
+            "task",
+            task,
+            S.Completed(data=ref),
+            total_run_time=timedelta(seconds=1.5),
+            end_time=datetime.now(timezone.utc),
+        )
         loose = new_task_run(store, None, "loose")
-        apply(store, "task", loose, S.Completed(data=[1, 2]))
-        apply(store, "task", loose, S.Completed(data=None, name="Again"))
-        flow_run.name = "renamed"
-        store.update_run("flow", flow_run)
-        apply(store, "flow", flow_run, S.Failed(message="boom", data=ValueError("boom")))
+        loose = apply(store, "task", loose, S.Completed(data=[1, 2]))
+        loose = apply(store, "task", loose, S.Completed(data=None, name="Again"))
+        flow_run = evolve(flow_run, name="renamed", version=flow_run.version + 1)
+        store.write_run("flow", flow_run)
+        flow_run = apply(store, "flow", flow_run, S.Failed(message="boom", data=ValueError("boom")))
         store.write_run_input(flow_run.id, "k", "1")
         store.write_cache_record(CacheRecord("c", S.Completed(data=ref)))
         store.set_concurrency_limit("a", 2)
@@ -403,33 +527,45 @@ class TestSqliteFile:
         again = sqlite_store(db)
         try:
             (read,) = again.read_flow_runs()
-            assert read is not flow_run
-            assert read.model_dump(exclude={"state", "state_history"}) == flow_run.model_dump(
-                exclude={"state", "state_history"}
-            )
-            assert [summary(s) for s in read.state_history] == [
-                summary(s) for s in flow_run.state_history
-            ]
-            assert read.state is read.state_history[-1]
-            assert read.state.data is UNAVAILABLE
+            assert same(read, flow_run)
+            assert read.state is not None and read.state.data is UNAVAILABLE
             assert type(read.state.result(raise_on_failure=False)).__name__ == "FailedRun"
+            assert [s.name for s in again.read_state_history("flow", read.id)] == [
+                "Pending",
+                "Running",
+                "Failed",
+            ]
             read_task, _ = again.read_task_runs()
-            assert read_task.model_dump(exclude={"state", "state_history"}) == task.model_dump(
-                exclude={"state", "state_history"}
-            )
-            assert [s.data for s in read_task.state_history] == [None, None, ref]
+            assert same(read_task, task)
+            assert read_task.state is not None and read_task.state.data == ref
+            assert [s.data for s in again.read_state_history("task", task.id)] == [None, None, ref]
             assert [s.data for s in again.read_state_history("task", loose.id)] == [
                 None,
                 UNAVAILABLE,
                 None,
             ]
-            assert again.find_task_run(flow_run.id, "t", "0") is read_task
+            found = again.find_task_run(flow_run.id, "t", "0")
+            assert found is not None and same(found, read_task)
             assert again.read_run_input(flow_run.id, "k") == "1"
             record = again.read_cache_record("c")
             assert record is not None and record.state.data == ref
             assert again.read_concurrency_limits() == {"a": (2, [task.id])}
         finally:
             again.close()
+
+    def test_states_written_here_keep_their_data(self, db: Path) -> None:
+        """A state this store wrote reads back as itself, data included, for a while."""
+        store = sqlite_store(db, keep_recent=2)
+        try:
+            task = new_task_run(store, None)
+            error = ValueError("kept")
+            task = apply(store, "task", task, S.Failed(data=error))
+            assert store.read_task_run(task.id).state.data is error  # type: ignore[union-attr]
+            for n in range(3):  # pushes it out of the memory of recent states
+                apply(store, "task", new_task_run(store, None, f"x{n}"), S.Completed(data=n))
+            assert store.read_task_run(task.id).state.data is UNAVAILABLE  # type: ignore[union-attr]
+        finally:
+            store.close()
 
     def test_task_run_writes_wait_for_commit(self, db: Path) -> None:
         """Task-run writes are pending until commit; flow-run writes are committed at once."""
@@ -534,7 +670,7 @@ class TestSqliteSchema:
                 "COMPLETED",
                 "Completed",
                 run.created.isoformat(),
-                run.model_dump_json(exclude={"state", "state_history"}),
+                run.model_dump_json(exclude={"state", "version"}),
             ),
         )
         conn.execute(
@@ -556,12 +692,13 @@ class TestSqliteSchema:
             (read,) = store.read_flow_runs(state_types=[StateType.COMPLETED])
             assert read.state is not None
             assert (read.id, read.name, summary(read.state)) == (run.id, "old-run", summary(state))
-            read.name = "renamed"
-            store.update_run("flow", read)  # uses the version-2 table
+            assert read.version == 1
+            store.write_run("flow", evolve(read, name="renamed", version=2))
+            assert store.read_flow_run(run.id).name == "renamed"
         finally:
             store.close()
         conn = sqlite3.connect(db)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         conn.close()
 
     def test_newer_version_is_refused(self, db: Path) -> None:
@@ -706,83 +843,65 @@ class TestSqliteBatches:
 
 class TestSqliteSharing:
     def test_two_stores_see_each_others_runs(self, db: Path) -> None:
-        """Runs written through one store are read, as fresh objects, through another."""
+        """Runs written through one store are read through another."""
         one, two = sqlite_store(db), sqlite_store(db)
         try:
             run = new_flow_run(one)
             task = new_task_run(one, run)
             one.commit()
             read = two.read_flow_run(run.id)
-            assert read is not run and read.state is not None and run.state is not None
-            assert (read.id, summary(read.state)) == (run.id, summary(run.state))
-            assert two.read_flow_run(run.id) is read  # then held
+            assert same(read, run)
             assert [t.id for t in two.read_task_runs(flow_run_id=run.id)] == [task.id]
-            assert two.find_task_run(run.id, "t", "0") is two.read_task_run(task.id)
+            found = two.find_task_run(run.id, "t", "0")
+            assert found is not None and found.id == task.id
         finally:
             one.close()
             two.close()
 
-    def test_sync_external_applies_and_notifies(self, db: Path) -> None:
-        """Another store's state changes reach the held objects, and their subscribers."""
+    def test_sync_external_notifies(self, db: Path) -> None:
+        """Another store's state changes reach this store's subscribers, with the run's
+        snapshot as it is then."""
         one, two = sqlite_store(db), sqlite_store(db)
         try:
-            run = new_flow_run(one)
-            apply(one, "flow", run, S.Running())
-            heard: list[tuple[Any, str | None]] = []
-            one.subscribe(run.id, lambda r, s: heard.append((r, s.name)))
+            run = apply(one, "flow", new_flow_run(one), S.Running())
+            heard: list[tuple[int, str | None]] = []
+            one.subscribe(run.id, lambda r, s: heard.append((r.version, s.name)))
             one.sync_external()
             assert heard == []  # its own changes are not news
 
             theirs = two.read_flow_run(run.id)
-            apply(two, "flow", theirs, S.Cancelling())
-            apply(two, "flow", theirs, S.Cancelled())
-            theirs.name = "renamed elsewhere"
-            two.update_run("flow", theirs)
-            assert run.state_name == "Running"
+            theirs = apply(two, "flow", theirs, S.Cancelling())
+            theirs = apply(two, "flow", theirs, S.Cancelled())
             one.sync_external()
-            assert heard == [(run, "Cancelling"), (run, "Cancelled")]
-            assert run.state_name == "Cancelled" and run.name == "renamed elsewhere"
-            assert [s.name for s in run.state_history] == [
+            assert heard == [(4, "Cancelled")]  # the run as it is now, once
+            assert [s.name for s in one.read_state_history("flow", run.id)] == [
                 "Pending",
                 "Running",
                 "Cancelling",
                 "Cancelled",
             ]
             one.sync_external()
-            assert len(heard) == 2
+            assert len(heard) == 1
         finally:
             one.close()
             two.close()
 
-    def test_reads_pick_up_other_stores_changes(self, db: Path) -> None:
-        """A read of a held run first applies what others committed."""
+    def test_a_write_decided_elsewhere_first_wins(self, db: Path) -> None:
+        """Two stores (as two processes) decide on the same version: the second write is
+        refused and learns the run as the first left it."""
         one, two = sqlite_store(db), sqlite_store(db)
         try:
-            run = new_flow_run(one)
-            theirs = two.read_flow_run(run.id)
-            apply(one, "flow", run, S.Paused())
-            assert two.read_flow_run(run.id) is theirs
-            assert theirs.state_name == "Paused"
-            assert [s.name for s in two.read_state_history("flow", run.id)] == ["Pending", "Paused"]
-        finally:
-            one.close()
-            two.close()
-
-    def test_own_later_state_wins_over_older_external_one(self, db: Path) -> None:
-        """When another store wrote a state before this store's newer one, the held run
-        stays in the newest state."""
-        one, two = sqlite_store(db), sqlite_store(db)
-        try:
-            run = new_flow_run(one)
+            run = apply(one, "flow", new_flow_run(one), S.Running())
             theirs = two.read_flow_run(run.id)
             apply(two, "flow", theirs, S.Cancelling())
-            apply(one, "flow", run, S.Completed())  # one has not looked yet
-            one.sync_external()
-            assert run.state_name == "Completed"
+            mine = evolve(run, state=S.Completed(), version=run.version + 1)
+            with pytest.raises(StaleRun) as caught:
+                one.write_run("flow", mine, state=mine.state)
+            assert caught.value.current.state.name == "Cancelling"  # type: ignore[union-attr]
             assert [s.name for s in one.read_state_history("flow", run.id)] == [
                 "Pending",
+                "Running",
                 "Cancelling",
-                "Completed",
             ]
         finally:
             one.close()
@@ -815,7 +934,7 @@ class TestSqliteSharing:
             start.wait()
             for i in range(25):
                 task = new_task_run(store, flow_run, f"w{n}", str(i))
-                apply(store, "task", task, S.Running())
+                task = apply(store, "task", task, S.Running())
                 if store.acquire_slots(["x"], task.id):
                     granted += 1
                     assert len(store.read_concurrency_limits()["x"][1]) <= 3
@@ -847,27 +966,25 @@ class TestSqliteSharing:
         """A real subprocess writes into the file; this process reads it and hears it."""
         store = sqlite_store(db)
         try:
-            run = new_flow_run(store)
-            apply(store, "flow", run, S.Running())
+            run = apply(store, "flow", new_flow_run(store), S.Running())
             heard: list[str | None] = []
             store.subscribe(run.id, lambda r, s: heard.append(s.name))
             child = textwrap.dedent(
                 f"""
                 from uuid import UUID
                 from runtime import states as S
-                from runtime.core._models import TaskRun
+                from runtime.core._models import TaskRun, evolve
                 from runtime.store._sqlite import SqliteStore
 
                 store = SqliteStore({str(db)!r})
                 run = store.read_flow_run(UUID({str(run.id)!r}))
                 assert run.state.name == "Running", run.state
                 task = TaskRun(name="child-task", task_key="k", dynamic_key="0", flow_run_id=run.id)
-                task.state = S.Completed(message="from the child")
-                store.add_task_run(task)
+                task = evolve(task, state=S.Completed(message="from the child"), version=1)
+                store.create_run("task", task)
                 cancelling = S.Cancelling(message="cancelled by the child")
-                run.state = cancelling
-                run.state_history.append(cancelling)
-                store.record_state("flow", run, cancelling)
+                run = evolve(run, state=cancelling, version=run.version + 1)
+                store.write_run("flow", run, state=cancelling)
                 store.close()
                 """
             )
@@ -881,7 +998,8 @@ class TestSqliteSharing:
             assert done.returncode == 0, done.stderr
             store.sync_external()
             assert heard == ["Cancelling"]
-            assert run.state is not None and run.state.message == "cancelled by the child"
+            current = store.read_flow_run(run.id).state
+            assert current is not None and current.message == "cancelled by the child"
             (task,) = store.read_task_runs(flow_run_id=run.id)
             assert task.state is not None
             assert (task.name, task.state.message) == ("child-task", "from the child")
