@@ -211,6 +211,13 @@ class Orchestrator(Actor):
                 except StaleRun as stale:
                     self._refresh(stale.current)
                     continue
+            elif run.id in self._live:
+                # Nothing written, so nothing checked: make sure the decision was made on
+                # the run as it is (another process may have changed it), else decide again.
+                stored = self._backend.read_run(kind, run.id)
+                if stored.version != run.version:
+                    self._refresh(stored)
+                    continue
             if kind == "task" and ctx.slot_wait is None and proposed.is_running():
                 self._release_unused_slots(run)
             return self._transition(decision, run)
