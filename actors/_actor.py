@@ -17,6 +17,8 @@ import anyio
 import attrs
 import outcome
 
+from ._exceptions import LoopThreadError
+
 if TYPE_CHECKING:
     from ._cell import _Cell
 
@@ -86,12 +88,30 @@ class _Reply:
         await self._event.wait()
 
 
+class _ThreadReply:
+    """Where the answer to an ask from another thread lands; the asker blocks on it."""
+
+    __slots__ = ("_event", "result")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.result: outcome.Maybe[Any] | None = None
+
+    def send(self, result: outcome.Maybe[Any]) -> None:
+        if self.result is None:
+            self.result = result
+            self._event.set()
+
+    def wait(self, timeout: float | None) -> bool:
+        return self._event.wait(timeout)
+
+
 @attrs.frozen
 class Envelope:
     """A message on its way to an actor; ``reply_to`` is ``None`` for a tell."""
 
     message: Any
-    reply_to: _Reply | None = None
+    reply_to: _Reply | _ThreadReply | None = None
 
 
 class Actor:
@@ -115,12 +135,21 @@ class Actor:
     A directly dispatched tell that raises does not raise in the sender: the actor's own
     task raises it before handling anything else, and the actor crashes as usual.
 
+    **From other threads.** ``ask_from_thread``/``tell_from_thread`` queue the message
+    through the actor's loop. An actor whose sync ``receive`` touches nothing bound to its
+    event loop (no anyio call, no task group) may set ``dispatch_from_threads = True``: an
+    idle one is then dispatched directly on the sending thread too, still one message at a
+    time (a lock serialises ``receive`` across threads).
+
     Attributes:
         mailbox_size: Capacity of the bounded mailbox; senders wait (``tell``) or get
             :exc:`anyio.WouldBlock` (``tell_nowait``) when it is full.
+        dispatch_from_threads: Whether an idle actor's sync ``receive`` may run on another
+            thread that sends it a message (see above).
     """
 
     mailbox_size: ClassVar[int] = 1000
+    dispatch_from_threads: ClassVar[bool] = False
     _actor_async_receive: ClassVar[bool] = False
     _actor_cell: _Cell | None = None
 
@@ -253,8 +282,7 @@ class ActorRef(metaclass=_NoPublicConstructor):
         if threading.get_ident() != cell.thread:
             raise cell.foreign_thread_error()
         receive = cell.direct
-        if receive is not None:
-            cell.dispatch_tell(receive, message)
+        if receive is not None and cell.dispatch_tell(receive, message):
             return
         await cell.post(Envelope(message))
 
@@ -270,8 +298,7 @@ class ActorRef(metaclass=_NoPublicConstructor):
         if threading.get_ident() != cell.thread:
             raise cell.foreign_thread_error()
         receive = cell.direct
-        if receive is not None:
-            cell.dispatch_tell(receive, message)
+        if receive is not None and cell.dispatch_tell(receive, message):
             return
         cell.post_nowait(Envelope(message))
 
@@ -300,8 +327,68 @@ class ActorRef(metaclass=_NoPublicConstructor):
             raise cell.foreign_thread_error()
         receive = cell.direct
         if receive is not None:
-            return cell.dispatch_ask(receive, message)
+            result = cell.dispatch_ask(receive, message)
+            if result is not None:
+                return result.unwrap()
         return await cell.ask(message, timeout)
+
+    def ask_from_thread(self, message: Any, *, timeout: float | None = None) -> Any:
+        """Send ``message`` from a thread that does not run the actor's loop, block until
+        the reply, and return it.
+
+        If the actor's ``receive`` is synchronous and the actor is idle with an empty
+        mailbox, the message is handled right here, on the calling thread (direct dispatch
+        across threads: no wake-up of the loop, no thread hop); it is still the only message
+        the actor handles at that moment. Otherwise it is queued through the actor's loop,
+        in arrival order, and this call waits for the reply. The calling thread may not be
+        the actor's loop thread (it would wait for itself).
+
+        Args:
+            message: The message to send.
+            timeout: Seconds to wait for the reply; ``None`` waits forever.
+
+        Returns:
+            Whatever the actor's ``receive`` returned.
+
+        Raises:
+            TimeoutError: If no reply arrived within ``timeout`` seconds (the message may
+                still be handled later).
+            ActorStopped: If the actor has stopped, or stops before replying.
+            LoopThreadError: If called from the actor's own loop thread (use ``ask``).
+        """
+        cell = self._cell
+        if threading.get_ident() == cell.thread:
+            raise LoopThreadError(
+                f"ActorRef.ask_from_thread() was called on the loop thread of actor "
+                f"{cell.name!r}, where blocking would wait for itself; use 'await ref.ask(...)'"
+            )
+        reply = _ThreadReply()
+        cell.from_thread(message, reply)
+        if not reply.wait(timeout):
+            raise TimeoutError(
+                f"actor {cell.name!r} did not answer {type(message).__name__} within {timeout} s"
+            )
+        assert reply.result is not None
+        return reply.result.unwrap()
+
+    def tell_from_thread(self, message: Any) -> None:
+        """Send ``message`` from a thread that does not run the actor's loop, without waiting.
+
+        Handled at once on the calling thread if the actor is idle (see
+        :meth:`ask_from_thread`), else queued through the actor's loop; a full mailbox then
+        drops the message with the actor unaware, as nobody waits to be told.
+
+        Raises:
+            ActorStopped: If the actor has stopped.
+            LoopThreadError: If called from the actor's own loop thread (use ``tell``).
+        """
+        cell = self._cell
+        if threading.get_ident() == cell.thread:
+            raise LoopThreadError(
+                f"ActorRef.tell_from_thread() was called on the loop thread of actor "
+                f"{cell.name!r}; use 'await ref.tell(...)' or 'ref.tell_nowait(...)'"
+            )
+        cell.from_thread(message, None)
 
     async def stop(self) -> ExitReason:
         """Stop the actor for good, gracefully, and wait until it has exited.

@@ -9,6 +9,13 @@ Direct dispatch: ``direct`` holds the actor's bound ``receive`` exactly while a 
 call it inline (sync ``receive``, receive loop parked on an empty mailbox, no stop or crash
 pending), so senders test one attribute. Every enqueue, stop request and crash signal clears
 it; only the parked loop, or a direct call that leaves the mailbox empty, sets it again.
+
+Senders on other threads may dispatch directly too (:meth:`_Cell.ask_from_thread`). So that
+a sync ``receive`` still handles one message at a time, in order, whichever thread runs it,
+``dispatch_lock`` is held around every call of a sync ``receive`` and every change of
+``direct`` or of the mailbox's contents; it is only ever held for one ``receive`` call.
+Messages from other threads that cannot be dispatched directly are queued through the loop
+(``waker``) and their senders block on a thread-safe reply.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import anyio
 import outcome
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
-from ._actor import ActorRef, Envelope, ExitKind, ExitReason, _Reply
+from ._actor import ActorRef, Envelope, ExitKind, ExitReason, _Reply, _ThreadReply
+from ._backend import LoopWaker
 from ._exceptions import ActorStopped, ForeignThreadError
 from ._mailbox import Mailbox
 
@@ -53,6 +61,7 @@ class _Cell:
         "actor",
         "clock",
         "direct",
+        "dispatch_lock",
         "exit_reason",
         "factory",
         "last_reason",
@@ -66,6 +75,7 @@ class _Cell:
         "started",
         "stop_detail",
         "thread",
+        "waker",
     )
 
     def __init__(
@@ -89,6 +99,8 @@ class _Cell:
         self.exit_reason: ExitReason | None = None
         self.last_reason: ExitReason | None = None
         self._exit_event: anyio.Event | None = None
+        self.dispatch_lock = threading.RLock()  # a handler may send to its own actor
+        self.waker: LoopWaker | None = None  # set by the receive loop, for other threads
         self._reset_incarnation()
 
     # -- incarnation lifecycle (owner side) -------------------------------------------
@@ -220,8 +232,9 @@ class _Cell:
         """
         if self.mailbox.closed:
             return
-        self.stop_detail = detail
-        self.direct = None
+        with self.dispatch_lock:
+            self.stop_detail = detail
+            self.direct = None
         if self._stop_event is not None:
             self._stop_event.set()
         if close:
@@ -287,9 +300,10 @@ class _Cell:
 
     def crash(self, exc: BaseException) -> None:
         """Make the incarnation's receive loop raise ``exc`` before its next message."""
-        if self.signal is None:
-            self.signal = exc
-        self.direct = None
+        with self.dispatch_lock:
+            if self.signal is None:
+                self.signal = exc
+            self.direct = None
         self.mailbox.wake()
 
     async def wait(self) -> ExitReason:
@@ -310,77 +324,160 @@ class _Cell:
         is_async = type(actor)._actor_async_receive
         direct = None if is_async else receive
         mailbox = self.mailbox
+        lock = self.dispatch_lock
+        if self.waker is None:
+            self.waker = LoopWaker()
         while True:
             if self.signal is not None:
                 raise self.signal
             if self.stop_detail is not None:
                 return
             try:
-                envelope = mailbox.get_nowait()
+                with lock:
+                    envelope = mailbox.get_nowait()
             except anyio.WouldBlock:
-                self.direct = direct
+                with lock:
+                    # A stop or crash request clears ``direct`` under the lock: set it
+                    # only if none came meanwhile (they are checked again after the park).
+                    if self.signal is None and self.stop_detail is None:
+                        self.direct = direct
                 try:
                     await mailbox.wait_readable()
                 finally:
-                    self.direct = None
+                    with lock:
+                        self.direct = None
                 continue
             except anyio.EndOfStream:
                 return
             self._current = envelope
             reply = envelope.reply_to
-            if reply is None:
-                result = receive(envelope.message)
-                if is_async:
-                    await result
-            else:
+            if is_async:
                 try:
-                    result = receive(envelope.message)
-                    if is_async:
-                        result = await result
-                except Exception as exc:  # noqa: BLE001 (goes to the asker)
+                    result = await receive(envelope.message)
+                except Exception as exc:  # noqa: BLE001 (goes to the asker, or crashes)
+                    if reply is None:
+                        raise
                     reply.send(outcome.Error(exc))
                 else:
-                    reply.send(outcome.Value(result))
+                    if reply is not None:
+                        reply.send(outcome.Value(result))
+            else:
+                with lock:  # one receive at a time, whichever thread calls it
+                    try:
+                        result = receive(envelope.message)
+                    except Exception as exc:  # noqa: BLE001 (goes to the asker, or crashes)
+                        if reply is None:
+                            raise
+                        reply.send(outcome.Error(exc))
+                    else:
+                        if reply is not None:
+                            reply.send(outcome.Value(result))
             self._current = None
             await checkpoint()
 
     def resume_direct(self, receive: Callable[[Any], Any] | None) -> None:
-        """After an inline call: allow direct dispatch again if the actor is still idle."""
+        """After an inline call: allow direct dispatch again if the actor is still idle.
+        Call with ``dispatch_lock`` held."""
         if self.signal is None and self.stop_detail is None and not self.mailbox:
             self.direct = receive
 
-    def dispatch_tell(self, receive: Callable[[Any], Any], message: Any) -> None:
+    def _claim(self, receive: Callable[[Any], Any]) -> bool:
+        """Take the actor for one directly dispatched message: True, with ``dispatch_lock``
+        held and ``direct`` cleared, if it is still idle; False (lock not held) if another
+        thread is handling a message or the actor got busy meanwhile."""
+        lock = self.dispatch_lock
+        if not lock.acquire(blocking=False):
+            return False
+        if self.direct is not receive:
+            lock.release()
+            return False
         self.direct = None
+        return True
+
+    def dispatch_tell(self, receive: Callable[[Any], Any], message: Any) -> bool:
+        """Handle a tell inline if the actor is idle; False if it was not (queue it)."""
+        if not self._claim(receive):
+            return False
         try:
             receive(message)
         except Exception as exc:  # noqa: BLE001 (crashes the actor)
-            self.crash(exc)
+            if self.signal is None:
+                self.signal = exc
+            self.mailbox.wake()
         finally:
             if self.signal is None:
                 self.resume_direct(receive)
+            self.dispatch_lock.release()
+        return True
 
-    def dispatch_ask(self, receive: Callable[[Any], Any], message: Any) -> Any:
-        self.direct = None
+    def dispatch_ask(
+        self, receive: Callable[[Any], Any], message: Any
+    ) -> outcome.Maybe[Any] | None:
+        """Handle an ask inline if the actor is idle and return its outcome; None if it
+        was not (queue it)."""
+        if not self._claim(receive):
+            return None
         try:
-            return receive(message)
+            return outcome.capture(receive, message)  # type: ignore[no-any-return]
         finally:
             self.resume_direct(receive)
+            self.dispatch_lock.release()
 
     # -- sending ----------------------------------------------------------------------
 
     def post_nowait(self, envelope: Envelope) -> None:
-        try:
-            self.mailbox.put_nowait(envelope)
-        except anyio.ClosedResourceError:
-            raise self.stopped_error(envelope.message) from None
-        self.direct = None
+        with self.dispatch_lock:
+            try:
+                self.mailbox.put_nowait(envelope)
+            except anyio.ClosedResourceError:
+                raise self.stopped_error(envelope.message) from None
+            self.direct = None
 
     async def post(self, envelope: Envelope) -> None:
+        try:
+            self.post_nowait(envelope)
+        except anyio.WouldBlock:
+            pass
+        else:
+            await checkpoint()
+            return
         try:
             await self.mailbox.put(envelope)
         except anyio.ClosedResourceError:
             raise self.stopped_error(envelope.message) from None
-        self.direct = None
+        with self.dispatch_lock:
+            self.direct = None
+
+    # -- sending from other threads -----------------------------------------------------
+
+    def from_thread(self, message: Any, reply: _ThreadReply | None) -> None:
+        """From a thread other than the loop's: handle ``message`` inline if the actor is
+        idle, else queue it through the loop (without waiting for room)."""
+        receive = self.direct
+        actor = self.actor
+        if receive is not None and actor is not None and type(actor).dispatch_from_threads:
+            if reply is None:
+                if self.dispatch_tell(receive, message):
+                    return
+            else:
+                result = self.dispatch_ask(receive, message)
+                if result is not None:
+                    reply.send(result)
+                    return
+        waker = self.waker
+        if waker is None or self.exit_reason is not None:
+            raise self.stopped_error(message)
+        envelope = Envelope(message, reply)  # type: ignore[arg-type]
+
+        def post() -> None:
+            try:
+                self.post_nowait(envelope)
+            except (ActorStopped, anyio.WouldBlock) as exc:
+                if reply is not None:
+                    reply.send(outcome.Error(exc))
+
+        if not waker.schedule(post):
+            raise self.stopped_error(message)
 
     async def ask(self, message: Any, timeout: float | None) -> Any:
         # No yield before queueing: waiting for the reply is this call's checkpoint.

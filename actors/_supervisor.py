@@ -250,11 +250,13 @@ class Supervisor(Actor):
             return
         # Busy while deciding: on_crash may send to this supervisor.
         own = self._bound_cell()
-        direct, own.direct = own.direct, None
+        with own.dispatch_lock:
+            direct, own.direct = own.direct, None
         try:
             self._handle_exit(child, reason)
         finally:
-            own.resume_direct(direct)
+            with own.dispatch_lock:
+                own.resume_direct(direct)
 
     def _handle_exit(self, child: _Child, reason: ExitReason) -> None:
         crashed = reason.kind is ExitKind.CRASHED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import traceback
 from typing import Any
 
@@ -22,6 +23,7 @@ from actors import (
     ExitReason,
     FakeClock,
     ForeignThreadError,
+    LoopThreadError,
     Restart,
     open_actor_system,
 )
@@ -311,6 +313,103 @@ class TestDirectDispatch:
         me = current_task_id()
         assert [message for message, _ in calls] == [1, 2, 3, 4]
         assert [task == me for _, task in calls] == [False, False, False, True]
+
+
+class ThreadRecorder(Actor):
+    """Sync receive that records which thread ran it and whether another call overlapped."""
+
+    dispatch_from_threads = True
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+        self.active = 0
+        self.overlapped = False
+
+    def receive(self, message: Any) -> Any:
+        self.active += 1
+        self.overlapped = self.overlapped or self.active > 1
+        try:
+            if message == "boom":
+                raise ValueError("boom")
+            self.threads.append(threading.get_ident())
+            return message
+        finally:
+            self.active -= 1
+
+
+class TestFromThread:
+    async def test_an_idle_actor_is_dispatched_on_the_calling_thread(self) -> None:
+        """ask_from_thread on an idle sync actor runs receive right on the caller's thread."""
+        actor = ThreadRecorder()
+        async with open_actor_system(clock=FakeClock()) as system:
+            ref = await system.spawn(ChildSpec("rec", lambda: actor))
+            await anyio.wait_all_tasks_blocked()
+
+            def call() -> tuple[Any, int]:
+                return ref.ask_from_thread("a"), threading.get_ident()
+
+            answer, caller = await anyio.to_thread.run_sync(call)
+        assert answer == "a" and actor.threads == [caller]
+        assert caller != threading.get_ident()
+
+    async def test_errors_reach_the_calling_thread(self) -> None:
+        async with open_actor_system(clock=FakeClock()) as system:
+            ref = await system.spawn(ChildSpec("rec", ThreadRecorder))
+            await anyio.wait_all_tasks_blocked()
+            with pytest.raises(ValueError, match="^boom$"):
+                await anyio.to_thread.run_sync(ref.ask_from_thread, "boom")
+            assert await ref.ask("still alive") == "still alive"
+
+    async def test_a_busy_actor_answers_through_its_loop_in_order(self) -> None:
+        """An actor that is not thread-dispatchable (or has an async receive) gets the
+        message through its mailbox, after what was queued; the caller blocks for the
+        reply."""
+        async with open_actor_system(clock=FakeClock()) as system:
+            ref = await system.spawn(ChildSpec("rec", Recorder))  # loop-bound: never direct
+            ref.tell_nowait(1)
+            answer = await anyio.to_thread.run_sync(ref.ask_from_thread, 2)
+            calls = await ref.ask("dump")
+            async_ref = await system.spawn(ChildSpec("async", AsyncRecorder))
+            assert await anyio.to_thread.run_sync(async_ref.ask_from_thread, 3) == 3
+        assert answer == 2 and [message for message, _ in calls] == [1, 2]
+
+    async def test_threads_never_overlap_in_receive(self) -> None:
+        """Many threads and the loop asking at once: one message at a time, none lost."""
+        actor = ThreadRecorder()
+        async with open_actor_system(clock=FakeClock()) as system:
+            ref = await system.spawn(ChildSpec("rec", lambda: actor))
+
+            def hammer(n: int) -> list[Any]:
+                return [ref.ask_from_thread((n, i)) for i in range(200)]
+
+            results: list[list[Any]] = []
+
+            async def worker(n: int) -> None:
+                results.append(await anyio.to_thread.run_sync(hammer, n))
+
+            async with anyio.create_task_group() as tg:
+                for n in range(4):
+                    tg.start_soon(worker, n)
+                for i in range(200):
+                    assert await ref.ask(("loop", i)) == ("loop", i)
+        assert not actor.overlapped
+        assert sorted(len(r) for r in results) == [200] * 4
+        assert len(actor.threads) == 1000
+
+    async def test_tell_from_thread_and_misuse(self) -> None:
+        actor = ThreadRecorder()
+        async with open_actor_system(clock=FakeClock()) as system:
+            ref = await system.spawn(ChildSpec("rec", lambda: actor))
+            await anyio.to_thread.run_sync(ref.tell_from_thread, "told")
+            assert await ref.ask("after") == "after"
+            with pytest.raises(LoopThreadError, match=r"^ActorRef\.ask_from_thread\(\) was called"):
+                ref.ask_from_thread("x")
+            with pytest.raises(LoopThreadError, match=r"^ActorRef\.tell_from_thread\(\) was called"):
+                ref.tell_from_thread("x")
+            await ref.stop()
+            with pytest.raises(ActorStopped):
+                await anyio.to_thread.run_sync(ref.ask_from_thread, "late")
+        assert len(actor.threads) == 2
 
 
 class TestBackpressure:
