@@ -20,7 +20,7 @@ from ..core._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskEr
 from ..core._ids import new_id
 from ..core._models import TaskRun, TaskRunInput, new_task_run_record
 from ..core._parameters import resolve_run_name
-from ..core._states import State, now_utc
+from ..core._states import State, now_utc, state_exception
 from ..orchestration._orchestrator import (
     CreateRun,
     ProposeState,
@@ -300,7 +300,12 @@ class TaskRunEngine:
             _task_run_context.reset(task_token)
             _flow_run_context.reset(flow_token)
         state = return_value_to_state(result)
-        if state.is_completed() and not isinstance(result, State):
+        if state.is_failed():
+            # A returned Failed state (built by the body, or aggregating failed runs) is
+            # retried on the same terms as a raised exception: retry_condition_fn decides.
+            self._last_exception = state_exception(state)
+            await self._check_retriable(state)
+        elif state.is_completed() and not isinstance(result, State):
             try:
                 state = self._completed(result, state)
             except Exception as exc:
@@ -359,7 +364,8 @@ class TaskRunEngine:
         )
 
     async def _check_retriable(self, failed: State[Any]) -> None:
-        """Let ``retry_condition_fn`` veto a retry; a condition that raises vetoes it too."""
+        """Let ``retry_condition_fn`` veto a retry of a failed attempt (raised or returned);
+        a condition that raises vetoes it too."""
         condition = self.task.retry_condition_fn
         if condition is None or self.task_run.run_count > self.task.retries:
             return

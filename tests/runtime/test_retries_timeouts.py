@@ -9,7 +9,13 @@ from typing import Any
 
 import anyio
 import pytest
-from engine_support import isolated_home, only_flow_run, state_names, task_runs_of  # noqa: F401
+from engine_support import (  # noqa: F401
+    isolated_home,
+    only_flow_run,
+    state_names,
+    sync_runtime,
+    task_runs_of,
+)
 
 from actors import FakeClock
 from runtime import Runtime, StateType, flow, get_run_context, task
@@ -275,6 +281,130 @@ async def test_async_retry_condition_fn() -> None:
     async with Runtime(store="memory://"):
         assert (await pipeline(return_state=True)).is_failed()
     assert len(attempts) == 2
+
+
+# -- retry_condition_fn and a returned Failed state -------------------------------------
+
+
+def _failed(message: str) -> Any:
+    from runtime import states as S
+
+    return S.Failed(message=message)
+
+
+def _summary(state: Any) -> tuple[str, str | None]:
+    return state.type.value, state.message
+
+
+def test_retry_condition_fn_vetoes_a_returned_failed_state(sync_runtime: Runtime) -> None:
+    seen: list[tuple[int, str | None]] = []
+    attempts: list[int] = []
+
+    def never(tsk: Any, task_run: Any, state: Any) -> bool:
+        seen.append((task_run.run_count, state.message))
+        return False
+
+    @task(retries=3, retry_condition_fn=never)
+    def gives_up() -> Any:
+        attempts.append(1)
+        return _failed("returned failure")
+
+    @flow
+    def pipeline() -> Any:
+        return _summary(gives_up(return_state=True))
+
+    assert pipeline() == ("FAILED", "returned failure")
+    assert attempts == [1]
+    assert seen == [(1, "returned failure")]
+    (run,) = task_runs_of(sync_runtime, only_flow_run(sync_runtime).id)
+    assert state_names(run) == ["Pending", "Running", "Failed"]
+
+
+def test_retry_condition_fn_allows_retrying_a_returned_failed_state(
+    sync_runtime: Runtime,
+) -> None:
+    attempts: list[int] = []
+
+    @task(retries=3, retry_condition_fn=lambda tsk, run, state: run.run_count < 2)
+    def gives_up() -> Any:
+        attempts.append(1)
+        return _failed("returned failure")
+
+    @flow
+    def pipeline() -> Any:
+        return _summary(gives_up(return_state=True))
+
+    assert pipeline() == ("FAILED", "returned failure")
+    assert attempts == [1, 1]
+
+
+def test_retry_condition_fn_that_raises_vetoes_a_returned_failed_state(
+    sync_runtime: Runtime,
+) -> None:
+    attempts: list[int] = []
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("condition bug")
+
+    @task(retries=3, retry_condition_fn=broken)
+    def gives_up() -> Any:
+        attempts.append(1)
+        return _failed("returned failure")
+
+    @flow
+    def pipeline() -> Any:
+        return _summary(gives_up.submit(return_state=True))
+
+    assert pipeline() == ("FAILED", "returned failure")
+    assert attempts == [1]
+
+
+async def test_retry_condition_fn_vetoes_a_returned_failed_state_of_an_async_task() -> None:
+    attempts: list[int] = []
+
+    async def never(tsk: Any, task_run: Any, state: Any) -> bool:
+        await anyio.lowlevel.checkpoint()
+        return False
+
+    @task(retries=2, retry_condition_fn=never)
+    async def gives_up() -> Any:
+        attempts.append(1)
+        return _failed("async returned failure")
+
+    @flow
+    async def pipeline() -> Any:
+        return _summary(gives_up.submit(return_state=True))
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == ("FAILED", "async returned failure")
+    assert attempts == [1]
+
+
+async def test_retry_condition_fn_vetoes_a_returned_collection_of_failed_states() -> None:
+    attempts: list[int] = []
+    conditions: list[str | None] = []
+
+    @task
+    async def fails() -> None:
+        raise Boom("inner")
+
+    def never(tsk: Any, task_run: Any, state: Any) -> bool:
+        conditions.append(state.message)
+        return False
+
+    @task(retries=2, retry_condition_fn=never)
+    async def gathers() -> Any:
+        attempts.append(1)
+        return [await fails(return_state=True)]
+
+    @flow
+    async def pipeline() -> Any:
+        return _summary(await gathers(return_state=True))
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == ("FAILED", "1/1 states failed.")
+    assert attempts == [1]
+    assert conditions == ["1/1 states failed."]
 
 
 async def test_task_on_failure_runs_once_after_the_last_attempt() -> None:
