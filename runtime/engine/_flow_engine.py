@@ -187,7 +187,11 @@ class FlowRunEngine:
                 parameters = await resolve_parameters(parameters)
                 await wait_for_upstreams(self.wait_for)
             except UpstreamTaskError as exc:
-                await self._propose(S.Pending(name="NotReady", message=str(exc)), force=True)
+                # The subflow never starts: Pending named NotReady, and its call raises.
+                self._raised = exc
+                await self._propose(
+                    S.Pending(name="NotReady", message=str(exc), data=exc), force=True
+                )
                 return await self._finish()
         if self.flow.should_validate_parameters:
             try:

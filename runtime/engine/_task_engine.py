@@ -182,9 +182,11 @@ class TaskRunEngine:
             parameters = await resolve_parameters(self.parameters)
             await wait_for_upstreams(self.wait_for)
         except UpstreamTaskError as exc:
+            # As in Prefect, the run stays Pending, named NotReady; the state carries the
+            # error, so calling the task or resolving its future raises it.
             state = self.task_run.state
             await self._propose(
-                S.Pending(name="NotReady", message=str(exc)),
+                S.Pending(name="NotReady", message=str(exc), data=exc),
                 force=state is not None and state.is_pending(),
             )
             self._log_finished()
@@ -452,7 +454,7 @@ class TaskRunEngine:
         level = logging.INFO if state.is_completed() else logging.ERROR
         if _task_runs_logger.isEnabledFor(level):
             message = f"Finished in state {state}"
-            if state.is_pending():
+            if state.is_pending() and state.name != "NotReady":
                 message += (
                     "\nPlease wait for all submitted tasks to complete before exiting your "
                     "flow by calling `.wait()` on the future returned from your `.submit()` calls."
@@ -465,11 +467,12 @@ class TaskRunEngine:
     def result(self) -> Any:
         """Return what a call of the task returns: its result, or raise its exception.
 
-        A run that never became final (its upstream failed: NotReady) returns None.
+        Raises:
+            UpstreamTaskError: the run never started (NotReady): an upstream run did not
+                complete; the upstream's exception is its cause.
+            BaseException: the task's own exception, if it failed.
         """
-        state = self.task_run.state
-        if state is None or not state.is_final():
-            return None
+        state: State[Any] = self.task_run.state  # type: ignore[assignment]
         return state.result()
 
 

@@ -20,7 +20,6 @@ __all__ = [
     "only_flow_run",
     "records_of",
     "state_names",
-    "sync_runtime",
     "task_runs_of",
 ]
 
@@ -32,14 +31,6 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     patcher.setenv("STAGEFLOW_HOME", str(tmp_path_factory.mktemp("stageflow-home")))
     yield
     patcher.undo()
-
-
-@pytest.fixture(params=["asyncio", "trio"])
-def sync_runtime(request: pytest.FixtureRequest) -> Iterator[Runtime]:
-    """A memory-store Runtime for sync code, whose sync calls run their engine on a global
-    loop of each backend in turn (so sync tests cover asyncio and trio too)."""
-    with Runtime(store="memory://", loop=request.param) as runtime:
-        yield runtime
 
 
 def only_flow_run(rt: Runtime) -> FlowRun:

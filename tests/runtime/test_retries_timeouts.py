@@ -9,13 +9,7 @@ from typing import Any
 
 import anyio
 import pytest
-from engine_support import (  # noqa: F401
-    isolated_home,
-    only_flow_run,
-    state_names,
-    sync_runtime,
-    task_runs_of,
-)
+from engine_support import isolated_home, only_flow_run, state_names, task_runs_of  # noqa: F401
 
 from actors import FakeClock
 from runtime import Runtime, StateType, flow, get_run_context, task
