@@ -6,9 +6,7 @@ mapping hand over to the engine (:mod:`runtime.api._entry`); nothing here runs a
 
 from __future__ import annotations
 
-import inspect
 from datetime import timedelta
-from types import MethodType
 from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
 
 from ..core._models import TaskRunPolicy
@@ -24,6 +22,7 @@ from ..core._options import (
 )
 from ..core._parameters import CallSignature
 from . import _entry as _entry
+from ._methods import BindsAsMethod, docstring_of, unwrap_method
 
 __all__ = ["Task", "task"]
 
@@ -32,7 +31,7 @@ R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Task(Generic[P, R]):
+class Task(BindsAsMethod, Generic[P, R]):
     """A function whose calls become task runs.
 
     Build one with :func:`task`. Calling it inside a flow creates a task run and returns
@@ -73,6 +72,7 @@ class Task(Generic[P, R]):
         retry_condition_fn: Callable[..., bool] | None = None,
         viz_return_value: Any = None,
     ) -> None:
+        fn, self._method_kind = unwrap_method(fn)
         if not callable(fn):
             raise TypeError(f"A task wraps a callable; got {type(fn).__name__}: {fn!r}.")
         self.fn = fn
@@ -81,7 +81,7 @@ class Task(Generic[P, R]):
         # lambda's is "<lambda>"), as in Prefect.
         own_name = getattr(fn, "__name__", type(fn).__name__)
         self.name = own_name if not name or name == own_name else check_name(name, "task")
-        self.description = description if description is not None else inspect.getdoc(fn)
+        self.description = description if description is not None else docstring_of(fn)
         if isinstance(tags, str):
             raise TypeError(f"tags must be an iterable of strings, got the string {tags!r}.")
         self.tags = frozenset(tags or ())
@@ -248,7 +248,7 @@ class Task(Generic[P, R]):
         if unknown:
             raise TypeError(f"with_options() got unknown task options: {sorted(unknown)}.")
         current.update({k: v for k, v in options.items() if v is not NotSet})
-        return type(self)(self.fn, **current)  # type: ignore[arg-type]
+        return type(self)(self._decorated(), **current)
 
     def on_completion(self, fn: F) -> F:
         """Decorator: add ``fn`` to the hooks run when a run of this task completes."""
@@ -269,15 +269,6 @@ class Task(Generic[P, R]):
         """Decorator: add ``fn`` to the hooks run when this task's transaction rolls back."""
         self.on_rollback_hooks.append(fn)
         return fn
-
-    def __get__(self, instance: Any, owner: Any) -> Task[P, R]:
-        """Bind the task to ``instance`` when it is used as a method."""
-        if instance is None:
-            return self
-        bound = self.with_options()
-        bound.fn = MethodType(self.fn, instance)  # type: ignore[assignment]
-        bound.signature = CallSignature(bound.fn)
-        return bound
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r})"
