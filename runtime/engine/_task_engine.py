@@ -8,12 +8,13 @@ one. It only *proposes* states; the orchestrator decides.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 
-from actors import Actor
+from actors import Actor, LoopWaker
 
 from ..core import _states as S
 from ..core._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskError
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
 
 _cancelled_exc = anyio.get_cancelled_exc_class
+_RECORD_ROLLBACK_TIMEOUT = 30.0  # seconds a rollback in another thread waits for the record
 _task_runs_logger = logging.getLogger("stageflow.task_runs")  # what every run logger wraps
 
 
@@ -172,6 +174,7 @@ class TaskRunEngine:
         except (Exception, EngineSignal):
             raise
         except BaseException as exc:
+            self._roll_back_attempt()
             await self._crash(exc)
             raise
 
@@ -203,6 +206,8 @@ class TaskRunEngine:
             state = await self._enter_running(S.Running, running)
             while state.is_running():
                 terminal = await self._attempt(parameters)
+                if not terminal.is_completed():
+                    self._roll_back_attempt()
                 state = await self._finish_attempt(terminal)
                 if state.is_scheduled():
                     state = await self._enter_running(S.Retrying, running)
@@ -271,6 +276,8 @@ class TaskRunEngine:
         if ctx.log_prints:
             install_print_patch()
         timeout = task.timeout_seconds
+        transaction = self._transaction
+        transaction_token = transaction.enter_task_body()
         try:
             if not self._named and task.task_run_name is not None:
                 await self._resolve_name(parameters)
@@ -298,6 +305,7 @@ class TaskRunEngine:
             await self._check_retriable(failed)
             return failed
         finally:
+            transaction.leave_task_body(transaction_token)
             _log_prints.reset(prints_token)
             _task_run_context.reset(task_token)
             _flow_run_context.reset(flow_token)
@@ -358,12 +366,55 @@ class TaskRunEngine:
             record = CacheRecord(key, state, state.state_details.cache_expiration)
             write = partial(backend.write_cache_record, record)
         task = self.task
-        self._transaction.stage(
+        txn = self._transaction
+        # Only a run staged in an enclosing transaction can be rolled back later.
+        rolled_back = self._rolled_back_recorder() if txn.parent is not None else None
+        txn.stage(
             self._result,
             on_commit=task.on_commit_hooks,
             on_rollback=task.on_rollback_hooks,
             write=write,
+            rolled_back=rolled_back,
         )
+
+    def _roll_back_attempt(self) -> None:
+        """Roll back what the runs called in a failed attempt staged in its transaction;
+        the next attempt starts a fresh one."""
+        txn = self._transaction
+        txn.rollback()
+        self._transaction = Transaction(txn.key, parent=txn.parent)
+
+    def _rolled_back_recorder(self) -> Callable[[], None]:
+        """Return what records the run as ``RolledBack`` (a COMPLETED state, as in Prefect)
+        when its transaction rolls back: on whatever thread the rollback happens; from
+        another thread than the engine's loop, it waits until the state is recorded."""
+        waker = LoopWaker()
+        orchestrator = self._orchestrator
+        message = ProposeState(
+            "task",
+            self.task_run,
+            S.Completed(name="RolledBack", message="Task rolled back as part of transaction"),
+            force=True,
+        )
+
+        def tell(done: threading.Event | None = None) -> None:
+            try:
+                orchestrator.tell_nowait(message)  # type: ignore[union-attr]
+            except Exception as exc:  # the runtime stopped: nothing can record it any more
+                self.logger.debug("Could not record the rollback: %r", exc)
+            finally:
+                if done is not None:
+                    done.set()
+
+        def record() -> None:
+            if self.runtime.is_local():
+                tell()
+                return
+            done = threading.Event()
+            if waker.wake(partial(tell, done)):
+                done.wait(_RECORD_ROLLBACK_TIMEOUT)
+
+        return record
 
     async def _check_retriable(self, failed: State[Any]) -> None:
         """Let ``retry_condition_fn`` veto a retry of a failed attempt (raised or returned);
