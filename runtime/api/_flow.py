@@ -20,6 +20,7 @@ from ..core._options import (
     check_timeout,
     code_key,
     is_async_callable,
+    is_generator_callable,
 )
 from ..core._parameters import CallSignature, serialize_parameters
 from ..engine._task_runners import TaskRunner, ThreadPoolTaskRunner
@@ -98,6 +99,7 @@ class Flow(BindsAsMethod, Generic[P, R]):
             raise TypeError(f"A flow wraps a callable; got {type(fn).__name__}: {fn!r}.")
         self.fn = fn
         self.is_async = is_async_callable(fn)
+        self.is_generator = is_generator_callable(fn)
         default_name = (
             getattr(fn, "__name__", type(fn).__name__)
             .replace("_", "-")
@@ -154,13 +156,20 @@ class Flow(BindsAsMethod, Generic[P, R]):
     ) -> Any:
         """Run the flow and return its result (its final State with ``return_state=True``).
 
+        A generator flow returns a generator (an async one for an async generator flow)
+        that runs the flow run as it is iterated, yielding the flow's items.
+
         Raises:
             ParameterBindError: the arguments do not fit the function's signature (no run
                 is created).
             ParameterTypeError: the arguments fail validation (the run ends Failed).
+            ValueError: ``return_state=True`` for a generator flow.
             BaseException: the flow's own exception, if it failed.
         """
         parameters = self.signature.bind(args, kwargs)
+        if self.is_generator:
+            _entry.refuse_generator(self, "flow", "return its final state", return_state)
+            return _entry.iterate_flow(self, parameters, wait_for)
         return_type = "state" if return_state else "result"
         if self.is_async:
             return _entry.run_flow_async(self, parameters, wait_for, return_type)

@@ -19,6 +19,7 @@ from ..core._options import (
     check_timeout,
     code_key,
     is_async_callable,
+    is_generator_callable,
 )
 from ..core._parameters import CallSignature
 from . import _entry as _entry
@@ -77,6 +78,7 @@ class Task(BindsAsMethod, Generic[P, R]):
             raise TypeError(f"A task wraps a callable; got {type(fn).__name__}: {fn!r}.")
         self.fn = fn
         self.is_async = is_async_callable(fn)
+        self.is_generator = is_generator_callable(fn)
         # A name given explicitly is checked; the function's own name is taken as is (a
         # lambda's is "<lambda>"), as in Prefect.
         own_name = getattr(fn, "__name__", type(fn).__name__)
@@ -142,13 +144,19 @@ class Task(BindsAsMethod, Generic[P, R]):
     ) -> Any:
         """Run the task and return its result (its final State with ``return_state=True``).
 
-        An async task returns a coroutine to await.
+        An async task returns a coroutine to await. A generator task returns a generator
+        (an async one for an async generator task) that runs the task run as it is
+        iterated, yielding the task's items.
 
         Raises:
             ParameterBindError: the arguments do not fit the function's signature.
+            ValueError: ``return_state=True`` for a generator task.
             BaseException: the task's own exception, if it failed.
         """
         parameters = self.signature.bind(args, kwargs)
+        if self.is_generator:
+            _entry.refuse_generator(self, "task", "return its final state", return_state)
+            return _entry.iterate_task(self, parameters, wait_for)
         return_type = "state" if return_state else "result"
         if self.is_async:
             return _entry.run_task_async(self, parameters, wait_for, return_type)
@@ -164,7 +172,9 @@ class Task(BindsAsMethod, Generic[P, R]):
         Raises:
             RuntimeError: called outside of a flow run.
             ParameterBindError: the arguments do not fit the function's signature.
+            ValueError: the task is a generator task.
         """
+        _entry.refuse_generator(self, "task", "be submitted")
         parameters = self.signature.bind(args, kwargs)
         future = _entry.submit_task(self, parameters, wait_for)
         if return_state:
@@ -188,7 +198,9 @@ class Task(BindsAsMethod, Generic[P, R]):
         Raises:
             MappingMissingIterable: no argument is iterable.
             MappingLengthMismatch: the iterables differ in length.
+            ValueError: the task is a generator task.
         """
+        _entry.refuse_generator(self, "task", "be mapped")
         futures = _entry.map_task(self, args, kwargs, wait_for, deferred=deferred)
         if return_state:
             futures.wait()
@@ -205,7 +217,11 @@ class Task(BindsAsMethod, Generic[P, R]):
 
         The run is supervised by the process's background runtime (on the global loop);
         it does not hold up the flow that started it.
+
+        Raises:
+            ValueError: the task is a generator task.
         """
+        _entry.refuse_generator(self, "task", "run in the background")
         parameters = self.signature.bind(tuple(args or ()), dict(kwargs or {}))
         return _entry.run_task_in_background(self, parameters, wait_for)
 

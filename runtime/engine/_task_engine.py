@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import anyio
 
@@ -32,7 +32,7 @@ from ..orchestration._orchestrator import (
 from ..orchestration._waiting import wait_before_proposing_again
 from ..store._backend import CacheRecord
 from ..store._results import ResultSettings, persist_result, refresh_cache_by_default
-from ._body import SyncTarget, call_body
+from ._body import Body, SyncTarget, call_body
 from ._context import (
     FlowRunContext,
     TaskRunContext,
@@ -52,7 +52,13 @@ if TYPE_CHECKING:
     from ..orchestration._runtime import Runtime
     from ._futures import TaskRunFuture
 
-__all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
+__all__ = [
+    "TaskRunActor",
+    "TaskRunEngine",
+    "create_task_run",
+    "new_task_run",
+    "run_submitted",
+]
 
 _cancelled_exc = anyio.get_cancelled_exc_class
 _RECORD_ROLLBACK_TIMEOUT = 30.0  # seconds a rollback in another thread waits for the record
@@ -112,6 +118,10 @@ class TaskRunEngine:
         runtime: the runtime whose orchestrator decides the run's states.
         flow_ctx: the enclosing flow run's context, if any.
         target: where the sync body and sync hooks run.
+        transaction: the transaction the run's own one is nested in (by default, the
+            current one).
+        body: what to call instead of the task's function with its ``(args, kwargs)``
+            (a generator task's pump; see :mod:`runtime.engine._generators`).
     """
 
     def __init__(
@@ -124,6 +134,7 @@ class TaskRunEngine:
         flow_ctx: FlowRunContext | None,
         target: SyncTarget,
         transaction: Transaction | None = None,
+        body: Body | None = None,
     ) -> None:
         self.task = task
         self.task_run = task_run
@@ -139,6 +150,7 @@ class TaskRunEngine:
         self._settings: ResultSettings | None = None
         self._result: Any = None
         self._named = False  # task_run_name applied
+        self._body = body
 
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
@@ -227,7 +239,7 @@ class TaskRunEngine:
         task = self.task
         flow_ctx = self.flow_ctx
         settings = self._settings = result_settings_for_task(task, flow_ctx)
-        if not settings.persist:
+        if not settings.persist or task.is_generator:  # a cached result has no items
             return {}
         try:
             key = task_cache_key(self._context(parameters), flow_ctx, settings)
@@ -283,10 +295,10 @@ class TaskRunEngine:
                 await self._resolve_name(parameters)
             args, kwargs = task.signature.to_call(parameters)
             if timeout is None:
-                result = await call_body(task.is_async, task.fn, args, kwargs, self.target)
+                result = await self._call_body(args, kwargs)
             else:
                 with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                    result = await call_body(task.is_async, task.fn, args, kwargs, self.target)
+                    result = await self._call_body(args, kwargs)
                 if scope.cancelled_caught:
                     raise TaskRunTimeoutError(f"Scope timed out after {timeout} second(s).")
         except TimeoutError as exc:
@@ -322,6 +334,11 @@ class TaskRunEngine:
                 self._last_exception = exc
                 return exception_to_failed_state(exc, "Task run encountered an exception")
         return state
+
+    def _call_body(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        if self._body is not None:
+            return self._body(args, kwargs)
+        return call_body(self.task.is_async, self.task.fn, args, kwargs, self.target)
 
     async def _resolve_name(self, parameters: dict[str, Any]) -> None:
         """Rename the run after ``task_run_name`` (a template or a callable), once; called
@@ -544,13 +561,18 @@ def _seconds_until(state: State[Any], now: float) -> float:
 
 
 async def create_task_run(
-    runtime: Runtime, task_run: TaskRun, flow_ctx: FlowRunContext | None
+    runtime: Runtime,
+    task_run: TaskRun,
+    flow_ctx: FlowRunContext | None,
+    *,
+    reuse_completed: bool = True,
 ) -> tuple[TaskRun, State[Any] | None]:
     """Store a new task run in its first state, Pending; return it and None.
 
     In a flow run that runs again (resumed after a suspension or a crash), the task run
     with the same task key and dynamic key is found instead: if it completed and its
-    result can be read, return it with that state (nothing to run); else it runs again.
+    result can be read (and ``reuse_completed``: a generator's items are not kept, so it
+    always runs again), return it with that state (nothing to run); else it runs again.
     """
     orchestrator = runtime.orchestrator
     if flow_ctx is not None and flow_ctx.flow_run.empirical_policy.resuming:
@@ -560,7 +582,12 @@ async def create_task_run(
         )
         if previous is not None:
             state = previous.state
-            if state is not None and state.is_completed() and state.data is not S.UNAVAILABLE:
+            if (
+                reuse_completed
+                and state is not None
+                and state.is_completed()
+                and state.data is not S.UNAVAILABLE
+            ):
                 return previous, state
             await orchestrator.ask(ProposeState("task", previous, S.Pending(), force=True))  # type: ignore[union-attr]
             return previous, None
