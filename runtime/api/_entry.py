@@ -17,7 +17,7 @@ import threading
 from collections import Counter
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Generator, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generator, TypeVar
 
 import anyio
 
@@ -492,7 +492,7 @@ def refuse_generator(
 def iterate_task(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any) -> Any:
     """Return the generator a call of a generator task returns; the run starts when the
     iteration does."""
-    start = partial(_start_generator_task, task, parameters, wait_for)
+    start = partial(_start_generator, partial(_generator_task_run, task, parameters, wait_for))
     return _items_async(start) if task.is_async else _items_sync(start)
 
 
@@ -504,16 +504,41 @@ def iterate_flow(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any
         ValueError: ``wait_for`` outside of a flow run.
     """
     _check_wait_for(wait_for)
-    start = partial(_start_generator_flow, flow, parameters, wait_for)
+    start = partial(_start_generator, partial(_generator_flow_run, flow, parameters, wait_for))
     return _items_async(start) if flow.is_async else _items_sync(start)
 
 
-async def _start_generator_task(
-    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, runtime: Runtime
-) -> GeneratorChannel:
+GeneratorRun = Callable[
+    [Runtime, FlowRunContext | None, GeneratorChannel], tuple[Any, Callable[[], Awaitable[Any]]]
+]
+"""Builds the engine of a generator run; returns the run's id and what runs it."""
+
+
+async def _start_generator(make_run: GeneratorRun, runtime: Runtime) -> GeneratorChannel:
+    """Start a generator task or flow run beside the code iterating it (in the calling
+    code's context); return the channel its items come through."""
     flow_ctx = FlowRunContext.get()
     _refuse_if_abandoned(flow_ctx)
     channel = GeneratorChannel()
+    run_id, work = make_run(runtime, flow_ctx, channel)
+    await runtime.spawn(
+        ChildSpec(
+            f"generator-run-{run_id}",
+            partial(GeneratorRunActor, work, channel, runtime),
+            restart=Restart.TEMPORARY,
+        )
+    )
+    return channel
+
+
+def _generator_task_run(
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    runtime: Runtime,
+    flow_ctx: FlowRunContext | None,
+    channel: GeneratorChannel,
+) -> tuple[Any, Callable[[], Awaitable[Any]]]:
     engine = TaskRunEngine(
         task,
         new_task_run(task, flow_ctx, parameters, wait_for),
@@ -534,16 +559,17 @@ async def _start_generator_task(
         await engine.run()
         return engine.result()
 
-    await _spawn_generator_run(runtime, engine.task_run.id, work, channel)
-    return channel
+    return engine.task_run.id, work
 
 
-async def _start_generator_flow(
-    flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any, runtime: Runtime
-) -> GeneratorChannel:
-    parent = FlowRunContext.get()
-    _refuse_if_abandoned(parent)
-    channel = GeneratorChannel()
+def _generator_flow_run(
+    flow: Flow[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    runtime: Runtime,
+    parent: FlowRunContext | None,
+    channel: GeneratorChannel,
+) -> tuple[Any, Callable[[], Awaitable[Any]]]:
     body = generator_body(flow.fn, flow.is_async, channel)
     engine = FlowRunEngine(flow, parameters, wait_for, runtime, WORKER_THREADS, parent, body=body)
 
@@ -551,20 +577,7 @@ async def _start_generator_flow(
         await engine.run()
         return engine.result()
 
-    await _spawn_generator_run(runtime, engine.flow_run.id, work, channel)
-    return channel
-
-
-async def _spawn_generator_run(
-    runtime: Runtime, run_id: Any, work: Callable[[], Any], channel: GeneratorChannel
-) -> None:
-    await runtime.spawn(
-        ChildSpec(
-            f"generator-run-{run_id}",
-            partial(GeneratorRunActor, work, channel, runtime),
-            restart=Restart.TEMPORARY,
-        )
-    )
+    return engine.flow_run.id, work
 
 
 async def _items_async(start: Callable[[Runtime], Any]) -> AsyncIterator[Any]:

@@ -52,13 +52,7 @@ if TYPE_CHECKING:
     from ..orchestration._runtime import Runtime
     from ._futures import TaskRunFuture
 
-__all__ = [
-    "TaskRunActor",
-    "TaskRunEngine",
-    "create_task_run",
-    "new_task_run",
-    "run_submitted",
-]
+__all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
 
 _cancelled_exc = anyio.get_cancelled_exc_class
 _RECORD_ROLLBACK_TIMEOUT = 30.0  # seconds a rollback in another thread waits for the record
@@ -398,6 +392,8 @@ class TaskRunEngine:
         """Roll back what the runs called in a failed attempt staged in its transaction;
         the next attempt starts a fresh one."""
         txn = self._transaction
+        if txn.is_staged() or txn.is_committed():  # the run completed: not this one's to undo
+            return
         txn.rollback()
         self._transaction = Transaction(txn.key, parent=txn.parent)
 

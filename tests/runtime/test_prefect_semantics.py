@@ -41,6 +41,23 @@ def _run_state(rt: Runtime, run_id: Any) -> str:
     raise LookupError(run_id)
 
 
+def _assert_yielded_one_at_a_time_inside(run: Any, events: list[Any]) -> None:
+    """The body yielded each item only when asked, inside ``run`` (its context), which was
+    Running while the iteration went on and Completed when it ended."""
+    assert [e[:2] for e in events[:-1]] == [
+        ("yield", 0),
+        ("got", 0),
+        ("yield", 1),
+        ("got", 10),
+        ("yield", 2),
+        ("got", 20),
+    ]
+    assert {e[2] for e in events if e[0] == "yield"} == {run.id}
+    assert [e[2] for e in events if e[0] == "got"] == ["Running"] * 3
+    assert events[-1] == ("after", "Completed")
+    assert state_names(run) == ["Pending", "Running", "Completed"]
+
+
 # -- generator tasks ------------------------------------------------------------------
 
 
@@ -70,18 +87,7 @@ def test_sync_generator_task_runs_inside_its_run(sync_runtime: Runtime) -> None:
 
     assert pipeline() == [0, 10, 20]
     (run,) = task_runs_of(sync_runtime, only_flow_run(sync_runtime).id)
-    assert [e[:2] for e in events[:-1]] == [
-        ("yield", 0),
-        ("got", 0),
-        ("yield", 1),
-        ("got", 10),
-        ("yield", 2),
-        ("got", 20),
-    ]
-    assert {e[2] for e in events if e[0] == "yield"} == {run.id}
-    assert [e[2] for e in events if e[0] == "got"] == ["Running"] * 3
-    assert events[-1] == ("after", "Completed")
-    assert state_names(run) == ["Pending", "Running", "Completed"]
+    _assert_yielded_one_at_a_time_inside(run, events)
     assert run.state.result() == "all numbers"  # type: ignore[union-attr]
 
 
@@ -112,18 +118,7 @@ async def test_async_generator_task_runs_inside_its_run() -> None:
 
         assert await pipeline() == [0, 10, 20]
         (run,) = task_runs_of(rt, only_flow_run(rt).id)
-    assert [e[:2] for e in events[:-1]] == [
-        ("yield", 0),
-        ("got", 0),
-        ("yield", 1),
-        ("got", 10),
-        ("yield", 2),
-        ("got", 20),
-    ]
-    assert {e[2] for e in events if e[0] == "yield"} == {run.id}
-    assert [e[2] for e in events if e[0] == "got"] == ["Running"] * 3
-    assert events[-1] == ("after", "Completed")
-    assert state_names(run) == ["Pending", "Running", "Completed"]
+    _assert_yielded_one_at_a_time_inside(run, events)
 
 
 def test_an_exception_while_iterating_fails_a_sync_generator_task(sync_runtime: Runtime) -> None:

@@ -236,26 +236,6 @@ async def test_retry_condition_fn_can_veto_retries() -> None:
     assert seen == [("fails_differently", 1, "FAILED"), ("fails_differently", 2, "FAILED")]
 
 
-def test_retry_condition_fn_that_raises_vetoes_the_retry(caplog: pytest.LogCaptureFixture) -> None:
-    attempts: list[int] = []
-
-    def broken_condition(*args: Any) -> bool:
-        raise RuntimeError("condition bug")
-
-    @task(retries=3, retry_condition_fn=broken_condition)
-    def fails() -> None:
-        attempts.append(1)
-        raise Boom("x")
-
-    @flow
-    def pipeline() -> None:
-        fails()
-
-    assert pipeline(return_state=True).is_failed()
-    assert attempts == [1]
-    assert any("retry_condition_fn" in r.getMessage() for r in caplog.records)
-
-
 async def test_async_retry_condition_fn() -> None:
     attempts: list[int] = []
 
@@ -277,7 +257,7 @@ async def test_async_retry_condition_fn() -> None:
     assert len(attempts) == 2
 
 
-# -- retry_condition_fn and a returned Failed state -------------------------------------
+# -- retry_condition_fn decides for a raised exception and a returned Failed state ------
 
 
 def _failed(message: str) -> Any:
@@ -286,54 +266,55 @@ def _failed(message: str) -> Any:
     return S.Failed(message=message)
 
 
+def _fail(how: str) -> Any:
+    """Fail an attempt the way ``how`` says: raise an exception, or return a Failed state."""
+    if how == "raised":
+        raise Boom("gave up")
+    return _failed("gave up")
+
+
+_FAILED_MESSAGE = {
+    "raised": "Task run encountered an exception Boom: gave up",
+    "returned": "gave up",
+}
+
+
 def _summary(state: Any) -> tuple[str, str | None]:
     return state.type.value, state.message
 
 
-def test_retry_condition_fn_vetoes_a_returned_failed_state(sync_runtime: Runtime) -> None:
-    seen: list[tuple[int, str | None]] = []
-    attempts: list[int] = []
-
-    def never(tsk: Any, task_run: Any, state: Any) -> bool:
-        seen.append((task_run.run_count, state.message))
-        return False
-
-    @task(retries=3, retry_condition_fn=never)
-    def gives_up() -> Any:
-        attempts.append(1)
-        return _failed("returned failure")
-
-    @flow
-    def pipeline() -> Any:
-        return _summary(gives_up(return_state=True))
-
-    assert pipeline() == ("FAILED", "returned failure")
-    assert attempts == [1]
-    assert seen == [(1, "returned failure")]
-    (run,) = task_runs_of(sync_runtime, only_flow_run(sync_runtime).id)
-    assert state_names(run) == ["Pending", "Running", "Failed"]
-
-
-def test_retry_condition_fn_allows_retrying_a_returned_failed_state(
-    sync_runtime: Runtime,
+@pytest.mark.parametrize("how", ["raised", "returned"])
+@pytest.mark.parametrize(
+    ("retry_while", "history"),
+    [(0, ["Pending", "Running", "Failed"]), (2, ["Pending", "Running", "Retrying", "Failed"])],
+)
+def test_retry_condition_fn_decides_for_a_failed_attempt(
+    how: str, retry_while: int, history: list[str], sync_runtime: Runtime
 ) -> None:
-    attempts: list[int] = []
+    seen: list[tuple[int, str | None]] = []
 
-    @task(retries=3, retry_condition_fn=lambda tsk, run, state: run.run_count < 2)
+    def condition(tsk: Any, task_run: Any, state: Any) -> bool:
+        seen.append((task_run.run_count, state.message))
+        return bool(task_run.run_count < retry_while)
+
+    @task(retries=3, retry_condition_fn=condition)
     def gives_up() -> Any:
-        attempts.append(1)
-        return _failed("returned failure")
+        return _fail(how)
 
     @flow
     def pipeline() -> Any:
         return _summary(gives_up(return_state=True))
 
-    assert pipeline() == ("FAILED", "returned failure")
-    assert attempts == [1, 1]
+    assert pipeline() == ("FAILED", _FAILED_MESSAGE[how])
+    attempts = len(history) - 2
+    assert seen == [(count, _FAILED_MESSAGE[how]) for count in range(1, attempts + 1)]
+    (run,) = task_runs_of(sync_runtime, only_flow_run(sync_runtime).id)
+    assert state_names(run) == history
 
 
-def test_retry_condition_fn_that_raises_vetoes_a_returned_failed_state(
-    sync_runtime: Runtime,
+@pytest.mark.parametrize("how", ["raised", "returned"])
+def test_retry_condition_fn_that_raises_vetoes_the_retry(
+    how: str, sync_runtime: Runtime, caplog: pytest.LogCaptureFixture
 ) -> None:
     attempts: list[int] = []
 
@@ -343,14 +324,15 @@ def test_retry_condition_fn_that_raises_vetoes_a_returned_failed_state(
     @task(retries=3, retry_condition_fn=broken)
     def gives_up() -> Any:
         attempts.append(1)
-        return _failed("returned failure")
+        return _fail(how)
 
     @flow
     def pipeline() -> Any:
         return _summary(gives_up.submit(return_state=True))
 
-    assert pipeline() == ("FAILED", "returned failure")
+    assert pipeline() == ("FAILED", _FAILED_MESSAGE[how])
     assert attempts == [1]
+    assert any("retry_condition_fn" in r.getMessage() for r in caplog.records)
 
 
 async def test_retry_condition_fn_vetoes_a_returned_failed_state_of_an_async_task() -> None:
