@@ -480,13 +480,17 @@ def refuse_generator(
     Raises:
         ValueError: ``obj`` is a generator task or flow.
     """
-    if when and obj.is_generator:
-        each = "async for" if obj.is_async else "for"
-        raise ValueError(
-            f"Generator {kind} {obj.name!r} cannot {action}: its run yields its items to the "
-            f"code that iterates over its call. Call it without return_state=True and "
-            f"iterate over the call (`{each} item in ...`)."
-        )
+    if not (when and obj.is_generator):
+        return
+    returning_state = action == "return its final state"
+    message = (
+        f"Generator {kind} {obj.name!r} cannot {action}: its run yields its items to the code "
+        f"that iterates over its call. Call it{' without return_state=True' * returning_state} "
+        f"and iterate over the call (`{'async for' if obj.is_async else 'for'} item in ...`)."
+    )
+    if returning_state:  # Prefect's words first, for code that looks for them
+        message = f"The return_type for a generator {kind} must be 'result'. {message}"
+    raise ValueError(message)
 
 
 def iterate_task(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any) -> Any:

@@ -221,7 +221,7 @@ class State(BaseModel, Generic[R]):
         if self.type is StateType.PAUSED:
             raise PausedRun("Run is paused, its result is not available.", state=self)
         if self.type not in TERMINAL_STATES:
-            if isinstance(self.data, BaseException):
+            if self.type is StateType.PENDING and isinstance(self.data, BaseException):
                 # A run that cannot start (NotReady: an upstream run did not complete)
                 # carries the reason, and never produces a result.
                 if raise_on_failure:
@@ -300,8 +300,8 @@ def state_exception(state: State[Any]) -> BaseException:
             if sub.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
                 return state_exception(sub)
         for sub in data:
-            if isinstance(sub.data, BaseException):  # NotReady: why it never ran
-                return sub.data
+            if sub.type is StateType.PENDING and isinstance(sub.data, BaseException):
+                return sub.data  # NotReady: why it never ran
     if data is not None and not isinstance(data, (list, tuple, set)):
         return TypeError(
             f"Unexpected result for failed state: {data!r} —— {type(data).__name__} cannot be "

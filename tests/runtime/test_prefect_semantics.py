@@ -316,7 +316,7 @@ def test_generator_task_with_a_failed_upstream_raises(sync_runtime: Runtime) -> 
 
 GENERATOR_REFUSED = (
     r"^Generator task 'numbers' cannot {action}: its run yields its items to the code that "
-    r"iterates over its call\. Call it without return_state=True and iterate over the call "
+    r"iterates over its call\. Call it{how} and iterate over the call "
     r"\(`{each} item in \.\.\.`\)\.$"
 )
 
@@ -336,14 +336,21 @@ def test_generator_tasks_refuse_states_submit_map_and_delay(is_async: bool) -> N
     generator_task = task(numbers)
     each = "async for" if is_async else "for"
     refusals = {
-        "return its final state": lambda: generator_task(return_state=True),
         "be submitted": lambda: generator_task.submit(),
         "be mapped": lambda: generator_task.map([1, 2]),
         "run in the background": lambda: generator_task.delay(),
     }
     for action, attempt in refusals.items():
-        with pytest.raises(ValueError, match=GENERATOR_REFUSED.format(action=action, each=each)):
+        with pytest.raises(
+            ValueError, match=GENERATOR_REFUSED.format(action=action, how="", each=each)
+        ):
             attempt()
+    refused_state = GENERATOR_REFUSED.format(
+        action="return its final state", how=" without return_state=True", each=each
+    )
+    prefect_words = r"^The return_type for a generator task must be 'result'\. "
+    with pytest.raises(ValueError, match=prefect_words + refused_state[1:]):
+        generator_task(return_state=True)
 
 
 # -- generator flows ------------------------------------------------------------------
@@ -477,9 +484,10 @@ def test_generator_flows_refuse_return_state(is_async: bool) -> None:
     with pytest.raises(
         ValueError,
         match=(
-            r"^Generator flow 'numbers' cannot return its final state: its run yields its "
-            r"items to the code that iterates over its call\. Call it without "
-            rf"return_state=True and iterate over the call \(`{each} item in \.\.\.`\)\.$"
+            r"^The return_type for a generator flow must be 'result'\. Generator flow 'numbers' "
+            r"cannot return its final state: its run yields its items to the code that iterates "
+            r"over its call\. Call it without return_state=True and iterate over the call "
+            rf"\(`{each} item in \.\.\.`\)\.$"
         ),
     ):
         flow(numbers)(return_state=True)
