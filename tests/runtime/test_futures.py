@@ -192,11 +192,14 @@ def test_states_passed_to_a_task_are_resolved() -> None:
 # -- upstream failures -----------------------------------------------------------------
 
 
-def upstream_message(run: Any, state: str, subject: str | None = None) -> str:
-    """The pattern of the UpstreamTaskError for upstream ``run`` in ``state`` (its str)."""
-    who = subject if subject is not None else f"task run '{re.escape(run.name)}'"
+def upstream_message(run: Any, state: str) -> str:
+    """The pattern of the UpstreamTaskError for upstream ``run`` in ``state`` (its str);
+    ``run`` is a task run, or the id of one known only by its state."""
+    run_id, who = (
+        (run.id, f"task run '{re.escape(run.name)}'") if hasattr(run, "id") else (run, "it")
+    )
     return (
-        rf"^Upstream task run '{run.id}' did not reach a 'COMPLETED' state: {who} is "
+        rf"^Upstream task run '{run_id}' did not reach a 'COMPLETED' state: {who} is "
         rf"{re.escape(state)}\. Fix the upstream failure, or pass the upstream wrapped in "
         r"allow_failure\(\) to run anyway\.$"
     )
@@ -432,8 +435,7 @@ def test_failed_state_passed_as_an_upstream(sync_runtime: Runtime) -> None:
         return state, raised.value
 
     state, error = pipeline()
-    run = type("Run", (), {"id": state.state_details.task_run_id, "name": ""})()
-    assert re.match(upstream_message(run, PARSE_FAILED, subject="it"), str(error))
+    assert re.match(upstream_message(state.state_details.task_run_id, PARSE_FAILED), str(error))
     assert isinstance(error.__cause__, Boom)
 
 
