@@ -15,9 +15,11 @@ import atexit
 import io
 import threading
 from collections import Counter
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, TypeVar
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable, Generator, TypeVar
+
+import anyio
 
 from actors import ChildSpec, Clock, GlobalLoop, Restart, SystemClock, global_loop
 
@@ -27,6 +29,7 @@ from ..engine._body import WORKER_THREADS, BodyPlacement, SyncTarget
 from ..engine._context import FlowRunContext
 from ..engine._flow_engine import FlowRunEngine
 from ..engine._futures import TaskRunFuture, TaskRunFutureList
+from ..engine._generators import END, GeneratorChannel, GeneratorRunActor, generator_body
 from ..engine._signals import capture_sigterm
 from ..engine._task_engine import (
     TaskRunActor,
@@ -46,7 +49,10 @@ if TYPE_CHECKING:
     from ._task import Task
 
 __all__ = [
+    "iterate_flow",
+    "iterate_task",
     "map_task",
+    "refuse_generator",
     "run_flow_async",
     "run_flow_sync",
     "run_sync",
@@ -109,7 +115,12 @@ def run_sync(fn: Callable[..., Any], *args: Any) -> Any:
 
     The calling thread serves the callbacks the engine sends back to it meanwhile.
     """
-    loop, mine = _loop_for_sync_call()
+    return _call_on(*_loop_for_sync_call(), fn, *args)
+
+
+def _call_on(loop: GlobalLoop, mine: GlobalLoop | None, fn: Callable[..., Any], *args: Any) -> Any:
+    """:func:`run_sync` on ``loop``, chosen by :func:`_loop_for_sync_call` (which said
+    ``mine``, the loop whose thread is calling, if any)."""
     if mine is None:
         return loop.call(fn, loop, *args)
     ident = threading.get_ident()
@@ -466,6 +477,159 @@ async def _background_task(
         )
     )
     await ref.wait()
+
+
+# -- generator tasks and flows ------------------------------------------------------------
+
+
+def refuse_generator(
+    obj: Task[..., Any] | Flow[..., Any], kind: str, action: str, when: bool = True
+) -> None:
+    """Refuse to ``action`` a generator task or flow (``kind``), when ``when``.
+
+    Raises:
+        ValueError: ``obj`` is a generator task or flow.
+    """
+    if not (when and obj.is_generator):
+        return
+    returning_state = action == "return its final state"
+    message = (
+        f"Generator {kind} {obj.name!r} cannot {action}: its run yields its items to the code "
+        f"that iterates over its call. Call it{' without return_state=True' * returning_state} "
+        f"and iterate over the call (`{'async for' if obj.is_async else 'for'} item in ...`)."
+    )
+    if returning_state:  # Prefect's words first, for code that looks for them
+        message = f"The return_type for a generator {kind} must be 'result'. {message}"
+    raise ValueError(message)
+
+
+def iterate_task(task: Task[..., Any], parameters: dict[str, Any], wait_for: Any) -> Any:
+    """Return the generator a call of a generator task returns; the run starts when the
+    iteration does."""
+    start = partial(_start_generator, partial(_generator_task_run, task, parameters, wait_for))
+    return _items_async(start) if task.is_async else _items_sync(start)
+
+
+def iterate_flow(flow: Flow[..., Any], parameters: dict[str, Any], wait_for: Any) -> Any:
+    """Return the generator a call of a generator flow returns; the run starts when the
+    iteration does.
+
+    Raises:
+        ValueError: ``wait_for`` outside of a flow run.
+    """
+    _check_wait_for(wait_for)
+    start = partial(_start_generator, partial(_generator_flow_run, flow, parameters, wait_for))
+    return _items_async(start) if flow.is_async else _items_sync(start)
+
+
+GeneratorRun = Callable[
+    [Runtime, FlowRunContext | None, GeneratorChannel], tuple[Any, Callable[[], Awaitable[Any]]]
+]
+"""Builds the engine of a generator run; returns the run's id and what runs it."""
+
+
+async def _start_generator(make_run: GeneratorRun, runtime: Runtime) -> GeneratorChannel:
+    """Start a generator task or flow run beside the code iterating it (in the calling
+    code's context); return the channel its items come through."""
+    flow_ctx = FlowRunContext.get()
+    _refuse_if_abandoned(flow_ctx)
+    channel = GeneratorChannel()
+    run_id, work = make_run(runtime, flow_ctx, channel)
+    await runtime.spawn(
+        ChildSpec(
+            f"generator-run-{run_id}",
+            partial(GeneratorRunActor, work, channel, runtime),
+            restart=Restart.TEMPORARY,
+        )
+    )
+    return channel
+
+
+def _generator_task_run(
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    runtime: Runtime,
+    flow_ctx: FlowRunContext | None,
+    channel: GeneratorChannel,
+) -> tuple[Any, Callable[[], Awaitable[Any]]]:
+    engine = TaskRunEngine(
+        task,
+        new_task_run(task, flow_ctx, parameters, wait_for),
+        parameters,
+        wait_for,
+        runtime,
+        flow_ctx,
+        WORKER_THREADS,
+        get_transaction(),
+        body=generator_body(task.fn, task.is_async, channel),
+    )
+
+    async def work() -> Any:
+        task_run, _ = await create_task_run(
+            runtime, engine.task_run, flow_ctx, reuse_completed=False
+        )
+        engine.use_run(task_run)
+        await engine.run()
+        return engine.result()
+
+    return engine.task_run.id, work
+
+
+def _generator_flow_run(
+    flow: Flow[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    runtime: Runtime,
+    parent: FlowRunContext | None,
+    channel: GeneratorChannel,
+) -> tuple[Any, Callable[[], Awaitable[Any]]]:
+    body = generator_body(flow.fn, flow.is_async, channel)
+    engine = FlowRunEngine(flow, parameters, wait_for, runtime, WORKER_THREADS, parent, body=body)
+
+    async def work() -> Any:
+        await engine.run()
+        return engine.result()
+
+    return engine.flow_run.id, work
+
+
+async def _items_async(start: Callable[[Runtime], Any]) -> AsyncIterator[Any]:
+    """The async generator a call of an async generator task or flow returns."""
+    async with AsyncExitStack() as stack:
+        runtime = current_runtime()
+        if runtime is None:
+            runtime = await stack.enter_async_context(runtime_scope())
+        channel: GeneratorChannel = await start(runtime)
+        try:
+            while (item := await channel.receive()) is not END:
+                yield item
+        finally:
+            with anyio.CancelScope(shield=True):
+                await channel.stop()
+        channel.result()  # the run's exception, if it failed
+
+
+def _items_sync(start: Callable[[Runtime], Any]) -> Generator[Any, None, Any]:
+    """The generator a call of a sync generator task or flow returns; it returns what the
+    user's generator returned."""
+    loop, mine = _loop_for_sync_call()
+    channel: GeneratorChannel = _call_on(loop, mine, _start_on_loop, start)
+    try:
+        while (item := _call_on(loop, mine, _on_loop, channel.receive)) is not END:
+            yield item
+    finally:
+        _call_on(loop, mine, _on_loop, channel.stop)
+    return channel.result()
+
+
+async def _start_on_loop(loop: GlobalLoop, start: Callable[[Runtime], Any]) -> GeneratorChannel:
+    async with runtime_scope() as runtime:  # on a global loop: a runtime that stays up
+        return await start(runtime)  # type: ignore[no-any-return]
+
+
+async def _on_loop(loop: GlobalLoop, fn: Callable[[], Any]) -> Any:
+    return await fn()
 
 
 # -- flows ------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import hashlib
 import inspect
 from datetime import timedelta
 from pathlib import Path
-from types import MethodType
 from typing import Any, Callable, Generic, ParamSpec, TypeVar, overload
 
 from ..core._options import (
@@ -21,10 +20,12 @@ from ..core._options import (
     check_timeout,
     code_key,
     is_async_callable,
+    is_generator_callable,
 )
 from ..core._parameters import CallSignature, serialize_parameters
 from ..engine._task_runners import TaskRunner, ThreadPoolTaskRunner
 from . import _entry as _entry
+from ._methods import BindsAsMethod, docstring_of, unwrap_method
 from ._registry import register_flow
 
 __all__ = ["Flow", "flow"]
@@ -58,7 +59,7 @@ def _entrypoint(fn: Callable[..., Any]) -> str | None:
     return f"{Path(path).resolve()}:{qualname}"
 
 
-class Flow(Generic[P, R]):
+class Flow(BindsAsMethod, Generic[P, R]):
     """A function whose calls become flow runs.
 
     Build one with :func:`flow`. Calling it creates a flow run and returns its result
@@ -93,10 +94,12 @@ class Flow(Generic[P, R]):
         on_crashed: list[Callable[..., Any]] | None = None,
         on_running: list[Callable[..., Any]] | None = None,
     ) -> None:
+        fn, self._method_kind = unwrap_method(fn)
         if not callable(fn):
             raise TypeError(f"A flow wraps a callable; got {type(fn).__name__}: {fn!r}.")
         self.fn = fn
         self.is_async = is_async_callable(fn)
+        self.is_generator = is_generator_callable(fn)
         default_name = (
             getattr(fn, "__name__", type(fn).__name__)
             .replace("_", "-")
@@ -104,7 +107,7 @@ class Flow(Generic[P, R]):
         )
         self.name = check_name(name or default_name, "flow")
         self.version = version if version is not None else _file_version(fn)
-        self.description = description if description is not None else inspect.getdoc(fn)
+        self.description = description if description is not None else docstring_of(fn)
         if flow_run_name is not None and not (
             isinstance(flow_run_name, str) or callable(flow_run_name)
         ):
@@ -153,13 +156,20 @@ class Flow(Generic[P, R]):
     ) -> Any:
         """Run the flow and return its result (its final State with ``return_state=True``).
 
+        A generator flow returns a generator (an async one for an async generator flow)
+        that runs the flow run as it is iterated, yielding the flow's items.
+
         Raises:
             ParameterBindError: the arguments do not fit the function's signature (no run
                 is created).
             ParameterTypeError: the arguments fail validation (the run ends Failed).
+            ValueError: ``return_state=True`` for a generator flow.
             BaseException: the flow's own exception, if it failed.
         """
         parameters = self.signature.bind(args, kwargs)
+        if self.is_generator:
+            _entry.refuse_generator(self, "flow", "return its final state", return_state)
+            return _entry.iterate_flow(self, parameters, wait_for)
         return_type = "state" if return_state else "result"
         if self.is_async:
             return _entry.run_flow_async(self, parameters, wait_for, return_type)
@@ -209,7 +219,7 @@ class Flow(Generic[P, R]):
         if unknown:
             raise TypeError(f"with_options() got unknown flow options: {sorted(unknown)}.")
         current.update({k: v for k, v in options.items() if v is not NotSet})
-        return type(self)(self.fn, **current)  # type: ignore[arg-type]
+        return type(self)(self._decorated(), **current)
 
     def on_completion(self, fn: F) -> F:
         """Decorator: add ``fn`` to the hooks run when a run of this flow completes."""
@@ -235,15 +245,6 @@ class Flow(Generic[P, R]):
         """Decorator: add ``fn`` to the hooks run when a run of this flow starts running."""
         self.on_running_hooks.append(fn)
         return fn
-
-    def __get__(self, instance: Any, owner: Any) -> Flow[P, R]:
-        """Bind the flow to ``instance`` when it is used as a method."""
-        if instance is None:
-            return self
-        bound = self.with_options()
-        bound.fn = MethodType(self.fn, instance)  # type: ignore[assignment]
-        bound.signature = CallSignature(bound.fn)
-        return bound
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"

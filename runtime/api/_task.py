@@ -6,9 +6,7 @@ mapping hand over to the engine (:mod:`runtime.api._entry`); nothing here runs a
 
 from __future__ import annotations
 
-import inspect
 from datetime import timedelta
-from types import MethodType
 from typing import Any, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
 
 from ..core._models import TaskRunPolicy
@@ -21,9 +19,11 @@ from ..core._options import (
     check_timeout,
     code_key,
     is_async_callable,
+    is_generator_callable,
 )
 from ..core._parameters import CallSignature
 from . import _entry as _entry
+from ._methods import BindsAsMethod, docstring_of, unwrap_method
 
 __all__ = ["Task", "task"]
 
@@ -32,7 +32,7 @@ R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-class Task(Generic[P, R]):
+class Task(BindsAsMethod, Generic[P, R]):
     """A function whose calls become task runs.
 
     Build one with :func:`task`. Calling it inside a flow creates a task run and returns
@@ -73,15 +73,17 @@ class Task(Generic[P, R]):
         retry_condition_fn: Callable[..., bool] | None = None,
         viz_return_value: Any = None,
     ) -> None:
+        fn, self._method_kind = unwrap_method(fn)
         if not callable(fn):
             raise TypeError(f"A task wraps a callable; got {type(fn).__name__}: {fn!r}.")
         self.fn = fn
         self.is_async = is_async_callable(fn)
+        self.is_generator = is_generator_callable(fn)
         # A name given explicitly is checked; the function's own name is taken as is (a
         # lambda's is "<lambda>"), as in Prefect.
         own_name = getattr(fn, "__name__", type(fn).__name__)
         self.name = own_name if not name or name == own_name else check_name(name, "task")
-        self.description = description if description is not None else inspect.getdoc(fn)
+        self.description = description if description is not None else docstring_of(fn)
         if isinstance(tags, str):
             raise TypeError(f"tags must be an iterable of strings, got the string {tags!r}.")
         self.tags = frozenset(tags or ())
@@ -142,13 +144,19 @@ class Task(Generic[P, R]):
     ) -> Any:
         """Run the task and return its result (its final State with ``return_state=True``).
 
-        An async task returns a coroutine to await.
+        An async task returns a coroutine to await. A generator task returns a generator
+        (an async one for an async generator task) that runs the task run as it is
+        iterated, yielding the task's items.
 
         Raises:
             ParameterBindError: the arguments do not fit the function's signature.
+            ValueError: ``return_state=True`` for a generator task.
             BaseException: the task's own exception, if it failed.
         """
         parameters = self.signature.bind(args, kwargs)
+        if self.is_generator:
+            _entry.refuse_generator(self, "task", "return its final state", return_state)
+            return _entry.iterate_task(self, parameters, wait_for)
         return_type = "state" if return_state else "result"
         if self.is_async:
             return _entry.run_task_async(self, parameters, wait_for, return_type)
@@ -164,7 +172,9 @@ class Task(Generic[P, R]):
         Raises:
             RuntimeError: called outside of a flow run.
             ParameterBindError: the arguments do not fit the function's signature.
+            ValueError: the task is a generator task.
         """
+        _entry.refuse_generator(self, "task", "be submitted")
         parameters = self.signature.bind(args, kwargs)
         future = _entry.submit_task(self, parameters, wait_for)
         if return_state:
@@ -188,7 +198,9 @@ class Task(Generic[P, R]):
         Raises:
             MappingMissingIterable: no argument is iterable.
             MappingLengthMismatch: the iterables differ in length.
+            ValueError: the task is a generator task.
         """
+        _entry.refuse_generator(self, "task", "be mapped")
         futures = _entry.map_task(self, args, kwargs, wait_for, deferred=deferred)
         if return_state:
             futures.wait()
@@ -205,7 +217,11 @@ class Task(Generic[P, R]):
 
         The run is supervised by the process's background runtime (on the global loop);
         it does not hold up the flow that started it.
+
+        Raises:
+            ValueError: the task is a generator task.
         """
+        _entry.refuse_generator(self, "task", "run in the background")
         parameters = self.signature.bind(tuple(args or ()), dict(kwargs or {}))
         return _entry.run_task_in_background(self, parameters, wait_for)
 
@@ -248,7 +264,7 @@ class Task(Generic[P, R]):
         if unknown:
             raise TypeError(f"with_options() got unknown task options: {sorted(unknown)}.")
         current.update({k: v for k, v in options.items() if v is not NotSet})
-        return type(self)(self.fn, **current)  # type: ignore[arg-type]
+        return type(self)(self._decorated(), **current)
 
     def on_completion(self, fn: F) -> F:
         """Decorator: add ``fn`` to the hooks run when a run of this task completes."""
@@ -269,15 +285,6 @@ class Task(Generic[P, R]):
         """Decorator: add ``fn`` to the hooks run when this task's transaction rolls back."""
         self.on_rollback_hooks.append(fn)
         return fn
-
-    def __get__(self, instance: Any, owner: Any) -> Task[P, R]:
-        """Bind the task to ``instance`` when it is used as a method."""
-        if instance is None:
-            return self
-        bound = self.with_options()
-        bound.fn = MethodType(self.fn, instance)  # type: ignore[assignment]
-        bound.signature = CallSignature(bound.fn)
-        return bound
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r})"

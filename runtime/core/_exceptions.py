@@ -65,7 +65,12 @@ class MappingMissingIterable(StageflowError, ValueError):
 
 
 class UpstreamTaskError(StageflowError):
-    """Raised when an upstream task run did not complete, so a downstream run cannot start."""
+    """Raised when an upstream task run did not complete, so a downstream run cannot start.
+
+    The downstream run stays Pending, named ``NotReady``; calling it, or asking its future
+    or state for the result, raises this error. Its message names the upstream run and its
+    state, and its ``__cause__`` is the upstream's exception.
+    """
 
 
 class TaskRunTimeoutError(TimeoutError):

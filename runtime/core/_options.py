@@ -16,6 +16,7 @@ __all__ = [
     "check_retry_delays",
     "code_key",
     "is_async_callable",
+    "is_generator_callable",
 ]
 
 
@@ -31,12 +32,26 @@ BANNED_NAME_CHARACTERS = ("/", "%", "&", ">", "<")
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
-    """Return whether calling ``fn`` returns a coroutine (``functools.partial`` unwrapped)."""
+    """Return whether ``fn`` is async: calling it returns a coroutine or an async
+    generator (``functools.partial`` unwrapped)."""
+    return _any_call_is(fn, inspect.iscoroutinefunction) or _any_call_is(
+        fn, inspect.isasyncgenfunction
+    )
+
+
+def is_generator_callable(fn: Callable[..., Any]) -> bool:
+    """Return whether calling ``fn`` returns a generator or an async generator
+    (``functools.partial`` unwrapped)."""
+    return _any_call_is(fn, inspect.isgeneratorfunction) or _any_call_is(
+        fn, inspect.isasyncgenfunction
+    )
+
+
+def _any_call_is(fn: Callable[..., Any], test: Callable[[Any], bool]) -> bool:
+    """Whether ``fn`` (unwrapped from ``functools.partial``), or its ``__call__``, passes."""
     while isinstance(fn, functools.partial):
         fn = fn.func
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)
-    )
+    return test(fn) or test(getattr(fn, "__call__", None))
 
 
 def check_name(name: str, kind: str) -> str:

@@ -223,6 +223,9 @@ class State(BaseModel, Generic[R]):
 
         Raises:
             PausedRun: the state is PAUSED; the run has no result yet.
+            UpstreamTaskError: the state is NotReady: the run never started because an
+                upstream run did not complete (with ``raise_on_failure=True``; else it is
+                returned).
             UnfinishedRun: the state is not final.
             MissingResult: the result was neither kept in memory nor persisted.
             BaseException: the run's own exception, for a failed state with
@@ -231,6 +234,12 @@ class State(BaseModel, Generic[R]):
         if self.type is StateType.PAUSED:
             raise PausedRun("Run is paused, its result is not available.", state=self)
         if self.type not in TERMINAL_STATES:
+            if self.type is StateType.PENDING and isinstance(self.data, BaseException):
+                # A run that cannot start (NotReady: an upstream run did not complete)
+                # carries the reason, and never produces a result.
+                if raise_on_failure:
+                    raise self.data
+                return self.data
             raise UnfinishedRun(f"Run is in {self.type.value} state, its result is not available.")
         if self.type is not StateType.COMPLETED:
             if not raise_on_failure and _holds_states(self.data):
@@ -303,6 +312,9 @@ def state_exception(state: State[Any]) -> BaseException:
         for sub in data:
             if sub.type in (StateType.FAILED, StateType.CRASHED, StateType.CANCELLED):
                 return state_exception(sub)
+        for sub in data:
+            if sub.type is StateType.PENDING and isinstance(sub.data, BaseException):
+                return sub.data  # NotReady: why it never ran
     if data is not None and not isinstance(data, (list, tuple, set)):
         return TypeError(
             f"Unexpected result for failed state: {data!r} —— {type(data).__name__} cannot be "

@@ -20,7 +20,12 @@ import attrs
 
 from actors import GlobalLoop
 
-__all__ = ["BodyPlacement", "call_body", "call_sync"]
+__all__ = ["Body", "BodyPlacement", "call_body", "call_sync"]
+
+
+Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+"""A body that replaces a run's function (a generator's pump): called with the call's
+``(args, kwargs)``."""
 
 
 class BodyPlacement(enum.Enum):

@@ -40,7 +40,7 @@ from ..orchestration._ownership import active_flow_runs, process_owner
 from ..orchestration._store_actor import Commit
 from ..orchestration._waiting import wait_before_proposing_again
 from ..store._results import ResultSettings, persist_result
-from ._body import SyncTarget, call_body
+from ._body import Body, SyncTarget, call_body
 from ._context import FlowRunContext, _flow_run_context, _task_run_context, current_tags
 from ._hooks import run_hooks
 from ._inbox import LoopInbox, run_beside
@@ -83,6 +83,8 @@ class FlowRunEngine:
         target: where the sync body and sync hooks run.
         parent: the enclosing flow run's context, for a subflow.
         existing: a stored flow run to run again (resuming a suspended or crashed run).
+        body: what to call instead of the flow's function with its ``(args, kwargs)``
+            (a generator flow's pump; see :mod:`runtime.engine._generators`).
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class FlowRunEngine:
         target: SyncTarget,
         parent: FlowRunContext | None,
         existing: FlowRun | None = None,
+        body: Body | None = None,
     ) -> None:
         self.flow = flow
         self.parameters = parameters
@@ -124,6 +127,7 @@ class FlowRunEngine:
         self._timed_out = False  # this attempt's body hit the flow's timeout
         self.inbox: LoopInbox | None = None
         self._settings: ResultSettings | None = None
+        self._body = body
         self._context: FlowRunContext | None = None
         self._hooks_ran: set[Any] = set()  # ids of the states whose hooks ran
 
@@ -200,7 +204,11 @@ class FlowRunEngine:
                 parameters = await resolve_parameters(parameters)
                 await wait_for_upstreams(self.wait_for)
             except UpstreamTaskError as exc:
-                await self._propose(S.Pending(name="NotReady", message=str(exc)), force=True)
+                # The subflow never starts: Pending named NotReady, and its call raises.
+                self._raised = exc
+                await self._propose(
+                    S.Pending(name="NotReady", message=str(exc), data=exc), force=True
+                )
                 return await self._finish()
         if self.flow.should_validate_parameters:
             try:
@@ -337,6 +345,8 @@ class FlowRunEngine:
                 if self._interrupt is not None:
                     scope.cancel()
                 try:
+                    if self._body is not None:
+                        return await self._body(args, kwargs)
                     return await call_body(flow.is_async, flow.fn, args, kwargs, self.target)
                 except TerminationSignal as exc:
                     # Raised by the SIGTERM handler inside a sync body on the main thread.

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from ..core._annotations import BaseAnnotation, allow_failure, quote
 from ..core._exceptions import UpstreamTaskError
-from ..core._states import State
+from ..core._states import State, state_exception
 from ._futures import TaskRunFuture, TaskRunFutureList
 
 __all__ = [
@@ -85,9 +85,22 @@ def _final_state(item: TaskRunFuture[Any] | State[Any]) -> State[Any]:
     return item.state if isinstance(item, TaskRunFuture) else item
 
 
-def _upstream_error(state: State[Any]) -> UpstreamTaskError:
-    run_id = state.state_details.task_run_id
-    return UpstreamTaskError(f"Upstream task run '{run_id}' did not reach a 'COMPLETED' state.")
+def _upstream_error(item: TaskRunFuture[Any] | State[Any]) -> UpstreamTaskError:
+    """The error of a run whose upstream ``item`` did not complete: it names the upstream
+    run, says what state it is in, and carries the upstream's exception as its cause."""
+    state = _final_state(item)
+    if isinstance(item, TaskRunFuture):
+        run_id, subject = item.task_run_id, f"task run {item.task_run.name!r}"
+    else:
+        run_id, subject = state.state_details.task_run_id, "it"
+    error = UpstreamTaskError(
+        f"Upstream task run '{run_id}' did not reach a 'COMPLETED' state: {subject} is "
+        f"{state}. Fix the upstream failure, or pass the upstream wrapped in allow_failure() "
+        "to run anyway."
+    )
+    if state.is_final() or isinstance(state.data, BaseException):
+        error.__cause__ = state_exception(state)
+    return error
 
 
 async def resolve_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
@@ -114,7 +127,7 @@ async def resolve_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
             return state.result()
         if tolerate and state.is_final():
             return state.result(raise_on_failure=False)
-        raise _upstream_error(state)
+        raise _upstream_error(item)
 
     return {name: _visit(value, resolve) for name, value in parameters.items()}
 
@@ -139,7 +152,7 @@ async def wait_for_upstreams(wait_for: Any) -> None:
         state = _final_state(item)
         if state.is_completed() or (id(item) in tolerated and state.is_final()):
             continue
-        raise _upstream_error(state)
+        raise _upstream_error(item)
 
 
 async def resolve_futures_to_states(value: Any) -> Any:

@@ -26,6 +26,7 @@ class TaskSpec(Protocol):
     task_key: str
     version: str | None
     is_async: bool
+    is_generator: bool
     signature: CallSignature
     tags: frozenset[str]
     run_policy: TaskRunPolicy

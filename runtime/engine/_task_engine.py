@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import anyio
 
@@ -20,7 +20,14 @@ from ..core._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskEr
 from ..core._ids import new_id
 from ..core._models import TaskRun, TaskRunInput, new_task_run_record
 from ..core._parameters import resolve_run_name
-from ..core._states import State, StateDetails, now_utc, replace, replace_details
+from ..core._states import (
+    State,
+    StateDetails,
+    now_utc,
+    replace,
+    replace_details,
+    state_exception,
+)
 from ..orchestration._orchestrator import (
     CreateRun,
     ProposeState,
@@ -31,7 +38,7 @@ from ..orchestration._orchestrator import (
 from ..orchestration._waiting import wait_before_proposing_again
 from ..store._backend import CacheRecord
 from ..store._results import ResultSettings, persist_result, refresh_cache_by_default
-from ._body import SyncTarget, call_body
+from ._body import Body, SyncTarget, call_body
 from ._context import (
     FlowRunContext,
     TaskRunContext,
@@ -54,6 +61,7 @@ if TYPE_CHECKING:
 __all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
 
 _cancelled_exc = anyio.get_cancelled_exc_class
+_RECORD_ROLLBACK_TIMEOUT = 30.0  # seconds a rollback in another thread waits for the record
 _task_runs_logger = logging.getLogger("stageflow.task_runs")  # what every run logger wraps
 
 
@@ -110,8 +118,11 @@ class TaskRunEngine:
         runtime: the runtime whose orchestrator decides the run's states.
         flow_ctx: the enclosing flow run's context, if any.
         target: where the sync body and sync hooks run.
-        transaction: the transaction the run joins (default: the current one).
+        transaction: the transaction the run's own one is nested in (by default, the
+            current one).
         future: the future of a submitted run, which follows the run's snapshots.
+        body: what to call instead of the task's function with its ``(args, kwargs)``
+            (a generator task's pump; see :mod:`runtime.engine._generators`).
     """
 
     def __init__(
@@ -125,6 +136,7 @@ class TaskRunEngine:
         target: SyncTarget,
         transaction: Transaction | None = None,
         future: TaskRunFuture[Any] | None = None,
+        body: Body | None = None,
     ) -> None:
         self.task = task
         self.task_run = task_run
@@ -144,6 +156,7 @@ class TaskRunEngine:
         self._context: TaskRunContext | None = None
         self._future = future
         self._hooks_ran = False
+        self._body = body
 
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
@@ -187,6 +200,7 @@ class TaskRunEngine:
         except (Exception, EngineSignal):
             raise
         except BaseException as exc:
+            self._roll_back_attempt()
             await self._crash(exc)
             raise
 
@@ -197,9 +211,11 @@ class TaskRunEngine:
             parameters = await resolve_parameters(self.parameters)
             await wait_for_upstreams(self.wait_for)
         except UpstreamTaskError as exc:
+            # As in Prefect, the run stays Pending, named NotReady; the state carries the
+            # error, so calling the task or resolving its future raises it.
             state = self.task_run.state
             await self._propose(
-                S.Pending(name="NotReady", message=str(exc)),
+                S.Pending(name="NotReady", message=str(exc), data=exc),
                 force=state is not None and state.is_pending(),
             )
             self._log_finished()
@@ -215,6 +231,8 @@ class TaskRunEngine:
             state = await self._enter_running(S.Running)
             while state.is_running():
                 terminal = await self._attempt(parameters)
+                if not terminal.is_completed():
+                    self._roll_back_attempt()
                 state = await self._finish_attempt(terminal)
                 if state.is_scheduled():
                     state = await self._enter_running(S.Retrying)
@@ -234,7 +252,7 @@ class TaskRunEngine:
         task = self.task
         flow_ctx = self.flow_ctx
         settings = self._settings = result_settings_for_task(task, flow_ctx)
-        if not settings.persist:
+        if not settings.persist or task.is_generator:  # a cached result has no items
             return None
         try:
             key = task_cache_key(self._new_context(parameters), flow_ctx, settings)
@@ -282,15 +300,17 @@ class TaskRunEngine:
         if ctx.log_prints:
             install_print_patch()
         timeout = task.timeout_seconds
+        transaction = self._transaction
+        transaction_token = transaction.enter_task_body()
         try:
             if not self._named and task.task_run_name is not None:
                 await self._resolve_name(parameters)
             args, kwargs = task.signature.to_call(parameters)
             if timeout is None:
-                result = await call_body(task.is_async, task.fn, args, kwargs, self.target)
+                result = await self._call_body(args, kwargs)
             else:
                 with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                    result = await call_body(task.is_async, task.fn, args, kwargs, self.target)
+                    result = await self._call_body(args, kwargs)
                 if scope.cancelled_caught:
                     raise TaskRunTimeoutError(f"Scope timed out after {timeout} second(s).")
         except TimeoutError as exc:
@@ -307,17 +327,28 @@ class TaskRunEngine:
             failed = exception_to_failed_state(exc, "Task run encountered an exception")
             return await self._check_retriable(failed)
         finally:
+            transaction.leave_task_body(transaction_token)
             _log_prints.reset(prints_token)
             _task_run_context.reset(task_token)
             _flow_run_context.reset(flow_token)
         state = return_value_to_state(result)
-        if state.is_completed() and not isinstance(result, State):
+        if state.is_failed():
+            # A returned Failed state (built by the body, or aggregating failed runs) is
+            # retried on the same terms as a raised exception: retry_condition_fn decides.
+            self._last_exception = state_exception(state)
+            state = await self._check_retriable(state)
+        elif state.is_completed() and not isinstance(result, State):
             try:
                 state = self._completed(result, state)
             except Exception as exc:
                 self._last_exception = exc
                 return exception_to_failed_state(exc, "Task run encountered an exception")
         return state
+
+    def _call_body(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        if self._body is not None:
+            return self._body(args, kwargs)
+        return call_body(self.task.is_async, self.task.fn, args, kwargs, self.target)
 
     async def _resolve_name(self, parameters: dict[str, Any]) -> None:
         """Rename the run after ``task_run_name`` (a template or a callable), once; called
@@ -368,16 +399,53 @@ class TaskRunEngine:
             record = CacheRecord(key, state, state.state_details.cache_expiration)
             write = partial(backend.write_cache_record, record)
         task = self.task
-        self._transaction.stage(
+        txn = self._transaction
+        # Only a run staged in an enclosing transaction can be rolled back later.
+        rolled_back = self._rolled_back_recorder() if txn.parent is not None else None
+        txn.stage(
             self._result,
             on_commit=task.on_commit_hooks,
             on_rollback=task.on_rollback_hooks,
             write=write,
+            rolled_back=rolled_back,
         )
 
+    def _roll_back_attempt(self) -> None:
+        """Roll back what the runs called in a failed attempt staged in its transaction;
+        the next attempt starts a fresh one."""
+        txn = self._transaction
+        if txn.is_staged() or txn.is_committed():  # the run completed: not this one's to undo
+            return
+        txn.rollback()
+        self._transaction = Transaction(txn.key, parent=txn.parent)
+
+    def _rolled_back_recorder(self) -> Callable[[], None]:
+        """Return what records the run as ``RolledBack`` (a COMPLETED state, as in Prefect)
+        when its transaction rolls back, on whatever thread the rollback happens."""
+        orchestrator = self.runtime.orchestrator
+        assert orchestrator is not None
+        message = ProposeState(
+            "task",
+            self.task_run.id,
+            S.Completed(name="RolledBack", message="Task rolled back as part of transaction"),
+            force=True,
+        )
+
+        def record() -> None:
+            try:
+                if self.runtime.is_local():
+                    orchestrator.tell_nowait(message)  # at once if idle, else next
+                else:
+                    orchestrator.ask_from_thread(message, timeout=_RECORD_ROLLBACK_TIMEOUT)
+            except Exception as exc:  # the runtime stopped: nothing can record it any more
+                self.logger.debug("Could not record the rollback: %r", exc)
+
+        return record
+
     async def _check_retriable(self, failed: State[Any]) -> State[Any]:
-        """Let ``retry_condition_fn`` veto a retry (a condition that raises vetoes it too);
-        return ``failed``, marked not retriable if vetoed."""
+        """Let ``retry_condition_fn`` veto a retry of a failed attempt (raised or returned;
+        a condition that raises vetoes it too); return ``failed``, marked not retriable if
+        vetoed."""
         condition = self.task.retry_condition_fn
         if condition is None or self.task_run.run_count > self.task.retries:
             return failed
@@ -469,7 +537,7 @@ class TaskRunEngine:
         level = logging.INFO if state.is_completed() else logging.ERROR
         if _task_runs_logger.isEnabledFor(level):
             message = f"Finished in state {state}"
-            if state.is_pending():
+            if state.is_pending() and state.name != "NotReady":
                 message += (
                     "\nPlease wait for all submitted tasks to complete before exiting your "
                     "flow by calling `.wait()` on the future returned from your `.submit()` calls."
@@ -486,11 +554,12 @@ class TaskRunEngine:
     def result(self) -> Any:
         """Return what a call of the task returns: its result, or raise its exception.
 
-        A run that never became final (its upstream failed: NotReady) returns None.
+        Raises:
+            UpstreamTaskError: the run never started (NotReady): an upstream run did not
+                complete; the upstream's exception is its cause.
+            BaseException: the task's own exception, if it failed.
         """
-        state = self.task_run.state
-        if state is None or not state.is_final():
-            return None
+        state: State[Any] = self.task_run.state  # type: ignore[assignment]
         return state.result()
 
 
@@ -515,13 +584,18 @@ def _seconds_until(state: State[Any], now: float) -> float:
 
 
 async def create_task_run(
-    runtime: Runtime, task_run: TaskRun, flow_ctx: FlowRunContext | None
+    runtime: Runtime,
+    task_run: TaskRun,
+    flow_ctx: FlowRunContext | None,
+    *,
+    reuse_completed: bool = True,
 ) -> tuple[TaskRun, State[Any] | None]:
     """Store a new task run in its first state, Pending; return it and None.
 
     In a flow run that runs again (resumed after a suspension or a crash), the task run
     with the same task key and dynamic key is found instead: if it completed and its
-    result can be read, return it with that state (nothing to run); else it runs again.
+    result can be read (and ``reuse_completed``: a generator's items are not kept, so it
+    always runs again), return it with that state (nothing to run); else it runs again.
     """
     orchestrator = runtime.orchestrator
     if flow_ctx is not None and flow_ctx.flow_run.empirical_policy.resuming:
@@ -531,7 +605,12 @@ async def create_task_run(
         )
         if previous is not None:
             state = previous.state
-            if state is not None and state.is_completed() and state.data is not S.UNAVAILABLE:
+            if (
+                reuse_completed
+                and state is not None
+                and state.is_completed()
+                and state.data is not S.UNAVAILABLE
+            ):
                 return previous, state
             transition = await orchestrator.ask(  # type: ignore[union-attr]
                 ProposeState("task", previous.id, S.Pending(), force=True)

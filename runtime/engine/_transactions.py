@@ -16,6 +16,14 @@ task's transaction joins the enclosing one and waits for it::
 When the block ends without an exception it commits: the cache records are written and
 every staged ``on_commit`` hook runs, in staging order.
 
+A task run's own transaction is the current one while its body runs
+(:func:`get_transaction` returns it there): values the body :meth:`~Transaction.set` reach
+its ``on_commit``/``on_rollback`` hooks (called with that transaction) and the runs it
+calls, whose transactions are nested in it. What those runs stage waits for the task run:
+it commits or rolls back with the task's own result, and a failed attempt rolls it back.
+A completed task run that a later failure rolls back is recorded in the ``RolledBack``
+state (a COMPLETED state, as in Prefect).
+
 Hooks are plain functions called with the :class:`Transaction`; they run on the thread
 that commits or rolls back. A hook that raises is logged, and the remaining hooks still
 run. Read the transaction's values with :meth:`Transaction.get` (set by
@@ -57,12 +65,14 @@ class TransactionState(enum.Enum):
 
 @attrs.define(eq=False)
 class _Staged:
-    """What a child transaction staged: hooks, and the write to make on commit."""
+    """What a child transaction staged: hooks, the write to make on commit, and what to
+    call (after the ``on_rollback`` hooks) once it rolled back."""
 
     transaction: Transaction
     on_commit: list[Hook]
     on_rollback: list[Hook]
     write: Callable[[], None] | None
+    rolled_back: Callable[[], None] | None = None
 
 
 class Transaction:
@@ -127,6 +137,20 @@ class Transaction:
 
     # -- the engine's side --------------------------------------------------------------
 
+    def enter_task_body(self) -> contextvars.Token[Transaction | None]:
+        """Make this transaction, a task run's own, current and active while the task's
+        body runs, so the body can reach it and what the body's runs stage joins it.
+        Undo with :meth:`leave_task_body`."""
+        self.state = TransactionState.ACTIVE
+        return _current.set(self)
+
+    def leave_task_body(self, token: contextvars.Token[Transaction | None]) -> None:
+        """The task's body ended: this transaction is no longer current, nor active."""
+        _current.reset(token)
+        with self._lock:
+            if self.state is TransactionState.ACTIVE:
+                self.state = TransactionState.PENDING
+
     def stage(
         self,
         value: Any,
@@ -134,17 +158,19 @@ class Transaction:
         on_commit: Sequence[Hook] = (),
         on_rollback: Sequence[Hook] = (),
         write: Callable[[], None] | None = None,
+        rolled_back: Callable[[], None] | None = None,
     ) -> None:
         """Stage ``value`` with its hooks and the write that makes it visible (a cache
-        record). Outside an active enclosing transaction, it commits at once."""
+        record), after what nested transactions staged in this one. Outside an active
+        enclosing transaction, it commits at once. ``rolled_back`` is called, after the
+        ``on_rollback`` hooks, if it rolls back."""
         self.value = value
-        self.state = TransactionState.STAGED
-        staged = _Staged(self, list(on_commit), list(on_rollback), write)
-        if self.parent is None or not self.parent.is_active():
-            self._finish_commit([staged])
-            return
-        with self.parent._lock:
-            self.parent._staged.append(staged)
+        with self._lock:
+            staged, self._staged = self._staged, []
+            self.state = TransactionState.STAGED
+        staged.append(_Staged(self, list(on_commit), list(on_rollback), write, rolled_back))
+        if not self._hand_up(staged, absorbed=False):
+            self._finish_commit(staged)
 
     def commit(self) -> bool:
         """Commit: make every staged write and run the ``on_commit`` hooks.
@@ -155,14 +181,24 @@ class Transaction:
             return False
         with self._lock:
             staged, self._staged = self._staged, []
-        if self.parent is not None and self.parent.is_active():
-            # A nested block: hand its staged work to the enclosing transaction.
-            self.state = TransactionState.STAGED
-            with self.parent._lock:
-                self.parent._staged.extend(staged)
-                self.parent._children.append(self)
-            return True
-        self._finish_commit(staged)
+            self.state = TransactionState.STAGED  # no longer active: nothing more joins it
+        if not self._hand_up(staged, absorbed=True):
+            self._finish_commit(staged)
+        return True
+
+    def _hand_up(self, staged: list[_Staged], *, absorbed: bool) -> bool:
+        """Give ``staged`` to the enclosing transaction if it is active, to commit or roll
+        back with it (``absorbed``: this nested block then settles with it too); return
+        False if there is no active enclosing transaction."""
+        parent = self.parent
+        if parent is None:
+            return False
+        with parent._lock:  # checked under the lock, so the parent cannot finish meanwhile
+            if not parent.is_active():
+                return False
+            parent._staged.extend(staged)
+            if absorbed:
+                parent._children.append(self)
         return True
 
     def _finish_commit(self, staged: list[_Staged]) -> None:
@@ -192,10 +228,16 @@ class Transaction:
             return False
         with self._lock:
             staged, self._staged = self._staged, []
+            self.state = TransactionState.ROLLED_BACK
         self._settle(TransactionState.ROLLED_BACK)
         for item in reversed(staged):
             item.transaction.state = TransactionState.ROLLED_BACK
             _run_hooks(list(reversed(item.on_rollback)), item.transaction, "on_rollback")
+            if item.rolled_back is not None:
+                try:
+                    item.rolled_back()
+                except Exception:
+                    _logger.exception("Could not record the rollback of %r", item.transaction)
         return True
 
 

@@ -404,7 +404,9 @@ class TestFromThread:
             assert await ref.ask("after") == "after"
             with pytest.raises(LoopThreadError, match=r"^ActorRef\.ask_from_thread\(\) was called"):
                 ref.ask_from_thread("x")
-            with pytest.raises(LoopThreadError, match=r"^ActorRef\.tell_from_thread\(\) was called"):
+            with pytest.raises(
+                LoopThreadError, match=r"^ActorRef\.tell_from_thread\(\) was called"
+            ):
                 ref.tell_from_thread("x")
             await ref.stop()
             with pytest.raises(ActorStopped):

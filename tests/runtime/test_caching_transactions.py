@@ -6,7 +6,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+from engine_support import isolated_home, only_flow_run, state_names, task_runs_of  # noqa: F401
 
 from actors import FakeClock
 from runtime import (
@@ -357,6 +359,206 @@ def test_a_hook_that_raises_is_logged_and_the_others_still_run(
     txn.stage(1, on_commit=[bad, lambda t: seen.append("second")])
     assert seen == ["second"]
     assert "hook broke" in caplog.text
+
+
+# -- a task run's own transaction -------------------------------------------------------
+
+
+def _runs_by_name(rt: Runtime) -> dict[str, Any]:
+    runs = task_runs_of(rt, only_flow_run(rt).id)
+    return {run.name: run for run in runs}
+
+
+def test_a_task_body_hands_values_to_its_own_commit_hooks(sync_runtime: Runtime) -> None:
+    seen: list[Any] = []
+
+    @task
+    def write(rows: int) -> int:
+        txn = get_transaction()
+        assert txn is not None
+        txn.set("rows", rows)
+        return rows
+
+    @write.on_commit
+    def committed(txn: Transaction) -> None:
+        seen.append(("commit", txn.get("rows"), txn.is_committed()))
+
+    @flow
+    def f() -> int:
+        assert get_transaction() is None
+        return write(3) + write.submit(4).result()  # type: ignore[no-any-return]
+
+    assert f() == 7
+    assert sorted(seen) == [("commit", 3, True), ("commit", 4, True)]
+    states = [run.state for run in _runs_by_name(sync_runtime).values()]
+    assert [(s.type.value, s.name) for s in states] == [("COMPLETED", "Completed")] * 2
+
+
+def test_a_later_failure_rolls_back_and_records_rolled_back(sync_runtime: Runtime) -> None:
+    seen: list[Any] = []
+
+    @task
+    def write(table: str) -> str:
+        get_transaction().set("table", table)  # type: ignore[union-attr]
+        return table
+
+    @write.on_rollback
+    def undo(txn: Transaction) -> None:
+        seen.append(("rollback", txn.get("table"), txn.get("batch")))
+
+    @flow
+    def f() -> None:
+        with transaction() as txn:
+            txn.set("batch", 7)
+            write("a")
+            write.submit("b").wait()
+            raise RuntimeError("publishing failed")
+
+    with pytest.raises(RuntimeError, match=r"^publishing failed$"):
+        f()
+    assert seen == [("rollback", "b", 7), ("rollback", "a", 7)]
+    runs = _runs_by_name(sync_runtime)
+    for run in runs.values():
+        assert run.state.type.value == "COMPLETED"
+        assert run.state.name == "RolledBack"
+        assert run.state.message == "Task rolled back as part of transaction"
+        assert state_names(sync_runtime, run)[-2:] == ["Completed", "RolledBack"]
+
+
+async def test_an_async_task_rolled_back_records_rolled_back() -> None:
+    seen: list[Any] = []
+
+    @task
+    async def write(table: str) -> str:
+        get_transaction().set("table", table)  # type: ignore[union-attr]
+        return table
+
+    @write.on_rollback
+    def undo(txn: Transaction) -> None:
+        seen.append(txn.get("table"))
+
+    @task
+    async def kept() -> str:
+        return "kept"
+
+    @flow
+    async def f() -> None:
+        await kept()
+        with transaction():
+            await write("a")
+            await write.submit("b")
+            raise RuntimeError("publishing failed")
+
+    async with Runtime(store="memory://") as rt:
+        with pytest.raises(RuntimeError, match=r"^publishing failed$"):
+            await f()
+        runs = _runs_by_name(rt)
+    assert seen == ["b", "a"]
+    names = sorted((name.split("-")[0], run.state.name) for name, run in runs.items())
+    assert names == [("kept", "Completed"), ("write", "RolledBack"), ("write", "RolledBack")]
+
+
+async def test_tasks_called_in_a_task_body_see_its_values_and_join_its_transaction() -> None:
+    log: list[str] = []
+
+    @task
+    async def inner() -> str:
+        txn = get_transaction()
+        assert txn is not None
+        log.append(f"inner sees {txn.get('owner')}")
+        return "inner"
+
+    @inner.on_commit
+    def inner_committed(txn: Transaction) -> None:
+        log.append("commit inner")
+
+    @task
+    def sync_inner() -> str:
+        log.append(f"sync inner sees {get_transaction().get('owner')}")  # type: ignore[union-attr]
+        return "sync inner"
+
+    @sync_inner.on_commit
+    def sync_inner_committed(txn: Transaction) -> None:
+        log.append("commit sync inner")
+
+    @task
+    async def outer() -> list[str]:
+        get_transaction().set("owner", "outer")  # type: ignore[union-attr]
+        first = await inner()
+        second = await anyio.to_thread.run_sync(sync_inner)
+        log.append("outer returns")
+        return [first, second]
+
+    @outer.on_commit
+    def outer_committed(txn: Transaction) -> None:
+        log.append("commit outer")
+
+    @flow
+    async def f() -> list[str]:
+        return await outer()  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://"):
+        assert await f() == ["inner", "sync inner"]
+    assert log == [
+        "inner sees outer",
+        "sync inner sees outer",
+        "outer returns",
+        "commit inner",
+        "commit sync inner",
+        "commit outer",
+    ]
+
+
+def test_a_failed_attempt_rolls_back_what_it_called(sync_runtime: Runtime) -> None:
+    log: list[str] = []
+    attempts: list[int] = []
+
+    @task
+    def step() -> str:
+        return "step"
+
+    @step.on_commit
+    def committed(txn: Transaction) -> None:
+        log.append("commit step")
+
+    @step.on_rollback
+    def rolled_back(txn: Transaction) -> None:
+        log.append("rollback step")
+
+    @task(retries=1)
+    def outer() -> str:
+        step()
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first attempt fails")
+        return "done"
+
+    @flow
+    def f() -> str:
+        return outer()  # type: ignore[no-any-return]
+
+    assert f() == "done"
+    assert log == ["rollback step", "commit step"]
+    runs = sorted(
+        (run.name.split("-")[0], run.state.name) for run in _runs_by_name(sync_runtime).values()
+    )
+    assert runs == [("outer", "Completed"), ("step", "Completed"), ("step", "RolledBack")]
+
+
+def test_a_task_body_reads_the_enclosing_transaction_values(sync_runtime: Runtime) -> None:
+    @task
+    def read() -> Any:
+        txn = get_transaction()
+        assert txn is not None and txn.is_active()
+        return txn.get("tenant"), txn.parent is not None and txn.parent.key == "batch"
+
+    @flow
+    def f() -> Any:
+        with transaction(key="batch") as txn:
+            txn.set("tenant", "acme")
+            return read()
+
+    assert f() == ("acme", True)
 
 
 async def test_a_bad_result_option_fails_the_run_once_without_calling_it() -> None:

@@ -334,3 +334,102 @@ def test_flow_as_a_method() -> None:
             return f"{self.greeting}, {name}"
 
     assert Greeter("hello").greet("you") == "hello, you"
+
+
+# -- flows as methods ----------------------------------------------------------------
+
+
+class Reporter:
+    prefix = "class"
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    @flow
+    def plain(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    @classmethod
+    @flow
+    def class_over_flow(cls, name: str) -> str:
+        return f"{cls.prefix}:{name}"
+
+    @flow
+    @classmethod
+    def flow_over_class(cls, name: str) -> str:
+        return f"{cls.prefix}:{name}"
+
+    @staticmethod
+    @flow
+    def static_over_flow(name: str) -> str:
+        return f"static:{name}"
+
+    @flow
+    @staticmethod
+    def flow_over_static(name: str) -> str:
+        return f"static:{name}"
+
+    @flow
+    async def async_plain(self, name: str) -> str:
+        return f"{self.prefix}:{name}"
+
+    @flow
+    @classmethod
+    async def async_flow_over_class(cls, name: str) -> str:
+        return f"{cls.prefix}:{name}"
+
+    @staticmethod
+    @flow
+    async def async_static_over_flow(name: str) -> str:
+        return f"static:{name}"
+
+
+class LoudReporter(Reporter):
+    prefix = "LOUD"
+
+
+def _reported(name: str, arg: str) -> str:
+    if "static" in name:
+        return f"static:{arg}"
+    return f"{'LOUD' if 'class' in name else 'mine'}:{arg}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["plain", "class_over_flow", "flow_over_class", "static_over_flow", "flow_over_static"],
+)
+def test_sync_flow_methods(name: str, sync_runtime: Runtime) -> None:
+    method = getattr(LoudReporter("mine"), name)
+    assert method("a") == _reported(name, "a")
+    assert method.with_options(name=f"renamed-{name}")("b") == _reported(name, "b")
+    state = method("c", return_state=True)
+    assert state.is_completed() and state.result() == _reported(name, "c")
+    runs = sync_runtime.backend.read_flow_runs()  # type: ignore[union-attr]
+    assert sorted(run.parameters["name"] for run in runs) == ["a", "b", "c"]
+    assert all(set(run.parameters) == {"name"} for run in runs)
+    assert sum(run.flow_name == f"renamed-{name}" for run in runs) == 1
+
+
+@pytest.mark.parametrize("name", ["async_plain", "async_flow_over_class", "async_static_over_flow"])
+async def test_async_flow_methods(name: str) -> None:
+    method = getattr(LoudReporter("mine"), name)
+    async with Runtime(store="memory://") as rt:
+        assert await method("a") == _reported(name, "a")
+        assert await method.with_options(name="renamed")("b") == _reported(name, "b")
+        runs = rt.backend.read_flow_runs()  # type: ignore[union-attr]
+    assert sorted(run.parameters["name"] for run in runs) == ["a", "b"]
+
+
+def test_flow_methods_as_subflows_and_on_the_class(sync_runtime: Runtime) -> None:
+    @flow
+    def parent() -> list[str]:
+        reporter = LoudReporter("mine")
+        return [
+            reporter.plain("a"),
+            LoudReporter.class_over_flow("b"),
+            LoudReporter.flow_over_class("c"),
+            LoudReporter.flow_over_static("d"),
+        ]
+
+    assert parent() == ["mine:a", "LOUD:b", "LOUD:c", "static:d"]
+    assert LoudReporter.flow_over_class.description is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from typing import Any
 
@@ -21,7 +22,7 @@ from runtime import (
     unmapped,
     wait,
 )
-from runtime.core._exceptions import MappingLengthMismatch, MappingMissingIterable, UnfinishedRun
+from runtime.exceptions import MappingLengthMismatch, MappingMissingIterable, UpstreamTaskError
 
 
 class Boom(ValueError):
@@ -191,30 +192,47 @@ def test_states_passed_to_a_task_are_resolved() -> None:
 # -- upstream failures -----------------------------------------------------------------
 
 
-async def test_upstream_failure_leaves_downstream_not_ready() -> None:
-    @flow
-    async def pipeline() -> tuple[str | None, str]:
-        bad = async_explode.submit()
-        downstream = async_add.submit(bad, 1)
-        await downstream.wait_async()
-        with pytest.raises(UnfinishedRun):
-            downstream.result()
-        return downstream.state.name, downstream.state.type.value
-
-    async with Runtime(store="memory://") as rt:
-        assert await pipeline() == ("NotReady", "PENDING")
-        run = only_flow_run(rt)
-        runs = {r.name.split("-")[0]: r for r in task_runs_of(rt, run.id)}
-        bad, downstream = runs["async_explode"], runs["async_add"]
-    assert run.state is not None and run.state.is_completed()
-    assert downstream.state is not None and downstream.state.name == "NotReady"
-    assert downstream.run_count == 0
-    assert downstream.state.message == (
-        f"Upstream task run '{bad.id}' did not reach a 'COMPLETED' state."
+def upstream_message(run: Any, state: str) -> str:
+    """The pattern of the UpstreamTaskError for upstream ``run`` in ``state`` (its str);
+    ``run`` is a task run, or the id of one known only by its state."""
+    run_id, who = (
+        (run.id, f"task run '{re.escape(run.name)}'") if hasattr(run, "id") else (run, "it")
+    )
+    return (
+        rf"^Upstream task run '{run_id}' did not reach a 'COMPLETED' state: {who} is "
+        rf"{re.escape(state)}\. Fix the upstream failure, or pass the upstream wrapped in "
+        r"allow_failure\(\) to run anyway\.$"
     )
 
 
-def test_called_task_with_failed_upstream_returns_none() -> None:
+BOOM_FAILED = "Failed('Task run encountered an exception Boom: upstream boom')"
+
+
+async def test_upstream_failure_leaves_downstream_not_ready() -> None:
+    @flow
+    async def pipeline() -> tuple[Any, ...]:
+        bad = async_explode.submit()
+        downstream = async_add.submit(bad, 1)
+        await downstream.wait_async()
+        with pytest.raises(UpstreamTaskError) as raised:
+            await downstream
+        assert isinstance(raised.value.__cause__, Boom)
+        return downstream.state.name, downstream.state.type.value, str(raised.value)
+
+    async with Runtime(store="memory://") as rt:
+        name, state_type, message = await pipeline()
+        run = only_flow_run(rt)
+        runs = {r.name.split("-")[0]: r for r in task_runs_of(rt, run.id)}
+        bad, downstream = runs["async_explode"], runs["async_add"]
+    assert (name, state_type) == ("NotReady", "PENDING")
+    assert re.match(upstream_message(bad, BOOM_FAILED), message)
+    assert run.state is not None and run.state.is_completed()
+    assert downstream.state is not None and downstream.state.name == "NotReady"
+    assert downstream.run_count == 0
+    assert downstream.state.message == message
+
+
+def test_called_task_with_failed_upstream_raises(sync_runtime: Runtime) -> None:
     ran: list[int] = []
 
     @task
@@ -226,11 +244,207 @@ def test_called_task_with_failed_upstream_returns_none() -> None:
     def pipeline() -> Any:
         bad = explode.submit()
         state = record(bad, return_state=True)
-        value = record(bad)
-        return state.name, value
+        with pytest.raises(UpstreamTaskError, match=upstream_message(bad.task_run, BOOM_FAILED)):
+            state.result()
+        assert isinstance(state.result(raise_on_failure=False), UpstreamTaskError)
+        with pytest.raises(UpstreamTaskError) as raised:
+            record(bad)
+        assert isinstance(raised.value.__cause__, Boom)
+        return state.name
 
-    assert pipeline() == ("NotReady", None)
+    assert pipeline() == "NotReady"
     assert ran == []
+
+
+# -- a run that cannot start never returns None --------------------------------------
+
+
+@task
+def parse(x: int) -> int:
+    if x == 2:
+        raise Boom(f"cannot parse item {x}")
+    return x * 10
+
+
+@task
+async def async_parse(x: int) -> int:
+    if x == 2:
+        raise Boom(f"cannot parse item {x}")
+    return x * 10
+
+
+@task
+def total(values: Any) -> int:
+    return sum(_flatten(values))
+
+
+@task
+async def async_total(values: Any) -> int:
+    return sum(_flatten(values))
+
+
+def _flatten(values: Any) -> list[int]:
+    if isinstance(values, dict):
+        values = list(values.values())
+    if isinstance(values, (list, tuple, set)):
+        return [x for v in values for x in _flatten(v)]
+    return [values]
+
+
+PARSE_FAILED = "Failed('Task run encountered an exception Boom: cannot parse item 2')"
+
+
+def test_called_task_over_a_failed_map_fails_the_flow(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> int:
+        return total(parse.map([1, 2, 3]))  # type: ignore[no-any-return]
+
+    with pytest.raises(UpstreamTaskError) as raised:
+        pipeline()
+    rt = sync_runtime
+    flow_run = only_flow_run(rt)
+    runs = task_runs_of(rt, flow_run.id)
+    failed = next(r for r in runs if r.state is not None and r.state.is_failed())
+    (downstream,) = [r for r in runs if r.task_key.startswith("total")]
+    assert re.match(upstream_message(failed, PARSE_FAILED), str(raised.value))
+    assert isinstance(raised.value.__cause__, Boom)
+    assert str(raised.value.__cause__) == "cannot parse item 2"
+    assert downstream.state is not None and downstream.state.name == "NotReady"
+    assert downstream.run_count == 0
+    assert flow_run.state is not None and flow_run.state.is_failed()
+    assert (
+        flow_run.state.message
+        == f"Flow run encountered an exception: UpstreamTaskError: {raised.value}"
+    )
+
+
+def test_future_result_over_a_failed_map_names_the_upstream(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> Any:
+        futures = parse.map([1, 2, 3])
+        downstream = total.submit(futures)
+        with pytest.raises(UpstreamTaskError) as raised:
+            downstream.result()
+        assert downstream.state.name == "NotReady"
+        assert isinstance(downstream.result(raise_on_failure=False), UpstreamTaskError)
+        return futures[1].task_run, raised.value
+
+    upstream, error = pipeline()
+    assert re.match(upstream_message(upstream, PARSE_FAILED), str(error))
+    assert isinstance(error.__cause__, Boom)
+
+
+def test_failed_upstream_in_nested_collections(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> Any:
+        good, bad = parse.submit(1), parse.submit(2)
+        errors = []
+        for nested in ({"a": [good, (bad,)]}, [[good], {bad}], ({"k": {"deep": [bad]}},)):
+            with pytest.raises(UpstreamTaskError) as raised:
+                total(nested)
+            errors.append(raised.value)
+        return bad.task_run, errors
+
+    upstream, errors = pipeline()
+    assert len(errors) == 3
+    for error in errors:
+        assert re.match(upstream_message(upstream, PARSE_FAILED), str(error))
+        assert isinstance(error.__cause__, Boom)
+
+
+def test_failed_wait_for_raises_when_called_or_resolved(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> Any:
+        bad = parse.submit(2)
+        with pytest.raises(UpstreamTaskError) as called:
+            total(1, wait_for=[bad])
+        future = total.submit(1, wait_for=[parse.submit(1), bad])
+        with pytest.raises(UpstreamTaskError) as resolved:
+            future.result()
+        return bad.task_run, called.value, resolved.value
+
+    upstream, called, resolved = pipeline()
+    for error in (called, resolved):
+        assert re.match(upstream_message(upstream, PARSE_FAILED), str(error))
+        assert isinstance(error.__cause__, Boom)
+
+
+async def test_failed_upstream_in_an_async_flow() -> None:
+    @flow
+    async def pipeline() -> int:
+        futures = async_parse.map([1, 2, 3])
+        with pytest.raises(UpstreamTaskError) as submitted:
+            await async_total.submit(futures)
+        with pytest.raises(UpstreamTaskError) as waited:
+            await async_total(0, wait_for=futures)
+        assert isinstance(submitted.value.__cause__, Boom)
+        assert isinstance(waited.value.__cause__, Boom)
+        return await async_total(futures)  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://") as rt:
+        with pytest.raises(UpstreamTaskError) as raised:
+            await pipeline()
+        flow_run = only_flow_run(rt)
+        runs = task_runs_of(rt, flow_run.id)
+    failed = next(r for r in runs if r.state is not None and r.state.is_failed())
+    assert re.match(upstream_message(failed, PARSE_FAILED), str(raised.value))
+    assert flow_run.state is not None and flow_run.state.is_failed()
+    not_ready = [r.state.name for r in runs if r.task_key.startswith("async_total")]
+    assert not_ready == ["NotReady", "NotReady", "NotReady"]
+
+
+async def test_not_ready_runs_chain_their_errors() -> None:
+    @flow
+    async def pipeline() -> Any:
+        first = async_parse.submit(2)
+        second = async_total.submit(first)
+        third = async_total.submit([second])
+        with pytest.raises(UpstreamTaskError) as raised:
+            await third
+        return first.task_run, second.task_run, raised.value
+
+    async with Runtime(store="memory://"):
+        first, second, error = await pipeline()
+    middle = error.__cause__
+    assert isinstance(middle, UpstreamTaskError)
+    assert re.match(upstream_message(first, PARSE_FAILED), str(middle))
+    assert isinstance(middle.__cause__, Boom)
+    assert str(error).startswith(
+        f"Upstream task run '{second.id}' did not reach a 'COMPLETED' state: task run "
+        f"'{second.name}' is NotReady("
+    )
+
+
+def test_flow_returning_a_not_ready_future_raises_its_error(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> Any:
+        return total.submit(parse.submit(2))
+
+    with pytest.raises(UpstreamTaskError) as raised:
+        pipeline()
+    assert isinstance(raised.value.__cause__, Boom)
+    assert only_flow_run(sync_runtime).state.is_failed()  # type: ignore[union-attr]
+
+
+def test_failed_state_passed_as_an_upstream(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> Any:
+        state = parse(2, return_state=True)
+        with pytest.raises(UpstreamTaskError) as raised:
+            total([state])
+        return state, raised.value
+
+    state, error = pipeline()
+    assert re.match(upstream_message(state.state_details.task_run_id, PARSE_FAILED), str(error))
+    assert isinstance(error.__cause__, Boom)
+
+
+def test_task_called_outside_a_flow_with_a_failed_upstream_state(sync_runtime: Runtime) -> None:
+    state = parse(2, return_state=True)
+    with pytest.raises(UpstreamTaskError) as raised:
+        total([state])
+    assert isinstance(raised.value.__cause__, Boom)
+    assert total([state], return_state=True).name == "NotReady"
 
 
 def test_allow_failure_passes_the_exception_downstream() -> None:

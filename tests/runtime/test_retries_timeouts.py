@@ -247,26 +247,6 @@ async def test_retry_condition_fn_can_veto_retries() -> None:
     assert seen == [("fails_differently", 1, "FAILED"), ("fails_differently", 2, "FAILED")]
 
 
-def test_retry_condition_fn_that_raises_vetoes_the_retry(caplog: pytest.LogCaptureFixture) -> None:
-    attempts: list[int] = []
-
-    def broken_condition(*args: Any) -> bool:
-        raise RuntimeError("condition bug")
-
-    @task(retries=3, retry_condition_fn=broken_condition)
-    def fails() -> None:
-        attempts.append(1)
-        raise Boom("x")
-
-    @flow
-    def pipeline() -> None:
-        fails()
-
-    assert pipeline(return_state=True).is_failed()
-    assert attempts == [1]
-    assert any("retry_condition_fn" in r.getMessage() for r in caplog.records)
-
-
 async def test_async_retry_condition_fn() -> None:
     attempts: list[int] = []
 
@@ -286,6 +266,132 @@ async def test_async_retry_condition_fn() -> None:
     async with Runtime(store="memory://"):
         assert (await pipeline(return_state=True)).is_failed()
     assert len(attempts) == 2
+
+
+# -- retry_condition_fn decides for a raised exception and a returned Failed state ------
+
+
+def _failed(message: str) -> Any:
+    from runtime import states as S
+
+    return S.Failed(message=message)
+
+
+def _fail(how: str) -> Any:
+    """Fail an attempt the way ``how`` says: raise an exception, or return a Failed state."""
+    if how == "raised":
+        raise Boom("gave up")
+    return _failed("gave up")
+
+
+_FAILED_MESSAGE = {
+    "raised": "Task run encountered an exception Boom: gave up",
+    "returned": "gave up",
+}
+
+
+def _summary(state: Any) -> tuple[str, str | None]:
+    return state.type.value, state.message
+
+
+@pytest.mark.parametrize("how", ["raised", "returned"])
+@pytest.mark.parametrize(
+    ("retry_while", "history"),
+    [(0, ["Pending", "Running", "Failed"]), (2, ["Pending", "Running", "Retrying", "Failed"])],
+)
+def test_retry_condition_fn_decides_for_a_failed_attempt(
+    how: str, retry_while: int, history: list[str], sync_runtime: Runtime
+) -> None:
+    seen: list[tuple[int, str | None]] = []
+
+    def condition(tsk: Any, task_run: Any, state: Any) -> bool:
+        seen.append((task_run.run_count, state.message))
+        return bool(task_run.run_count < retry_while)
+
+    @task(retries=3, retry_condition_fn=condition)
+    def gives_up() -> Any:
+        return _fail(how)
+
+    @flow
+    def pipeline() -> Any:
+        return _summary(gives_up(return_state=True))
+
+    assert pipeline() == ("FAILED", _FAILED_MESSAGE[how])
+    attempts = len(history) - 2
+    assert seen == [(count, _FAILED_MESSAGE[how]) for count in range(1, attempts + 1)]
+    (run,) = task_runs_of(sync_runtime, only_flow_run(sync_runtime).id)
+    assert state_names(sync_runtime, run) == history
+
+
+@pytest.mark.parametrize("how", ["raised", "returned"])
+def test_retry_condition_fn_that_raises_vetoes_the_retry(
+    how: str, sync_runtime: Runtime, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    def broken(*args: Any) -> bool:
+        raise RuntimeError("condition bug")
+
+    @task(retries=3, retry_condition_fn=broken)
+    def gives_up() -> Any:
+        attempts.append(1)
+        return _fail(how)
+
+    @flow
+    def pipeline() -> Any:
+        return _summary(gives_up.submit(return_state=True))
+
+    assert pipeline() == ("FAILED", _FAILED_MESSAGE[how])
+    assert attempts == [1]
+    assert any("retry_condition_fn" in r.getMessage() for r in caplog.records)
+
+
+async def test_retry_condition_fn_vetoes_a_returned_failed_state_of_an_async_task() -> None:
+    attempts: list[int] = []
+
+    async def never(tsk: Any, task_run: Any, state: Any) -> bool:
+        await anyio.lowlevel.checkpoint()
+        return False
+
+    @task(retries=2, retry_condition_fn=never)
+    async def gives_up() -> Any:
+        attempts.append(1)
+        return _failed("async returned failure")
+
+    @flow
+    async def pipeline() -> Any:
+        return _summary(gives_up.submit(return_state=True))
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == ("FAILED", "async returned failure")
+    assert attempts == [1]
+
+
+async def test_retry_condition_fn_vetoes_a_returned_collection_of_failed_states() -> None:
+    attempts: list[int] = []
+    conditions: list[str | None] = []
+
+    @task
+    async def fails() -> None:
+        raise Boom("inner")
+
+    def never(tsk: Any, task_run: Any, state: Any) -> bool:
+        conditions.append(state.message)
+        return False
+
+    @task(retries=2, retry_condition_fn=never)
+    async def gathers() -> Any:
+        attempts.append(1)
+        return [await fails(return_state=True)]
+
+    @flow
+    async def pipeline() -> Any:
+        return _summary(await gathers(return_state=True))
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == ("FAILED", "1/1 states failed.")
+    assert attempts == [1]
+    assert conditions == ["1/1 states failed."]
 
 
 async def test_task_on_failure_runs_once_after_the_last_attempt() -> None:

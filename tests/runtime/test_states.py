@@ -14,6 +14,7 @@ from runtime.exceptions import (
     MissingResult,
     PausedRun,
     UnfinishedRun,
+    UpstreamTaskError,
 )
 from runtime.states import State, StateType
 
@@ -150,6 +151,23 @@ class TestResult:
             UnfinishedRun, match=r"^Run is in RUNNING state, its result is not available\.$"
         ):
             S.Running().result()
+
+    def test_not_ready_raises_why_it_never_ran(self) -> None:
+        """A NotReady state carries the error that kept its run from starting."""
+        error = UpstreamTaskError("upstream failed")
+        state = S.Pending(name="NotReady", message="upstream failed", data=error)
+        with pytest.raises(UpstreamTaskError, match=r"^upstream failed$"):
+            state.result()
+        assert state.result(raise_on_failure=False) is error
+        with pytest.raises(UpstreamTaskError, match=r"^upstream failed$"):
+            S.Failed(data=[S.Completed(data=1), state]).result()
+
+    def test_awaiting_retry_is_unfinished(self) -> None:
+        """A state waiting for a retry has no result yet, though it keeps the exception."""
+        with pytest.raises(
+            UnfinishedRun, match=r"^Run is in SCHEDULED state, its result is not available\.$"
+        ):
+            S.AwaitingRetry(data=KeyError("k")).result()
 
     def test_paused(self) -> None:
         """A paused state has no result yet."""

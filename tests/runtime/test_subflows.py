@@ -8,7 +8,7 @@ import pytest
 from engine_support import flow_run_named, isolated_home, task_runs_of  # noqa: F401
 
 from runtime import FlowRunContext, Runtime, flow, get_run_context, task
-from runtime.core._exceptions import UnfinishedRun
+from runtime.exceptions import UpstreamTaskError
 
 
 class Boom(ValueError):
@@ -215,13 +215,76 @@ async def test_subflow_with_failed_wait_for_is_not_ready() -> None:
     @flow
     async def parent() -> tuple[str | None, bool]:
         state = await guarded(wait_for=[explode.submit()], return_state=True)
-        with pytest.raises(UnfinishedRun):
+        with pytest.raises(UpstreamTaskError) as raised:
             state.result()
+        assert isinstance(raised.value.__cause__, Boom)
         return state.name, state.is_pending()
 
-    async with Runtime(store="memory://"):
+    async with Runtime(store="memory://") as rt:
         assert await parent() == ("NotReady", True)
+        guarded_run = flow_run_named(rt, "guarded")
     assert ran == []
+    assert guarded_run.state is not None and guarded_run.state.name == "NotReady"
+
+
+async def test_async_subflow_with_a_failed_upstream_raises_when_called() -> None:
+    ran: list[bool] = []
+
+    @flow
+    async def guarded(x: int = 0) -> None:
+        ran.append(True)
+
+    @flow
+    async def parent() -> None:
+        bad = explode.submit()
+        with pytest.raises(UpstreamTaskError) as waited:
+            await guarded(wait_for=[bad])
+        assert isinstance(waited.value.__cause__, Boom)
+        await guarded(bad)
+
+    async with Runtime(store="memory://") as rt:
+        with pytest.raises(UpstreamTaskError) as raised:
+            await parent()
+        parent_run = flow_run_named(rt, "parent")
+    assert ran == []
+    assert isinstance(raised.value.__cause__, Boom)
+    assert str(raised.value).startswith("Upstream task run '")
+    assert "task run 'explode-0' is Failed('Task run encountered an exception Boom: " in str(
+        raised.value
+    )
+    assert parent_run.state is not None and parent_run.state.is_failed()
+    assert parent_run.state.message == (
+        f"Flow run encountered an exception: UpstreamTaskError: {raised.value}"
+    )
+
+
+def test_sync_subflow_with_a_failed_upstream_raises_when_called(sync_runtime: Runtime) -> None:
+    ran: list[bool] = []
+
+    @task
+    def sync_explode() -> int:
+        raise Boom("sync upstream")
+
+    @flow
+    def guarded(x: int = 0) -> None:
+        ran.append(True)
+
+    @flow
+    def parent() -> None:
+        bad = sync_explode.submit()
+        state = guarded(bad, return_state=True)
+        assert state.name == "NotReady"
+        with pytest.raises(UpstreamTaskError):
+            guarded(wait_for=[bad])
+        guarded(x=bad)
+
+    with pytest.raises(UpstreamTaskError) as raised:
+        parent()
+    assert ran == []
+    assert isinstance(raised.value.__cause__, Boom)
+    assert str(raised.value.__cause__) == "sync upstream"
+    runs = sync_runtime.backend.read_flow_runs(flow_name="guarded")  # type: ignore[union-attr]
+    assert sorted(run.state.name for run in runs) == ["NotReady"] * 3  # type: ignore[union-attr]
 
 
 async def test_subflow_waits_for_its_upstreams() -> None:

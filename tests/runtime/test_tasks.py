@@ -189,6 +189,174 @@ async def test_async_task_as_a_method() -> None:
         assert await pipeline() == 26
 
 
+# -- tasks as methods ---------------------------------------------------------------
+
+
+class Scaler:
+    factor = 3
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    @task
+    def plain(self, x: int) -> Any:
+        return self.offset + x, dict(get_run_context().parameters)
+
+    @classmethod
+    @task
+    def class_over_task(cls, x: int) -> Any:
+        return cls.factor * x, dict(get_run_context().parameters)
+
+    @task
+    @classmethod
+    def task_over_class(cls, x: int) -> Any:
+        return cls.factor * x, dict(get_run_context().parameters)
+
+    @staticmethod
+    @task
+    def static_over_task(x: int) -> Any:
+        return -x, dict(get_run_context().parameters)
+
+    @task
+    @staticmethod
+    def task_over_static(x: int) -> Any:
+        return -x, dict(get_run_context().parameters)
+
+    @task
+    async def async_plain(self, x: int) -> Any:
+        return self.offset + x, dict(get_run_context().parameters)
+
+    @classmethod
+    @task
+    async def async_class_over_task(cls, x: int) -> Any:
+        return cls.factor * x, dict(get_run_context().parameters)
+
+    @task
+    @classmethod
+    async def async_task_over_class(cls, x: int) -> Any:
+        return cls.factor * x, dict(get_run_context().parameters)
+
+    @task
+    @staticmethod
+    async def async_task_over_static(x: int) -> Any:
+        return -x, dict(get_run_context().parameters)
+
+
+class BiggerScaler(Scaler):
+    factor = 5
+
+
+def _expected(name: str, owner: Any, x: int) -> Any:
+    if "static" in name:
+        value = -x
+    elif "class" in name:
+        value = owner.factor * x
+    else:
+        value = owner.offset + x
+    return value, {"x": x}
+
+
+SYNC_METHODS = [
+    "plain",
+    "class_over_task",
+    "task_over_class",
+    "static_over_task",
+    "task_over_static",
+]
+ASYNC_METHODS = [
+    "async_plain",
+    "async_class_over_task",
+    "async_task_over_class",
+    "async_task_over_static",
+]
+
+
+@pytest.mark.parametrize("name", SYNC_METHODS)
+def test_sync_task_methods_call_submit_map_and_with_options(
+    name: str, sync_runtime: Runtime
+) -> None:
+    scaler = BiggerScaler(10)
+
+    @flow
+    def pipeline() -> Any:
+        method = getattr(scaler, name)
+        renamed = method.with_options(name=f"renamed-{name}")
+        return (
+            method(1),
+            method.submit(2).result(),
+            method.map([3, 4]).result(),
+            renamed(5),
+            method(6, return_state=True).result(),
+        )
+
+    owner = scaler if name == "plain" else BiggerScaler
+    assert pipeline() == (
+        _expected(name, owner, 1),
+        _expected(name, owner, 2),
+        [_expected(name, owner, 3), _expected(name, owner, 4)],
+        _expected(name, owner, 5),
+        _expected(name, owner, 6),
+    )
+    runs = task_runs_of(sync_runtime, only_flow_run(sync_runtime).id)
+    assert len(runs) == 6
+    assert all(run.state is not None and run.state.is_completed() for run in runs)
+    assert sum(run.name.startswith("renamed-") for run in runs) == 1
+
+
+@pytest.mark.parametrize("name", ["class_over_task", "task_over_class", "task_over_static"])
+def test_class_and_static_method_tasks_work_on_the_class(name: str, sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> Any:
+        method = getattr(BiggerScaler, name)
+        return method(1), method.submit(2).result(), method.map([3]).result()
+
+    assert pipeline() == (
+        _expected(name, BiggerScaler, 1),
+        _expected(name, BiggerScaler, 2),
+        [_expected(name, BiggerScaler, 3)],
+    )
+
+
+@pytest.mark.parametrize("name", ASYNC_METHODS)
+async def test_async_task_methods_call_submit_map_and_with_options(name: str) -> None:
+    scaler = BiggerScaler(10)
+
+    @flow
+    async def pipeline() -> Any:
+        method = getattr(scaler, name)
+        renamed = method.with_options(name=f"renamed-{name}")
+        return (
+            await method(1),
+            await method.submit(2),
+            [await future for future in method.map([3, 4])],
+            await renamed(5),
+        )
+
+    owner = scaler if name == "async_plain" else BiggerScaler
+    async with Runtime(store="memory://"):
+        assert await pipeline() == (
+            _expected(name, owner, 1),
+            _expected(name, owner, 2),
+            [_expected(name, owner, 3), _expected(name, owner, 4)],
+            _expected(name, owner, 5),
+        )
+
+
+def test_undocumented_method_tasks_have_no_description() -> None:
+    assert BiggerScaler.class_over_task.description is None
+    assert BiggerScaler(1).plain.description is None
+    assert BiggerScaler.task_over_class.with_options(name="again").description is None
+
+
+def test_a_method_task_binds_once(sync_runtime: Runtime) -> None:
+    scaler = Scaler(1)
+    bound = scaler.plain
+    assert isinstance(Scaler.plain, Task) and isinstance(bound, Task)
+    assert bound.with_options(retries=1)(2) == (3, {"x": 2})
+    # The unbound task takes the instance as its first argument, as a function does.
+    assert Scaler.plain(scaler, 2) == (3, {"self": scaler, "x": 2})
+
+
 def test_task_bad_arguments_raise_before_running() -> None:
     @flow
     def pipeline() -> None:
