@@ -332,6 +332,36 @@ class ActorRef(metaclass=_NoPublicConstructor):
                 return result.unwrap()
         return await cell.ask(message, timeout)
 
+    def ask_here(self, message: Any) -> Any:
+        """Handle ``message`` right now, on the calling thread, and return the reply; for a
+        sync caller that cannot wait for the actor's loop (it may be running on it).
+
+        Possible when the actor's ``receive`` is synchronous and the actor is idle with an
+        empty mailbox, and the caller is on the actor's loop thread (the loop is not running
+        meanwhile) or the actor allows ``dispatch_from_threads``. Waits, briefly, if another
+        thread is dispatching to it at that moment.
+
+        Returns:
+            Whatever the actor's ``receive`` returned.
+
+        Raises:
+            anyio.WouldBlock: If the actor cannot handle the message now (it is busy, has
+                queued messages, is stopping, or receives asynchronously); nothing was sent.
+            ForeignThreadError: If called from another thread for an actor that does not
+                allow ``dispatch_from_threads``.
+        """
+        cell = self._cell
+        if threading.get_ident() != cell.thread:
+            actor = cell.actor
+            if actor is None or not type(actor).dispatch_from_threads:
+                raise cell.foreign_thread_error()
+        receive = cell.direct
+        if receive is not None:
+            result = cell.dispatch_ask(receive, message, wait=True)
+            if result is not None:
+                return result.unwrap()
+        raise anyio.WouldBlock
+
     def ask_from_thread(self, message: Any, *, timeout: float | None = None) -> Any:
         """Send ``message`` from a thread that does not run the actor's loop, block until
         the reply, and return it.

@@ -381,12 +381,13 @@ class _Cell:
         if self.signal is None and self.stop_detail is None and not self.mailbox:
             self.direct = receive
 
-    def _claim(self, receive: Callable[[Any], Any]) -> bool:
+    def _claim(self, receive: Callable[[Any], Any], *, wait: bool = False) -> bool:
         """Take the actor for one directly dispatched message: True, with ``dispatch_lock``
         held and ``direct`` cleared, if it is still idle; False (lock not held) if another
-        thread is handling a message or the actor got busy meanwhile."""
+        thread is handling a message (unless ``wait``: then wait for it, it is short) or
+        the actor got busy meanwhile."""
         lock = self.dispatch_lock
-        if not lock.acquire(blocking=False):
+        if not lock.acquire(blocking=wait):
             return False
         if self.direct is not receive:
             lock.release()
@@ -411,11 +412,11 @@ class _Cell:
         return True
 
     def dispatch_ask(
-        self, receive: Callable[[Any], Any], message: Any
+        self, receive: Callable[[Any], Any], message: Any, *, wait: bool = False
     ) -> outcome.Maybe[Any] | None:
         """Handle an ask inline if the actor is idle and return its outcome; None if it
         was not (queue it)."""
-        if not self._claim(receive):
+        if not self._claim(receive, wait=wait):
             return None
         try:
             return outcome.capture(receive, message)  # type: ignore[no-any-return]
@@ -460,7 +461,7 @@ class _Cell:
                 if self.dispatch_tell(receive, message):
                     return
             else:
-                result = self.dispatch_ask(receive, message)
+                result = self.dispatch_ask(receive, message, wait=True)
                 if result is not None:
                     reply.send(result)
                     return

@@ -25,8 +25,10 @@ from actors import ChildSpec, Clock, GlobalLoop, Restart, SystemClock, global_lo
 
 from ..core._annotations import allow_failure, quote, unmapped
 from ..core._exceptions import MappingLengthMismatch, MappingMissingIterable, ParameterBindError
+from ..core._models import TaskRun
 from ..engine._body import WORKER_THREADS, BodyPlacement, SyncTarget
 from ..engine._context import FlowRunContext
+from ..engine._drivers import Driver, InlineRefused, LoopDriver, ThreadDriver, drive
 from ..engine._flow_engine import FlowRunEngine
 from ..engine._futures import TaskRunFuture, TaskRunFutureList
 from ..engine._generators import END, GeneratorChannel, GeneratorRunActor, generator_body
@@ -182,30 +184,36 @@ async def _run_task(
     wait_for: Any,
     return_type: str,
     target: SyncTarget,
+    record: TaskRun | None = None,
 ) -> Any:
     runtime = current_runtime()
     if runtime is not None:  # the common case: no need for runtime_scope()'s machinery
-        return await _run_task_in(runtime, task, parameters, wait_for, return_type, target)
+        driver = LoopDriver(runtime, target)
+        return await _run_task_in(driver, task, parameters, wait_for, return_type, record)
     async with runtime_scope() as runtime:
-        return await _run_task_in(runtime, task, parameters, wait_for, return_type, target)
+        driver = LoopDriver(runtime, target)
+        return await _run_task_in(driver, task, parameters, wait_for, return_type, record)
 
 
 async def _run_task_in(
-    runtime: Runtime,
+    driver: Driver,
     task: Task[..., Any],
     parameters: dict[str, Any],
     wait_for: Any,
     return_type: str,
-    target: SyncTarget,
+    record: TaskRun | None = None,
 ) -> Any:
+    """Create (or, in a resumed flow run, find) the task run and run it to its end.
+    ``record`` is the run's record if it was built already (it holds its dynamic key)."""
     flow_ctx = FlowRunContext.get()
     _refuse_if_abandoned(flow_ctx)
-    task_run, done = await create_task_run(
-        runtime, new_task_run(task, flow_ctx, parameters, wait_for), flow_ctx
-    )
+    if record is None:
+        record = new_task_run(task, flow_ctx, parameters, wait_for)
+    task_run, done = await create_task_run(driver, record, flow_ctx)
     if done is not None:
         return done if return_type == "state" else done.result()
-    engine = TaskRunEngine(task, task_run, parameters, wait_for, runtime, flow_ctx, target)
+    runtime = driver.runtime
+    engine = TaskRunEngine(task, task_run, parameters, wait_for, runtime, flow_ctx, driver)
     state = await engine.run()
     return state if return_type == "state" else engine.result()
 
@@ -217,15 +225,50 @@ async def run_task_async(
     return await _run_task(task, parameters, wait_for, return_type, WORKER_THREADS)
 
 
-async def _run_task_on_loop(loop: GlobalLoop, *args: Any) -> Any:
-    return await _run_task(*args, SyncTarget(BodyPlacement.WAITING_THREAD, loop))
+async def _run_task_on_loop(
+    loop: GlobalLoop,
+    task: Task[..., Any],
+    parameters: dict[str, Any],
+    wait_for: Any,
+    return_type: str,
+    record: TaskRun | None = None,
+) -> Any:
+    target = SyncTarget(BodyPlacement.WAITING_THREAD, loop)
+    return await _run_task(task, parameters, wait_for, return_type, target, record)
 
 
 def run_task_sync(
     task: Task[..., Any], parameters: dict[str, Any], wait_for: Any, return_type: str
 ) -> Any:
-    """Run a sync task: the engine on a global loop, the body on this thread."""
-    return run_sync(_run_task_on_loop, task, parameters, wait_for, return_type)
+    """Run a sync task called from sync code.
+
+    Inside a flow run, the whole run happens right here, on the calling thread
+    (:class:`~runtime.engine._drivers.ThreadDriver`): the flow run's orchestrator is asked
+    by direct dispatch, the body is called on this thread, and no thread hop is made.
+    Elsewhere (no flow run, or an orchestrator busy on this very thread), the engine runs
+    on a global loop and sends the body back to this thread.
+    """
+    runtime = _inline_runtime()
+    if runtime is None:
+        return run_sync(_run_task_on_loop, task, parameters, wait_for, return_type)
+    record = new_task_run(task, FlowRunContext.get(), parameters, wait_for)
+    driver = ThreadDriver(runtime)
+    try:
+        return drive(_run_task_in(driver, task, parameters, wait_for, return_type, record))
+    except InlineRefused:  # nothing was recorded: run it the other way
+        return run_sync(_run_task_on_loop, task, parameters, wait_for, return_type, record)
+
+
+def _inline_runtime() -> Runtime | None:
+    """The runtime a sync task called here can use from this thread, if any: the current
+    flow run's, when its orchestrator is running."""
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is None:
+        return None
+    runtime = flow_ctx.runtime
+    if runtime.orchestrator is None or not runtime.running:
+        return None
+    return runtime
 
 
 def submit_task(
@@ -290,7 +333,7 @@ def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> 
             wait_for,
             flow_ctx.runtime,
             flow_ctx,
-            flow_ctx.sync_target,
+            LoopDriver(flow_ctx.runtime, flow_ctx.sync_target),
             future._transaction,
             future,
         )
@@ -335,7 +378,7 @@ async def _run_claimed_on_loop(
             wait_for,
             runtime,
             flow_ctx,
-            target,
+            LoopDriver(runtime, target),
             future._transaction,
             future,
         )
@@ -466,7 +509,7 @@ async def _background_task(
         wait_for,
         runtime,
         None,
-        WORKER_THREADS,
+        LoopDriver(runtime, WORKER_THREADS),
         future=future,
     )
     ref = await runtime.spawn(
@@ -560,14 +603,14 @@ def _generator_task_run(
         wait_for,
         runtime,
         flow_ctx,
-        WORKER_THREADS,
+        LoopDriver(runtime, WORKER_THREADS),
         get_transaction(),
         body=generator_body(task.fn, task.is_async, channel),
     )
 
     async def work() -> Any:
         task_run, _ = await create_task_run(
-            runtime, engine.task_run, flow_ctx, reuse_completed=False
+            engine.driver, engine.task_run, flow_ctx, reuse_completed=False
         )
         engine.use_run(task_run)
         await engine.run()

@@ -42,6 +42,7 @@ from ..orchestration._waiting import wait_before_proposing_again
 from ..store._results import ResultSettings, persist_result
 from ._body import Body, SyncTarget, call_body
 from ._context import FlowRunContext, _flow_run_context, _task_run_context, current_tags
+from ._drivers import LoopDriver
 from ._hooks import run_hooks
 from ._inbox import LoopInbox, run_beside
 from ._logging import _log_prints, flow_run_logger, install_print_patch
@@ -103,6 +104,7 @@ class FlowRunEngine:
         self.wait_for = wait_for
         self.runtime = runtime
         self.target = target
+        self.driver = LoopDriver(runtime, target)
         self.parent = parent
         self._existing = existing is not None
         self.flow_run = existing or FlowRun(
@@ -453,7 +455,7 @@ class FlowRunEngine:
             await self._hooks(hooks, state)
 
     async def _hooks(self, hooks: list[Callable[..., Any]], state: State[Any]) -> None:
-        await run_hooks(hooks, (self.flow, self.flow_run, state), state, self.logger, self.target)
+        await run_hooks(hooks, (self.flow, self.flow_run, state), state, self.logger, self.driver)
 
     async def _crash(self, exc: BaseException) -> None:
         with anyio.CancelScope(shield=True):

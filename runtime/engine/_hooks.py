@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 from typing import Any, Callable, Sequence
 
-import anyio
-
 from ..core._states import State
-from ._body import SyncTarget, call_sync
+from ._drivers import Driver
 
 __all__ = ["hook_name", "run_hooks"]
 
@@ -25,23 +22,19 @@ async def run_hooks(
     args: tuple[Any, ...],
     state: State[Any],
     logger: logging.LoggerAdapter,  # type: ignore[type-arg]
-    target: SyncTarget,
+    driver: Driver,
 ) -> None:
-    """Call each hook with ``args``; async hooks are awaited, sync hooks run per ``target``.
+    """Call each hook with ``args``, through the run's driver (async hooks awaited, sync
+    ones where the run's sync code runs).
 
     Hooks run shielded from cancellation: a run that is being torn down still reports.
     """
-    with anyio.CancelScope(shield=True):
+    with driver.shielded():
         for hook in hooks:
             name = hook_name(hook)
             logger.info("Running hook %r in response to entering state %r", name, state.name)
             try:
-                if inspect.iscoroutinefunction(hook):
-                    await hook(*args)
-                else:
-                    result = await call_sync(target, hook, *args)
-                    if inspect.isawaitable(result):
-                        await result
+                await driver.call(hook, *args)
             except Exception:
                 logger.error("An error was encountered while running hook %r", name, exc_info=True)
             else:

@@ -15,6 +15,7 @@ __all__ = [
     "exception_to_crashed_state",
     "exception_to_failed_state",
     "format_exception",
+    "is_cancellation",
     "return_value_to_state",
 ]
 
@@ -31,9 +32,18 @@ def exception_to_failed_state(exc: BaseException, message: str = "", **kwargs: A
     return S.Failed(data=exc, message=message + format_exception(exc), **kwargs)
 
 
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is the running event loop's cancellation (False with no loop)."""
+    try:
+        cancelled = anyio.get_cancelled_exc_class()
+    except Exception:  # no event loop runs here (a run driven on a plain thread)
+        return False
+    return isinstance(exc, cancelled)
+
+
 def exception_to_crashed_state(exc: BaseException) -> State[Any]:
     """Return a Crashed state saying what stopped the run from outside its code."""
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
+    if is_cancellation(exc):
         message = "Execution was cancelled by the runtime environment."
     elif isinstance(exc, KeyboardInterrupt):
         message = "Execution was aborted by an interrupt signal."

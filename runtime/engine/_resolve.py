@@ -7,7 +7,7 @@ search. Plain scalars, the common case, are passed through without a look inside
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from ..core._annotations import BaseAnnotation, allow_failure, quote
 from ..core._exceptions import UpstreamTaskError
@@ -75,10 +75,19 @@ def collect_upstreams(value: Any) -> list[TaskRunFuture[Any] | State[Any]]:
     return found
 
 
-async def _settle(upstreams: list[Any]) -> None:
-    for item in upstreams:
-        if isinstance(item, TaskRunFuture):
-            await item.wait_async()
+Wait = Callable[[list[Any]], Awaitable[None]]
+"""Waits until every future of a list is done (a driver's ``wait_for``)."""
+
+
+async def _wait_async(futures: list[Any]) -> None:
+    for future in futures:
+        await future.wait_async()
+
+
+async def _settle(upstreams: list[Any], wait: Wait) -> None:
+    futures = [item for item in upstreams if isinstance(item, TaskRunFuture) and not item.done()]
+    if futures:
+        await wait(futures)
 
 
 def _final_state(item: TaskRunFuture[Any] | State[Any]) -> State[Any]:
@@ -103,7 +112,9 @@ def _upstream_error(item: TaskRunFuture[Any] | State[Any]) -> UpstreamTaskError:
     return error
 
 
-async def resolve_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
+async def resolve_parameters(
+    parameters: dict[str, Any], wait: Wait = _wait_async
+) -> dict[str, Any]:
     """Wait for the futures in ``parameters`` and replace futures and states with results.
 
     ``allow_failure(x)`` yields x's exception if it failed; ``quote(x)`` yields x untouched.
@@ -113,7 +124,7 @@ async def resolve_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     """
     if all(isinstance(v, _ATOMS) for v in parameters.values()):
         return parameters
-    await _settle(collect_upstreams(parameters))
+    await _settle(collect_upstreams(parameters), wait)
 
     def resolve(item: Any, tolerate: bool = False) -> Any:
         if isinstance(item, quote):
@@ -132,7 +143,7 @@ async def resolve_parameters(parameters: dict[str, Any]) -> dict[str, Any]:
     return {name: _visit(value, resolve) for name, value in parameters.items()}
 
 
-async def wait_for_upstreams(wait_for: Any) -> None:
+async def wait_for_upstreams(wait_for: Any, wait: Wait = _wait_async) -> None:
     """Wait for the ``wait_for`` futures; each must complete unless ``allow_failure``'d.
 
     Raises:
@@ -141,7 +152,7 @@ async def wait_for_upstreams(wait_for: Any) -> None:
     if not wait_for:
         return
     upstreams = collect_upstreams(list(wait_for))
-    await _settle(upstreams)
+    await _settle(upstreams, wait)
     tolerated = {
         id(item)
         for item in collect_upstreams(
@@ -159,7 +170,7 @@ async def resolve_futures_to_states(value: Any) -> Any:
     """Return ``value`` with each future replaced by its final state (waiting for it)."""
     if isinstance(value, _ATOMS):
         return value
-    await _settle(collect_upstreams(value))
+    await _settle(collect_upstreams(value), _wait_async)
     return _visit(
         value, lambda item: _final_state(item) if isinstance(item, TaskRunFuture) else item
     )

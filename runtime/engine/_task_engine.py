@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from functools import partial
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 
@@ -35,10 +35,9 @@ from ..orchestration._orchestrator import (
     UpdateRun,
     _as_datetime,
 )
-from ..orchestration._waiting import wait_before_proposing_again
 from ..store._backend import CacheRecord
 from ..store._results import ResultSettings, persist_result, refresh_cache_by_default
-from ._body import Body, SyncTarget, call_body
+from ._body import Body
 from ._context import (
     FlowRunContext,
     TaskRunContext,
@@ -46,9 +45,15 @@ from ._context import (
     _task_run_context,
     current_tags,
 )
+from ._drivers import Driver
 from ._hooks import run_hooks
 from ._logging import RunLogger, _log_prints, install_print_patch, task_run_logger
-from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
+from ._outcomes import (
+    exception_to_crashed_state,
+    exception_to_failed_state,
+    is_cancellation,
+    return_value_to_state,
+)
 from ._resolve import collect_upstreams, resolve_parameters, wait_for_upstreams
 from ._result_settings import result_settings_for_task, task_cache_key
 from ._specs import TaskSpec
@@ -60,7 +65,6 @@ if TYPE_CHECKING:
 
 __all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
 
-_cancelled_exc = anyio.get_cancelled_exc_class
 _RECORD_ROLLBACK_TIMEOUT = 30.0  # seconds a rollback in another thread waits for the record
 _task_runs_logger = logging.getLogger("stageflow.task_runs")  # what every run logger wraps
 
@@ -117,7 +121,8 @@ class TaskRunEngine:
         wait_for: futures or states that must complete first.
         runtime: the runtime whose orchestrator decides the run's states.
         flow_ctx: the enclosing flow run's context, if any.
-        target: where the sync body and sync hooks run.
+        driver: how the engine reaches the orchestrator, its body and its hooks (in an
+            event loop, or on the calling thread).
         transaction: the transaction the run's own one is nested in (by default, the
             current one).
         future: the future of a submitted run, which follows the run's snapshots.
@@ -133,7 +138,7 @@ class TaskRunEngine:
         wait_for: Any,
         runtime: Runtime,
         flow_ctx: FlowRunContext | None,
-        target: SyncTarget,
+        driver: Driver,
         transaction: Transaction | None = None,
         future: TaskRunFuture[Any] | None = None,
         body: Body | None = None,
@@ -144,9 +149,8 @@ class TaskRunEngine:
         self.wait_for = wait_for
         self.runtime = runtime
         self.flow_ctx = flow_ctx
-        self.target = target
+        self.driver = driver
         self._logger: RunLogger | None = None
-        self._orchestrator = runtime.orchestrator
         self._last_exception: BaseException | None = None
         self._transaction = Transaction(parent=transaction or get_transaction())
         self._settings: ResultSettings | None = None
@@ -208,8 +212,8 @@ class TaskRunEngine:
         if _task_runs_logger.isEnabledFor(logging.INFO):
             self.logger.info("Created task run %r for task %r", self.task_run.name, self.task.name)
         try:
-            parameters = await resolve_parameters(self.parameters)
-            await wait_for_upstreams(self.wait_for)
+            parameters = await resolve_parameters(self.parameters, self.driver.wait_for)
+            await wait_for_upstreams(self.wait_for, self.driver.wait_for)
         except UpstreamTaskError as exc:
             # As in Prefect, the run stays Pending, named NotReady; the state carries the
             # error, so calling the task or resolving its future raises it.
@@ -287,7 +291,7 @@ class TaskRunEngine:
             transition = await self._propose(proposed)
             if transition.status != "WAIT":
                 return self.task_run.state  # type: ignore[return-value]
-            await wait_before_proposing_again(self.runtime, transition)
+            await self.driver.wait(transition)
 
     async def _attempt(self, parameters: dict[str, Any]) -> State[Any]:
         task = self.task
@@ -306,13 +310,7 @@ class TaskRunEngine:
             if not self._named and task.task_run_name is not None:
                 await self._resolve_name(parameters)
             args, kwargs = task.signature.to_call(parameters)
-            if timeout is None:
-                result = await self._call_body(args, kwargs)
-            else:
-                with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-                    result = await self._call_body(args, kwargs)
-                if scope.cancelled_caught:
-                    raise TaskRunTimeoutError(f"Scope timed out after {timeout} second(s).")
+            result = await self._call_body(args, kwargs, timeout)
         except TimeoutError as exc:
             if isinstance(exc, TaskRunTimeoutError):
                 message = f"Task run exceeded timeout of {timeout} second(s)"
@@ -345,10 +343,12 @@ class TaskRunEngine:
                 return exception_to_failed_state(exc, "Task run encountered an exception")
         return state
 
-    def _call_body(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
-        if self._body is not None:
-            return self._body(args, kwargs)
-        return call_body(self.task.is_async, self.task.fn, args, kwargs, self.target)
+    async def _call_body(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    ) -> Any:
+        if self._body is not None:  # a generator's pump, an async callable of (args, kwargs)
+            return await self.driver.call_body(self._body, True, (args, kwargs), {}, timeout)
+        return await self.driver.call_body(self.task.fn, self.task.is_async, args, kwargs, timeout)
 
     async def _resolve_name(self, parameters: dict[str, Any]) -> None:
         """Rename the run after ``task_run_name`` (a template or a callable), once; called
@@ -360,9 +360,7 @@ class TaskRunEngine:
         """
         assert self.task.task_run_name is not None
         name = resolve_run_name(self.task.task_run_name, parameters, "task_run_name")
-        self._set_run(
-            await self._orchestrator.ask(UpdateRun("task", self.task_run.id, {"name": name}))  # type: ignore[union-attr]
-        )
+        self._set_run(await self.driver.ask(UpdateRun("task", self.task_run.id, {"name": name})))
         self._logger = None  # rebuilt with the new name
         self._named = True
 
@@ -450,9 +448,7 @@ class TaskRunEngine:
         if condition is None or self.task_run.run_count > self.task.retries:
             return failed
         try:
-            verdict = condition(self.task, self.task_run, failed)
-            if hasattr(verdict, "__await__"):
-                verdict = await verdict
+            verdict = await self.driver.call(condition, self.task, self.task_run, failed)
         except Exception:
             self.logger.error(
                 "An error was encountered while running `retry_condition_fn` check %r for task %r",
@@ -502,17 +498,17 @@ class TaskRunEngine:
         else:
             return
         if hooks:
-            await run_hooks(hooks, (task, self.task_run, state), state, self.logger, self.target)
+            await run_hooks(hooks, (task, self.task_run, state), state, self.logger, self.driver)
 
     async def _crash(self, exc: BaseException) -> None:
         """Record why the run stopped, unless it had finished already: a final state is
         never replaced (an interrupt landing in an ``on_completion`` hook leaves the run
         Completed)."""
-        with anyio.CancelScope(shield=True):
+        with self.driver.shielded():
             current = self.task_run.state
             if current is not None and current.is_final():
                 return
-            if isinstance(exc, _cancelled_exc()) and self._cancelled_by_flow():
+            if is_cancellation(exc) and self._cancelled_by_flow():
                 await self._propose(S.Cancelled(message="The parent flow run was cancelled."))
             else:
                 state = exception_to_crashed_state(exc)
@@ -545,7 +541,7 @@ class TaskRunEngine:
             self.logger.log(level, message)
 
     async def _propose(self, state: State[Any], *, force: bool = False) -> Transition:
-        transition: Transition = await self._orchestrator.ask(  # type: ignore[union-attr]
+        transition: Transition = await self.driver.ask(
             ProposeState("task", self.task_run.id, state, force)
         )
         self._set_run(transition.run)
@@ -584,7 +580,7 @@ def _seconds_until(state: State[Any], now: float) -> float:
 
 
 async def create_task_run(
-    runtime: Runtime,
+    driver: Driver,
     task_run: TaskRun,
     flow_ctx: FlowRunContext | None,
     *,
@@ -597,10 +593,10 @@ async def create_task_run(
     result can be read (and ``reuse_completed``: a generator's items are not kept, so it
     always runs again), return it with that state (nothing to run); else it runs again.
     """
-    orchestrator = runtime.orchestrator
     if flow_ctx is not None and flow_ctx.flow_run.empirical_policy.resuming:
-        assert runtime.backend is not None
-        previous = runtime.backend.find_task_run(
+        backend = driver.runtime.backend
+        assert backend is not None
+        previous = backend.find_task_run(
             flow_ctx.flow_run.id, task_run.task_key, task_run.dynamic_key
         )
         if previous is not None:
@@ -612,11 +608,11 @@ async def create_task_run(
                 and state.data is not S.UNAVAILABLE
             ):
                 return previous, state
-            transition = await orchestrator.ask(  # type: ignore[union-attr]
+            transition = await driver.ask(
                 ProposeState("task", previous.id, S.Pending(), force=True)
             )
             return transition.run, None
-    transition = await orchestrator.ask(CreateRun("task", task_run, S.Pending()))  # type: ignore[union-attr]
+    transition = await driver.ask(CreateRun("task", task_run, S.Pending()))
     return transition.run, None
 
 
@@ -646,7 +642,7 @@ class TaskRunActor(Actor):
             return
         try:
             await run_submitted(self._engine_factory(), self._future)
-        except (Exception, _cancelled_exc(), EngineSignal):
+        except (Exception, anyio.get_cancelled_exc_class(), EngineSignal):
             raise
         except BaseException as exc:
             self._future.set_final_state(exception_to_crashed_state(exc))  # if not set yet
@@ -655,7 +651,7 @@ class TaskRunActor(Actor):
 async def run_submitted(engine: TaskRunEngine, future: TaskRunFuture[Any]) -> None:
     """Store and run a submitted task run; its future gets a final state even on a crash."""
     try:
-        task_run, done = await create_task_run(engine.runtime, engine.task_run, engine.flow_ctx)
+        task_run, done = await create_task_run(engine.driver, engine.task_run, engine.flow_ctx)
         engine.use_run(task_run)
         if done is not None:
             future.set_final_state(done)

@@ -131,6 +131,7 @@ class Orchestrator(Actor):
     """Applies orchestration rules to proposed states; see the module docstring."""
 
     mailbox_size = 10_000
+    dispatch_from_threads = True  # receive touches the store and the clock, nothing loop-bound
 
     def __init__(self, backend: StoreBackend, clock: Clock) -> None:
         self._backend = backend

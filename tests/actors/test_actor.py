@@ -396,6 +396,25 @@ class TestFromThread:
         assert sorted(len(r) for r in results) == [200] * 4
         assert len(actor.threads) == 1000
 
+    async def test_ask_here_handles_now_or_refuses(self) -> None:
+        """ask_here runs receive at once on the loop thread (or, for a thread-dispatchable
+        actor, on any thread), and refuses with WouldBlock rather than wait for the loop."""
+        actor = ThreadRecorder()
+        async with open_actor_system(clock=FakeClock()) as system:
+            ref = await system.spawn(ChildSpec("rec", lambda: actor))
+            await anyio.wait_all_tasks_blocked()
+            assert ref.ask_here("here") == "here"
+            assert await anyio.to_thread.run_sync(ref.ask_here, "there") == "there"
+            with pytest.raises(ValueError, match="^boom$"):
+                ref.ask_here("boom")
+            plain = await system.spawn(ChildSpec("plain", Recorder))
+            plain.tell_nowait("queued")  # not handled yet: the loop has not run
+            with pytest.raises(anyio.WouldBlock):
+                plain.ask_here("now")
+            with pytest.raises(ForeignThreadError):
+                await anyio.to_thread.run_sync(plain.ask_here, "from a thread")
+        assert actor.threads[0] == threading.get_ident() != actor.threads[1]
+
     async def test_tell_from_thread_and_misuse(self) -> None:
         actor = ThreadRecorder()
         async with open_actor_system(clock=FakeClock()) as system:
