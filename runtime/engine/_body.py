@@ -5,14 +5,18 @@ waiting for the engine (a sync flow's caller, a sync task called from a sync flo
 thread hop) or on a worker thread (submitted sync tasks). Either way the body runs in a
 copy of the engine task's context, so it sees its run context.
 
-A sync body cannot be interrupted: when its run times out or is cancelled, the engine
-stops waiting for it and the body is abandoned; it finishes on its thread later and its
+A sync body on another thread is interruptible (:class:`SyncBody`): a timeout or a
+cancellation raises into its thread (:mod:`runtime.engine._interrupt`). A body that does
+not stop (stuck in a C call that reaches no bytecode) is abandoned after a grace period,
+with a warning: the engine stops waiting, the body finishes on its thread later and its
 result is ignored.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+import math
 from typing import Any, Awaitable, Callable
 
 import anyio
@@ -20,7 +24,28 @@ import attrs
 
 from actors import GlobalLoop
 
-__all__ = ["Body", "BodyPlacement", "call_body", "call_sync"]
+from ._interrupt import BodyInterrupted, InterruptibleCall, call_interruptibly
+
+__all__ = [
+    "ABANDON_GRACE",
+    "CANCEL",
+    "TIMEOUT",
+    "Body",
+    "BodyPlacement",
+    "SyncBody",
+    "call_body",
+    "call_sync",
+]
+
+_logger = logging.getLogger("stageflow.engine")
+
+TIMEOUT = "timeout"
+"""The reason of an interruption by the run's timeout."""
+CANCEL = "cancel"
+"""The reason of an interruption by a cancellation of the run."""
+
+ABANDON_GRACE = 1.0
+"""Seconds an interrupted sync body on another thread has to stop before it is abandoned."""
 
 
 Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -81,3 +106,103 @@ class _KwargsCall:
 
 def _call_with_kwargs(call: _KwargsCall, *args: Any) -> Any:
     return call.fn(*args, **call.kwargs)
+
+
+class SyncBody:
+    """One call of a sync body on another thread (a worker thread, or the thread waiting on
+    a global-loop call), which the engine may interrupt.
+
+    :meth:`run` awaits the call. A timeout (``timeout`` seconds, measured on the body's
+    thread) or :meth:`interrupt` raises :class:`BodyInterrupted` into the body's thread;
+    :attr:`reason` then says why (:data:`TIMEOUT`, :data:`CANCEL`, or what ``interrupt``
+    was given), and :meth:`run` raises ``BodyInterrupted``. A body that has not stopped
+    :data:`ABANDON_GRACE` seconds later is abandoned, with a warning naming ``what``.
+
+    Args:
+        target: where the body runs.
+        what: the run, for the warning (e.g. "Task run 'load-0'").
+        on_interrupt: called with the reason as soon as an interruption is sent (from the
+            interrupting thread), before the body has stopped.
+    """
+
+    def __init__(
+        self,
+        target: SyncTarget,
+        what: str,
+        on_interrupt: Callable[[Any], None] | None = None,
+    ) -> None:
+        self.target = target
+        self.what = what
+        self.on_interrupt = on_interrupt
+        self.reason: Any = None
+        self._call: InterruptibleCall | None = None
+        self._scope: anyio.CancelScope | None = None
+
+    async def run(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        """Call the body where ``target`` says and return its result.
+
+        Raises:
+            BodyInterrupted: the body was interrupted (see :attr:`reason`), or abandoned.
+            BaseException: whatever the body raised.
+        """
+        deadline = math.inf if timeout is None else anyio.current_time() + timeout + ABANDON_GRACE
+        with anyio.CancelScope(deadline=deadline) as scope:
+            self._scope = scope
+            try:
+                result = await call_sync(self.target, self._on_thread, fn, args, kwargs, timeout)
+            except Exception:
+                if self.reason is not None:  # what the body raised as it was stopped
+                    raise BodyInterrupted from None
+                raise
+            finally:
+                self._scope = None
+        if scope.cancelled_caught:
+            self.reason = self.reason or TIMEOUT
+            _logger.warning(
+                "%s did not stop when it was interrupted (%s): its body is stuck in a call "
+                "that cannot be interrupted. It is abandoned on its thread, and its result "
+                "will be ignored.",
+                self.what,
+                self.reason,
+            )
+            raise BodyInterrupted
+        if self.reason is not None:
+            raise BodyInterrupted  # the body caught the interruption and returned: too late
+        return result
+
+    def interrupt(self, reason: Any) -> None:
+        """Stop the body (call on the engine's loop): raise into its thread now, abandon it
+        if it has not stopped :data:`ABANDON_GRACE` seconds later."""
+        if self.reason is None:
+            self.reason = reason
+            if self.on_interrupt is not None:
+                self.on_interrupt(reason)
+        call = self._call
+        if call is not None:
+            call.interrupt(reason)
+        scope = self._scope
+        if scope is not None:
+            scope.deadline = min(scope.deadline, anyio.current_time() + ABANDON_GRACE)
+
+    def _on_thread(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        timeout: float | None,
+    ) -> Any:
+        if self.reason is not None:
+            raise BodyInterrupted  # interrupted before it started
+        call = self._call = InterruptibleCall(self.on_interrupt)
+        try:
+            return call_interruptibly(call, fn, args, kwargs, timeout, TIMEOUT)
+        finally:
+            self._call = None
+            if call.reason is not None and self.reason is None:
+                self.reason = call.reason

@@ -31,7 +31,7 @@ from actors import SystemClock, global_loop
 
 from ..core._exceptions import TaskRunTimeoutError
 from ..orchestration._waiting import wait_before_proposing_again
-from ._body import SyncTarget, call_body, call_sync
+from ._body import TIMEOUT, SyncBody, SyncTarget, call_sync
 from ._interrupt import BodyInterrupted, InterruptibleCall, call_interruptibly
 
 if TYPE_CHECKING:
@@ -41,8 +41,6 @@ if TYPE_CHECKING:
 __all__ = ["Driver", "InlineRefused", "LoopDriver", "ThreadDriver", "drive"]
 
 T = TypeVar("T")
-
-_TIMEOUT = "timeout"
 
 
 class InlineRefused(Exception):
@@ -101,12 +99,13 @@ class LoopDriver(Driver):
         target: where sync bodies and sync hooks run.
     """
 
-    __slots__ = ("_ask", "runtime", "target")
+    __slots__ = ("_ask", "body", "runtime", "target")
 
     def __init__(self, runtime: Runtime, target: SyncTarget) -> None:
         self.runtime = runtime
         self.target = target
         self._ask = runtime.orchestrator.ask  # type: ignore[union-attr]
+        self.body: SyncBody | None = None  # the sync body being called, to interrupt it
 
     async def ask(self, message: Any) -> Any:
         return await self._ask(message)
@@ -126,10 +125,22 @@ class LoopDriver(Driver):
         kwargs: dict[str, Any],
         timeout: float | None,
     ) -> Any:
+        if not is_async:
+            body = self.body = SyncBody(self.target, "A task run")
+            try:
+                return await body.run(fn, args, kwargs, timeout)
+            except BodyInterrupted:
+                if body.reason == TIMEOUT:
+                    raise TaskRunTimeoutError(
+                        f"Scope timed out after {timeout} second(s)."
+                    ) from None
+                raise
+            finally:
+                self.body = None
         if timeout is None:
-            return await call_body(is_async, fn, args, kwargs, self.target)
+            return await fn(*args, **kwargs)
         with anyio.CancelScope(deadline=anyio.current_time() + timeout) as scope:
-            result = await call_body(is_async, fn, args, kwargs, self.target)
+            result = await fn(*args, **kwargs)
         if scope.cancelled_caught:
             raise TaskRunTimeoutError(f"Scope timed out after {timeout} second(s).")
         return result
@@ -221,9 +232,9 @@ class ThreadDriver(Driver):
             return loop.call(_with_timeout, fn, args, kwargs, timeout)
         call = self.body = InterruptibleCall()
         try:
-            return call_interruptibly(call, fn, args, kwargs, timeout, _TIMEOUT)
+            return call_interruptibly(call, fn, args, kwargs, timeout, TIMEOUT)
         except BodyInterrupted:
-            if call.reason == _TIMEOUT:
+            if call.reason == TIMEOUT:
                 raise TaskRunTimeoutError(f"Scope timed out after {timeout} second(s).") from None
             raise
         finally:

@@ -40,11 +40,12 @@ from ..orchestration._ownership import active_flow_runs, process_owner
 from ..orchestration._store_actor import Commit
 from ..orchestration._waiting import wait_before_proposing_again
 from ..store._results import ResultSettings, persist_result
-from ._body import Body, SyncTarget, call_body
+from ._body import CANCEL, TIMEOUT, Body, SyncBody, SyncTarget
 from ._context import FlowRunContext, _flow_run_context, _task_run_context, current_tags
 from ._drivers import LoopDriver
 from ._hooks import run_hooks
 from ._inbox import LoopInbox, run_beside
+from ._interrupt import BodyInterrupted
 from ._logging import _log_prints, flow_run_logger, install_print_patch
 from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
 from ._resolve import resolve_futures_to_states, resolve_parameters, wait_for_upstreams
@@ -125,6 +126,7 @@ class FlowRunEngine:
         self._raised: BaseException | None = None
         self._named = False
         self._body_scope: anyio.CancelScope | None = None
+        self._sync_body: SyncBody | None = None
         self._interrupt: BaseException | None = None
         self._timed_out = False  # this attempt's body hit the flow's timeout
         self.inbox: LoopInbox | None = None
@@ -337,8 +339,11 @@ class FlowRunEngine:
         flow = self.flow
         args, kwargs = flow.signature.to_call(parameters)
         timeout = flow.timeout_seconds
-        deadline = anyio.current_time() + timeout if timeout is not None else float("inf")
         backend = self.runtime.backend
+        sync = self._body is None and not flow.is_async
+        # An async body's timeout is a cancel scope; a sync body's is raised into its thread
+        # (SyncBody), which the scope only abandons if it does not stop.
+        deadline = float("inf") if timeout is None or sync else anyio.current_time() + timeout
         scope = anyio.CancelScope(deadline=deadline)
 
         async def body() -> Any:
@@ -349,13 +354,30 @@ class FlowRunEngine:
                 try:
                     if self._body is not None:
                         return await self._body(args, kwargs)
-                    return await call_body(flow.is_async, flow.fn, args, kwargs, self.target)
+                    if sync:
+                        sync_body = self._sync_body = SyncBody(
+                            self.target, f"Flow run {self.flow_run.name!r}", self._abandon
+                        )
+                        if self._interrupt is not None:
+                            sync_body.interrupt(CANCEL)
+                        return await sync_body.run(flow.fn, args, kwargs, timeout)
+                    return await flow.fn(*args, **kwargs)
                 except TerminationSignal as exc:
                     # Raised by the SIGTERM handler inside a sync body on the main thread.
                     self.interrupt(exc)
                     raise _Interrupted from None
+                except BodyInterrupted:
+                    reason = None if self._sync_body is None else self._sync_body.reason
+                    if reason is None:
+                        raise  # not this run's: the run that called it is being stopped
+                    if reason == TIMEOUT:
+                        raise FlowRunTimeoutError(
+                            f"Scope timed out after {timeout} second(s)."
+                        ) from None
+                    raise _Interrupted from None
                 finally:
                     self._body_scope = None
+                    self._sync_body = None
 
         if backend is not None and backend.shared_across_processes:
             result = await run_beside(self._watch_other_processes, body)
@@ -394,8 +416,27 @@ class FlowRunEngine:
         engine's loop."""
         if self._interrupt is None or isinstance(signal, TerminationSignal):
             self._interrupt = signal or _CANCEL
-        if self._body_scope is not None:
+        if self._sync_body is not None:
+            self._sync_body.interrupt(CANCEL)  # raised into its thread; abandoned if stuck
+        elif self._body_scope is not None:
             self._body_scope.cancel()
+
+    def _abandon(self, reason: Any) -> None:
+        """The body is being stopped (any thread): from now on it may start no new run,
+        even if it swallows the interruption and goes on."""
+        ctx = self._context
+        if ctx is None or ctx.abandoned is not None:
+            return
+        if reason == TIMEOUT:
+            ctx.abandoned = FlowRunTimeoutError(
+                f"Flow run {self.flow_run.name!r} timed out; its body can no longer start "
+                "task runs or subflow runs."
+            )
+        else:
+            ctx.abandoned = CancelledRun(
+                f"Flow run {self.flow_run.name!r} was stopped; its body can no longer start "
+                "task runs or subflow runs."
+            )
 
     def _interrupted_state(self) -> State[Any]:
         state = self.flow_run.state

@@ -56,13 +56,18 @@ class InterruptibleCall:
     Use :func:`call_interruptibly`, or: create on the thread that makes the call, then
     ``with call.armed(): ...``.
 
+    Args:
+        on_interrupt: called with the reason when an interruption is sent, on the
+            interrupting thread (the engine marks its run as no longer running its body).
+
     Attributes:
         reason: what the first :meth:`interrupt` said (None until then).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_interrupt: Callable[[Any], None] | None = None) -> None:
         self.thread_id = threading.get_ident()
         self.reason: Any = None
+        self._on_interrupt = on_interrupt
         self._lock = threading.Lock()
         self._armed = False
         self._pending = False  # an exception was raised into the thread, not yet seen
@@ -79,6 +84,8 @@ class InterruptibleCall:
                 return False
             self.reason = reason
             self._pending = True
+            if self._on_interrupt is not None:
+                self._on_interrupt(reason)
             if self._alarm:
                 signal.pthread_kill(self.thread_id, signal.SIGALRM)
             else:

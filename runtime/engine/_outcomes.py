@@ -10,6 +10,7 @@ import anyio
 from ..core import _states as S
 from ..core._exceptions import TerminationSignal
 from ..core._states import State, StateType
+from ._interrupt import BodyInterrupted
 
 __all__ = [
     "exception_to_crashed_state",
@@ -49,6 +50,10 @@ def exception_to_crashed_state(exc: BaseException) -> State[Any]:
         message = "Execution was aborted by an interrupt signal."
     elif isinstance(exc, TerminationSignal):
         message = "Execution was aborted by a termination signal."
+    elif isinstance(exc, BodyInterrupted):
+        message = (
+            "Execution was interrupted by the run that called it (its timeout or its cancellation)."
+        )
     elif isinstance(exc, SystemExit):
         message = "Execution was aborted by Python system exit call."
     else:
