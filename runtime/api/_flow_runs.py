@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 from uuid import UUID
-
-import sniffio
 
 from ..core import _states as S
 from ..core._exceptions import (
@@ -30,7 +28,6 @@ from ..core._exceptions import (
     FlowRunWaitTimeout,
     InvalidRunInput,
     NotPausedError,
-    ObjectNotFound,
     Pause,
 )
 from ..core._input import input_model, keyset_for, schema_json, unwrap, wrap_payload
@@ -41,7 +38,8 @@ from ..engine._logging import get_run_logger
 from ..orchestration._orchestrator import ProposeState, Transition, UpdateRun
 from ..orchestration._ownership import active_flow_runs, owner_alive
 from ..orchestration._waiting import wait_for_state_change
-from ._entry import run_sync, runtime_scope
+from ._calling import as_run_id, run_sync_or_async
+from ._entry import runtime_scope
 from ._registry import register_run_flow
 from ._rerun import rerun_flow_run
 
@@ -53,35 +51,9 @@ __all__ = [
     "wait_for_flow_run",
 ]
 
-T = TypeVar("T")
-
 # Input models of pauses waiting in this process, so an in-process resume validates with
 # the real pydantic model (coercion included) rather than its JSON schema.
 _waiting_models: dict[tuple[UUID, str], Any] = {}
-
-
-def _wants_awaitable() -> bool:
-    task_ctx = TaskRunContext.get()
-    if task_ctx is not None:
-        return task_ctx.task.is_async
-    flow_ctx = FlowRunContext.get()
-    if flow_ctx is not None:
-        return flow_ctx.flow.is_async
-    try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return False
-    return True
-
-
-async def _on_loop(loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    return await fn(*args)
-
-
-def _sync_or_async(fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
-    if _wants_awaitable():
-        return fn(*args)
-    return run_sync(_on_loop, fn, *args)
 
 
 # -- pause and suspend ---------------------------------------------------------------------
@@ -112,7 +84,7 @@ def pause_flow_run(
         FlowPauseTimeout: the run was not resumed in time (it is now Failed).
     """
     ctx = _pausing_context("paused")
-    return _sync_or_async(_pause, ctx, wait_for_input, timeout, poll_interval, key, False)
+    return run_sync_or_async(_pause, ctx, wait_for_input, timeout, poll_interval, key, False)
 
 
 def suspend_flow_run(
@@ -138,9 +110,9 @@ def suspend_flow_run(
             for a subflow.
     """
     if flow_run_id is not None:
-        return _sync_or_async(_suspend_other, flow_run_id, timeout, key)
+        return run_sync_or_async(_suspend_other, flow_run_id, timeout, key)
     ctx = _pausing_context("suspended")
-    return _sync_or_async(_pause, ctx, wait_for_input, timeout, 10, key, True)
+    return run_sync_or_async(_pause, ctx, wait_for_input, timeout, 10, key, True)
 
 
 def _pausing_context(verb: str) -> FlowRunContext:
@@ -271,7 +243,7 @@ def resume_flow_run(flow_run_id: UUID | str, run_input: Any = None) -> Any:
             the run stays paused, so it can be resumed again with good input.
         FlowPauseTimeout: the pause timed out; the run can no longer be resumed.
     """
-    return _sync_or_async(_resume, _as_uuid(flow_run_id), run_input)
+    return run_sync_or_async(_resume, as_run_id(flow_run_id), run_input)
 
 
 async def _resume(flow_run_id: UUID, run_input: Any) -> None:
@@ -366,7 +338,7 @@ def cancel_flow_run(flow_run_id: UUID | str) -> Any:
     Raises:
         ObjectNotFound: no flow run has this id.
     """
-    return _sync_or_async(_cancel, _as_uuid(flow_run_id))
+    return run_sync_or_async(_cancel, as_run_id(flow_run_id))
 
 
 async def _cancel(flow_run_id: UUID) -> State[Any]:
@@ -403,7 +375,7 @@ def wait_for_flow_run(
         ObjectNotFound: no flow run has this id.
         FlowRunWaitTimeout: the run was not final after ``timeout`` seconds.
     """
-    return _sync_or_async(_wait_for, _as_uuid(flow_run_id), timeout, poll_interval)
+    return run_sync_or_async(_wait_for, as_run_id(flow_run_id), timeout, poll_interval)
 
 
 async def _wait_for(flow_run_id: UUID, timeout: float | None, poll_interval: float) -> FlowRun:
@@ -425,12 +397,3 @@ async def _wait_for(flow_run_id: UUID, timeout: float | None, poll_interval: flo
                 )
             wait = poll_interval if remaining is None else min(poll_interval, remaining)
             await wait_for_state_change(backend, flow_run_id, clock, wait)
-
-
-def _as_uuid(value: UUID | str) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise ObjectNotFound(f"{value!r} is not a flow run id (a UUID).") from None
