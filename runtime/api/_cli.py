@@ -43,7 +43,6 @@ from ..core._exceptions import (
 )
 from ..core._models import FlowRun, TaskRun
 from ..core._states import State, StateType
-from ..engine._logging import RUN_LOG_FORMAT
 from ..orchestration._runtime import Runtime
 from ..store._backend import StoreBackend
 from ..store._urls import default_backend, open_backend
@@ -555,16 +554,19 @@ _ID_HELP = "the flow run id, or a unique prefix of it"
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     # Global options work before and after the command: a subcommand's copies default
     # to SUPPRESS, so they only replace the top-level value when given.
-    store_default = None if top else argparse.SUPPRESS
-    level_default = "INFO" if top else argparse.SUPPRESS
+    default = None if top else argparse.SUPPRESS
     parser.add_argument(
         "--store",
         metavar="URL",
-        default=store_default,
+        default=default,
         help="memory:// or sqlite:///path.db (default: $STAGEFLOW_STORE, else the default)",
     )
     parser.add_argument(
-        "--log-level", default=level_default, choices=_LEVELS, help="run logs on stderr (INFO)"
+        "--log-level",
+        default=default,
+        choices=_LEVELS,
+        help="the least level of run logs shown on stderr (default: $STAGEFLOW_LOGGING_LEVEL, "
+        "else INFO)",
     )
 
 
@@ -634,30 +636,22 @@ def build_parser() -> argparse.ArgumentParser:
 # -- main ----------------------------------------------------------------------------------
 
 
-class _RunLabel(logging.Filter):
-    # RUN_LOG_FORMAT names the run; engine records that belong to no run get the logger name.
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "run_label"):
-            record.run_label = record.name
-        return True
-
-
 @contextmanager
-def _run_logs(level: str) -> Iterator[None]:
-    """Write the engine's run logs to stderr while a command runs."""
+def _log_level(level: str | None) -> Iterator[None]:
+    """Set the ``stageflow`` logger's level while a command runs (None: leave it as
+    ``$STAGEFLOW_LOGGING_LEVEL`` or the program set it).
+
+    Run logs reach stderr through the console handler (see
+    :mod:`runtime.engine._console`), or through the handlers of a flow file that
+    configures logging itself: never through both.
+    """
     logger = logging.getLogger("stageflow")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(RUN_LOG_FORMAT, datefmt="%H:%M:%S"))
-    handler.addFilter(_RunLabel())
-    handler.setLevel(level)
     previous = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > handler.level:
+    if level is not None:
         logger.setLevel(level)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
         logger.setLevel(previous)
 
 
@@ -671,7 +665,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        with _run_logs(args.log_level):
+        with _log_level(args.log_level):
             return handler(args)
     except CommandError as exc:
         print(f"stageflow: {exc}", file=sys.stderr)

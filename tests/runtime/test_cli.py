@@ -315,14 +315,6 @@ def test_run_async_flow(capsys: pytest.CaptureFixture[str], flows: Path) -> None
     assert "result: 'hello you'" in out
 
 
-def test_run_logs_to_stderr(capsys: pytest.CaptureFixture[str], flows: Path) -> None:
-    """Run logs go to stderr in RUN_LOG_FORMAT; stdout keeps only the report."""
-    assert main(["--store", "memory://", "run", f"{flows}:greet", "-p", "name=x"]) == 0
-    out, err = capsys.readouterr()
-    assert re.search(r"\| INFO    \| Flow run '[\w-]+' - Finished in state Completed\(\)", err)
-    assert "INFO" not in out
-
-
 def test_failing_flow_exits_1(capsys: pytest.CaptureFixture[str], flows: Path) -> None:
     code, out, _ = cli(capsys, "--store", "memory://", "run", f"{flows}:boom")
     assert code == 1
@@ -735,6 +727,28 @@ def test_process_exit_codes(flows: Path, env: dict[str, str]) -> None:
     bad = stageflow("run", f"{flows}:nope", env=env)
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == f"stageflow: {flows} has no function 'nope'\n"
+
+
+def test_run_logs_show_once_on_stderr(flows: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    """Run logs go to stderr in Prefect's console format, stdout keeps only the report;
+    a flow file that configures logging gets each line once, in its own format."""
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "runtime", "run", f"{path}:greet", "-p", "name=x"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+    plain = run(flows)
+    assert plain.returncode == 0, plain.stderr
+    finished = r"^\d\d:\d\d:\d\d\.\d{3} \| INFO    \| Flow run '[\w-]+' - Finished in state Completed\(\)$"
+    assert len(re.findall(finished, plain.stderr, re.M)) == 1, plain.stderr
+    assert "INFO" not in plain.stdout
+    configured = tmp_path / "configured.py"
+    setup = "import logging\nlogging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+    configured.write_text(setup + flows.read_text())
+    own = run(configured)
+    assert own.returncode == 0, own.stderr
+    assert own.stderr.splitlines().count("INFO Finished in state Completed()") == 1, own.stderr
+    assert " | INFO" not in own.stderr
 
 
 def test_python_dash_m_runtime(env: dict[str, str]) -> None:
