@@ -16,6 +16,7 @@ from .api._flow_runs import wait_for_flow_run as wait_for_flow_run
 from .api._read import read_flow_run as read_flow_run
 from .api._read import read_flow_runs as read_flow_runs
 from .api._read import read_state_history as read_state_history
+from .api._read import read_task_run as read_task_run
 from .api._read import read_task_runs as read_task_runs
 from .api._task import Task as Task
 from .api._task import task as task
@@ -83,6 +84,7 @@ __all__ = [
     "read_flow_run",
     "read_flow_runs",
     "read_state_history",
+    "read_task_run",
     "read_task_runs",
     "resume_flow_run",
     "suspend_flow_run",

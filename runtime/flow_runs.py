@@ -12,6 +12,7 @@ from .api._flow_runs import wait_for_flow_run as wait_for_flow_run
 from .api._read import read_flow_run as read_flow_run
 from .api._read import read_flow_runs as read_flow_runs
 from .api._read import read_state_history as read_state_history
+from .api._read import read_task_run as read_task_run
 from .api._read import read_task_runs as read_task_runs
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "read_flow_run",
     "read_flow_runs",
     "read_state_history",
+    "read_task_run",
     "read_task_runs",
     "resume_flow_run",
     "suspend_flow_run",

@@ -29,6 +29,7 @@ __all__ = [
     "read_flow_run",
     "read_flow_runs",
     "read_state_history",
+    "read_task_run",
     "read_task_runs",
 ]
 
@@ -87,6 +88,19 @@ def read_flow_runs(
     wanted = None if state is None else parse_state_filter(state)
     tag_set = frozenset([tags] if isinstance(tags, str) else tags or ())
     return _read(_read_flow_runs, flow_name, wanted, tag_set, limit, parent_task_run_id)
+
+
+def read_task_run(task_run_id: UUID | str) -> Any:
+    """Return the task run with this id, as a :class:`~runtime.TaskRun` (its ``state``,
+    ``flow_run_id``, times, ...). (Prefect: ``PrefectClient.read_task_run``.)
+
+    Returns:
+        The :class:`~runtime.TaskRun` (from async code: an awaitable of it).
+
+    Raises:
+        ObjectNotFound: no task run has this id.
+    """
+    return _read(_read_task_run, as_run_id(task_run_id, "task run"))
 
 
 def read_task_runs(flow_run_id: UUID | str) -> Any:
@@ -188,6 +202,11 @@ def _read_flow_runs(
         and tags.issubset(run.tags)
     ]
     return runs if limit is None else runs[:limit]
+
+
+def _read_task_run(backend: StoreBackend, task_run_id: UUID) -> TaskRun:
+    backend.sync_external()
+    return backend.read_task_run(task_run_id)
 
 
 def _read_task_runs(backend: StoreBackend, flow_run_id: UUID) -> list[TaskRun]:
