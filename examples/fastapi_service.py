@@ -46,6 +46,7 @@ from runtime import (
 )
 from runtime.exceptions import InvalidRunInput, NotPausedError, ObjectNotFound
 
+
 class Approval(RunInput):
     """What a reviewer answers to a suspended release."""
 

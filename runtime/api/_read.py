@@ -194,11 +194,7 @@ def _read_flow_runs(
         for run in backend.read_flow_runs(
             flow_name=flow_name, parent_task_run_id=parent_task_run_id
         )
-        if (
-            state is None
-            or run.state_type in types
-            or (run.state_name or "").lower() in names
-        )
+        if (state is None or run.state_type in types or (run.state_name or "").lower() in names)
         and tags.issubset(run.tags)
     ]
     return runs if limit is None else runs[:limit]

@@ -227,9 +227,7 @@ class Runtime:
         return f"<Runtime store={url!r} running={self.running}>"
 
 
-def private_runtime(
-    backend: StoreBackend, clock: Clock, loop: GlobalLoop | None = None
-) -> Runtime:
+def private_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLoop | None = None) -> Runtime:
     """Return a Runtime that serves only the calls made in its block's context, not every
     task of its event loop: the implicit runtime of one flow call, a global loop's
     background runtime."""

@@ -82,9 +82,7 @@ def _release_and_resume(client: Any, version: str) -> str:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_under_test_client(
-    backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_under_test_client(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     db = tmp_path / "releases.db"
     monkeypatch.setenv("RELEASES_STORE", f"sqlite:///{db}")
     default_db = Path(os.environ["STAGEFLOW_HOME"]) / "stageflow.db"
@@ -149,7 +147,9 @@ def serve(tmp_path: Path) -> Iterator[Any]:
         process.wait(30)
 
 
-@pytest.mark.parametrize("server", ["uvicorn", "hypercorn"], ids=["uvicorn-asyncio", "hypercorn-trio"])
+@pytest.mark.parametrize(
+    "server", ["uvicorn", "hypercorn"], ids=["uvicorn-asyncio", "hypercorn-trio"]
+)
 def test_under_a_real_server(serve: Any, server: str) -> None:
     url, db, default_db = serve(server)
     with httpx.Client(base_url=url, timeout=60) as client:

@@ -787,7 +787,9 @@ def test_run_logs_show_once_on_stderr(flows: Path, tmp_path: Path, env: dict[str
 
     plain = run(flows)
     assert plain.returncode == 0, plain.stderr
-    finished = r"^\d\d:\d\d:\d\d\.\d{3} \| INFO    \| Flow run '[\w-]+' - Finished in state Completed\(\)$"
+    finished = (
+        r"^\d\d:\d\d:\d\d\.\d{3} \| INFO    \| Flow run '[\w-]+' - Finished in state Completed\(\)$"
+    )
     assert len(re.findall(finished, plain.stderr, re.M)) == 1, plain.stderr
     assert "INFO" not in plain.stdout
     configured = tmp_path / "configured.py"
