@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -277,6 +278,27 @@ def _names_in_default_store(flow_name: str) -> list[str]:
     return [run.name for run in default_backend().read_flow_runs(flow_name=flow_name)]
 
 
+async def _call_from_a_task_that_inherits_no_runtime(
+    handler: Callable[[], Awaitable[None]],
+) -> MemoryStore:
+    """Run ``handler`` in a task started before a Runtime opens (as a server starts request
+    tasks outside its lifespan's context) while that Runtime is open; return its store."""
+    go, done = anyio.Event(), anyio.Event()
+
+    async def request_task() -> None:
+        await go.wait()
+        await handler()
+        done.set()
+
+    backend = MemoryStore()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request_task)
+        async with Runtime(store=backend):
+            go.set()
+            await done.wait()
+    return backend
+
+
 async def test_a_task_that_did_not_inherit_the_runtime_uses_the_one_open_in_its_loop() -> None:
     """A server starts request tasks outside its lifespan's context: they still use the
     Runtime the lifespan opened, not the default store."""
@@ -285,20 +307,8 @@ async def test_a_task_that_did_not_inherit_the_runtime_uses_the_one_open_in_its_
     async def pipeline() -> None:
         pass
 
-    go, done = anyio.Event(), anyio.Event()
-
-    async def request_handler() -> None:  # started before the Runtime: no inherited context
-        await go.wait()
-        await pipeline()
-        done.set()
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(request_handler)
-        async with Runtime(store="memory://") as rt:
-            go.set()
-            await done.wait()
-            runs = rt.backend.read_flow_runs()  # type: ignore[union-attr]
-    assert [run.flow_name for run in runs] == ["not-inherited"]
+    store = await _call_from_a_task_that_inherits_no_runtime(pipeline)
+    assert [run.flow_name for run in store.read_flow_runs()] == ["not-inherited"]
     assert _names_in_default_store("not-inherited") == []
 
 
@@ -376,23 +386,13 @@ async def test_sync_flows_called_from_the_loop_or_its_worker_threads_use_its_run
     def sync_pipeline() -> int:
         return step()
 
-    go, done = anyio.Event(), anyio.Event()
-
-    async def request_handler() -> None:  # inherits no runtime
-        await go.wait()
+    async def request_handler() -> None:
         assert await anyio.to_thread.run_sync(sync_pipeline) == 1  # e.g. a `def` endpoint
         assert sync_pipeline() == 1  # blocking the loop: allowed, if unwise
-        done.set()
 
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(request_handler)
-        async with Runtime(store="memory://") as rt:
-            go.set()
-            await done.wait()
-            runs = rt.backend.read_flow_runs()  # type: ignore[union-attr]
-            task_runs = rt.backend.read_task_runs()  # type: ignore[union-attr]
-    assert [run.flow_name for run in runs] == ["sync-in-service"] * 2
-    assert len(task_runs) == 2
+    store = await _call_from_a_task_that_inherits_no_runtime(request_handler)
+    assert [run.flow_name for run in store.read_flow_runs()] == ["sync-in-service"] * 2
+    assert len(store.read_task_runs()) == 2
     assert _names_in_default_store("sync-in-service") == []
 
 
