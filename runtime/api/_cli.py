@@ -3,16 +3,17 @@ cancel them, and manage tag concurrency limits.
 
 Every command works on one store: ``--store URL``, else ``$STAGEFLOW_STORE``, else the
 default store (see :func:`runtime.store._urls.default_backend`). Commands that run or change
-runs do so inside a :class:`~runtime.Runtime` on that store; read-only commands read the
-store directly.
+runs do so inside a :class:`~runtime.Runtime` on that store; every command reads runs
+through the public read functions (:mod:`runtime.api._read`), in a Runtime block on it.
+Tables and the live progress line are drawn by :mod:`runtime.api._cli_output`.
 
 Exit codes: 0 success (or the run Completed), 1 the run ended Failed/Crashed/Cancelled
 or the command could not be done (unknown id, run not paused, run already final),
 2 usage error, 3 the run stopped without finishing (paused or suspended), 130 interrupted
 (128 + N after signal N).
 
-Why one module of ~700 lines: it is the whole command line (parser, nine commands and
-their output), one job that nothing else imports; its sections follow the commands.
+Why one module of ~700 lines: it is the whole command line (parser and nine commands),
+one job that nothing else imports; its sections follow the commands.
 """
 
 from __future__ import annotations
@@ -132,6 +133,7 @@ def _store(args: argparse.Namespace) -> Iterator[StoreBackend]:
     url = _store_url(args)
     backend, owned = (default_backend(), False) if url is None else open_backend(url)
     try:
+        backend.sync_external()
         anyio.run(_open_runtime, backend)
         with Runtime(store=backend):
             yield backend

@@ -48,7 +48,8 @@ def _table(headers: Sequence[str] | None, rows: Iterable[Sequence[Any]]) -> Tabl
     rows = [[_cell(cell) for cell in row] for row in rows]
     columns = headers if headers is not None else [""] * (len(rows[0]) if rows else 0)
     for header in columns:
-        table.add_column(header, no_wrap=True)
+        # On a narrow terminal a long cell folds onto more lines; nothing is cut off.
+        table.add_column(header, overflow="fold")
     for row in rows:
         table.add_row(*row)
     return table
