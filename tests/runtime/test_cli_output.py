@@ -11,10 +11,11 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 
-from runtime import FlowRun, TaskRun
+from runtime import FlowRun, State, TaskRun
 from runtime import states as S
 from runtime.api._cli_output import TaskRunProgress, state_counts
 
@@ -24,14 +25,13 @@ def _plain(text: str) -> str:
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
 
 
-def _task_run(name: str) -> TaskRun:
-    return TaskRun(name=name, task_key="k", dynamic_key=name)
+def _task_run(name: str, state: State[Any] | None = None) -> TaskRun:
+    return TaskRun(name=name, task_key="k", dynamic_key=name, state=state)
 
 
 def test_state_counts_most_common_first() -> None:
-    runs = [_task_run(str(i)) for i in range(5)]
-    for run, state in zip(runs, [S.Completed(), S.Failed(), S.Completed(), S.Crashed(), None]):
-        run.state = state
+    states = [S.Completed(), S.Failed(), S.Completed(), S.Crashed(), None]
+    runs = [_task_run(str(i), state) for i, state in enumerate(states)]
     assert state_counts(runs) == "5 (2 Completed, 1 Failed, 1 Crashed, 1 no state)"
     assert state_counts([]) == "0"
 
