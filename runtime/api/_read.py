@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from ..core._exceptions import ObjectNotFound
-from ..core._models import FlowRun, TaskRun
+from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._states import STATE_NAMES, State, StateType
 from ..store._backend import StoreBackend
 from ._calling import as_run_id, read_sync_or_async
@@ -213,10 +213,11 @@ def _read_task_runs(backend: StoreBackend, flow_run_id: UUID) -> list[TaskRun]:
 
 def _read_state_history(backend: StoreBackend, run_id: UUID) -> list[State[Any]]:
     backend.sync_external()
-    for kind in ("flow", "task"):
+    kinds: tuple[RunKind, ...] = ("flow", "task")
+    for kind in kinds:
         try:
-            backend.read_run(kind, run_id)  # type: ignore[arg-type]
+            backend.read_run(kind, run_id)
         except ObjectNotFound:
             continue
-        return backend.read_state_history(kind, run_id)  # type: ignore[arg-type]
+        return backend.read_state_history(kind, run_id)
     raise ObjectNotFound(f"No flow run or task run has the id {run_id}.")

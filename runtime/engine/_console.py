@@ -78,15 +78,15 @@ class ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
         self.setFormatter(RunLogFormatter())
 
     @property
-    def stream(self) -> object:  # type: ignore[override]
+    def stream(self) -> object:
         """The current ``sys.stderr``."""
         return sys.stderr
 
-    def handle(self, record: logging.LogRecord) -> bool:  # type: ignore[override]
+    def handle(self, record: logging.LogRecord) -> bool:
         """Emit ``record`` unless the program's own handlers will."""
         if _handled_elsewhere(record, self):
             return False
-        return super().handle(record)  # type: ignore[return-value]
+        return super().handle(record)
 
 
 def _handled_elsewhere(record: logging.LogRecord, mine: logging.Handler) -> bool:

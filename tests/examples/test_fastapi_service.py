@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Literal
 from uuid import uuid4
 
 import httpx
@@ -82,7 +82,9 @@ def _release_and_resume(client: Any, version: str) -> str:
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_under_test_client(backend: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_under_test_client(
+    backend: Literal["asyncio", "trio"], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = tmp_path / "releases.db"
     monkeypatch.setenv("RELEASES_STORE", f"sqlite:///{db}")
     default_db = Path(os.environ["STAGEFLOW_HOME"]) / "stageflow.db"
