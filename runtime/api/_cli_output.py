@@ -144,7 +144,9 @@ class TaskRunProgress:
 
     def __exit__(self, *exc_info: Any) -> None:
         if self._progress is not None:
-            self._progress.update(self._task, description=self._describe())
+            with self._lock:
+                description = self._describe()
+            self._progress.update(self._task, description=description)
             self._progress.stop()
 
     def on_state(self, run: Any, state: State[Any]) -> None:
