@@ -1,14 +1,26 @@
 """stageflow's demo: a flow with tasks, a retry, a map and a subflow, printing its states.
 
-Run it with ``python examples/demo.py``. Runs are recorded in the default store
-(``$STAGEFLOW_HOME/stageflow.db``; see ``stageflow runs ls``).
+Run it with ``python examples/demo.py``. Its run logs show on stderr; runs are recorded
+in the default store (``$STAGEFLOW_HOME/stageflow.db``; see ``stageflow runs ls``).
 """
 
 from __future__ import annotations
 
-import logging
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
 
-from runtime import RUN_LOG_FORMAT, Runtime, flow, get_run_context, get_run_logger, task
+from runtime import (
+    flow,
+    get_run_context,
+    get_run_logger,
+    read_flow_run,
+    read_state_history,
+    read_task_runs,
+    task,
+)
 
 attempts: list[int] = []
 
@@ -53,25 +65,32 @@ def pipeline(source: str = "ledger") -> dict[str, float]:
     return summary
 
 
+def stageflow_command() -> str:
+    """How to type the ``stageflow`` command of this interpreter: plain ``stageflow`` when
+    it is the one on PATH, else the path of this virtualenv's script, else
+    ``python -m runtime``."""
+    script = Path(sys.executable).parent / "stageflow"
+    if not script.is_file():
+        return f"{shlex.quote(sys.executable)} -m runtime"
+    if shutil.which("stageflow") == str(script):
+        return "stageflow"
+    relative = os.path.relpath(script)
+    return shlex.quote(relative if not relative.startswith("..") else str(script))
+
+
 def main() -> None:
     """Run the pipeline and print the states it and its task runs went through."""
-    logging.basicConfig(level=logging.INFO, format=RUN_LOG_FORMAT)
-    with Runtime() as runtime:  # the default store: $STAGEFLOW_HOME/stageflow.db
-        state = pipeline(return_state=True)
-        store = runtime.backend
-        assert store is not None
-        flow_run_id = state.state_details.flow_run_id
-        print()
-        print(f"flow run {flow_run_id}: {state!r}")
-        print(f"result: {state.result()}")
-        print(f"fetch_rate attempts (run_count as seen inside the task): {attempts}")
-        print("state history of every run:")
-        runs = [("flow", store.read_flow_run(flow_run_id))]
-        runs += [("task", run) for run in store.read_task_runs(flow_run_id=flow_run_id)]
-        for kind, run in runs:
-            history = " -> ".join(s.name for s in store.read_state_history(kind, run.id))
-            print(f"  {run.name:<22} {history}")
-    print(f"\nInspect it again with: stageflow runs show {flow_run_id}")
+    state = pipeline(return_state=True)  # recorded in the default store
+    flow_run_id = state.state_details.flow_run_id
+    print()
+    print(f"flow run {flow_run_id}: {state!r}")
+    print(f"result: {state.result()}")
+    print(f"fetch_rate attempts (run_count as seen inside the task): {attempts}")
+    print("state history of every run:")
+    for run in [read_flow_run(flow_run_id), *read_task_runs(flow_run_id)]:
+        history = " -> ".join(s.name or "" for s in read_state_history(run.id))
+        print(f"  {run.name:<22} {history}")
+    print(f"\nInspect it again with: {stageflow_command()} runs show {flow_run_id}")
 
 
 if __name__ == "__main__":

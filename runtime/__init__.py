@@ -13,6 +13,11 @@ from .api._flow_runs import pause_flow_run as pause_flow_run
 from .api._flow_runs import resume_flow_run as resume_flow_run
 from .api._flow_runs import suspend_flow_run as suspend_flow_run
 from .api._flow_runs import wait_for_flow_run as wait_for_flow_run
+from .api._read import read_flow_run as read_flow_run
+from .api._read import read_flow_runs as read_flow_runs
+from .api._read import read_state_history as read_state_history
+from .api._read import read_task_run as read_task_run
+from .api._read import read_task_runs as read_task_runs
 from .api._task import Task as Task
 from .api._task import task as task
 from .core._annotations import allow_failure as allow_failure
@@ -76,6 +81,11 @@ __all__ = [
     "get_transaction",
     "pause_flow_run",
     "quote",
+    "read_flow_run",
+    "read_flow_runs",
+    "read_state_history",
+    "read_task_run",
+    "read_task_runs",
     "resume_flow_run",
     "suspend_flow_run",
     "tags",

@@ -3,27 +3,29 @@ cancel them, and manage tag concurrency limits.
 
 Every command works on one store: ``--store URL``, else ``$STAGEFLOW_STORE``, else the
 default store (see :func:`runtime.store._urls.default_backend`). Commands that run or change
-runs do so inside a :class:`~runtime.Runtime` on that store; read-only commands read the
-store directly.
+runs do so inside a :class:`~runtime.Runtime` on that store; every command reads runs
+through the public read functions (:mod:`runtime.api._read`), in a Runtime block on it.
+Tables and the live progress line are drawn by :mod:`runtime.api._cli_output`.
 
 Exit codes: 0 success (or the run Completed), 1 the run ended Failed/Crashed/Cancelled
 or the command could not be done (unknown id, run not paused, run already final),
 2 usage error, 3 the run stopped without finishing (paused or suspended), 130 interrupted
 (128 + N after signal N).
 
-Why one module of ~700 lines: it is the whole command line (parser, nine commands and
-their output), one job that nothing else imports; its sections follow the commands.
+Why one module of ~700 lines: it is the whole command line (parser and nine commands),
+one job that nothing else imports; its sections follow the commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import logging
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from datetime import datetime, timedelta
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -42,17 +44,30 @@ from ..core._exceptions import (
     TerminationSignal,
 )
 from ..core._models import FlowRun, TaskRun
-from ..core._states import State, StateType
-from ..engine._logging import RUN_LOG_FORMAT
+from ..core._states import State
 from ..orchestration._runtime import Runtime
 from ..store._backend import StoreBackend
 from ..store._urls import default_backend, open_backend
 from . import _concurrency as concurrency
 from . import _flow_runs as flow_runs
+from ._cli_output import (
+    TaskRunProgress,
+    format_duration,
+    is_failing,
+    print_table,
+    state_counts,
+)
 from ._flow import Flow
+from ._read import (
+    read_flow_run,
+    read_flow_runs,
+    read_state_history,
+    read_task_run,
+    read_task_runs,
+)
 from ._rerun import import_flow_file, rerun_flow_run
 
-__all__ = ["format_table", "main"]
+__all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -76,25 +91,6 @@ def _usage(message: str) -> CommandError:
 # -- output helpers ------------------------------------------------------------------------
 
 
-def format_table(headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> str:
-    """Return ``rows`` as left-aligned columns separated by two spaces (no trailing blanks).
-
-    Cells are ``str()``-ed with their line breaks flattened to spaces; None shows as ``-``.
-    """
-    table = [list(headers)] if headers else []
-    table += [[_cell(cell) for cell in row] for row in rows]
-    if not table:
-        return ""
-    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in table
-    )
-
-
-def _cell(value: Any) -> str:
-    return "-" if value is None else " ".join(str(value).split())
-
-
 def _time(value: datetime | None, *, precise: bool = False) -> str:
     if value is None:
         return "-"
@@ -106,20 +102,6 @@ def _duration(run: FlowRun | TaskRun) -> str:
     if run.start_time is None:
         return "-"
     return format_duration(run.estimated_run_time)
-
-
-def format_duration(value: timedelta) -> str:
-    """Return a short human duration: ``0.012s``, ``12.5s``, ``3m 07s``, ``2h 05m``."""
-    seconds = value.total_seconds()
-    if seconds < 10:
-        return f"{seconds:.3f}s"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m {secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
 
 
 def _one_line(exc: BaseException) -> str:
@@ -143,33 +125,31 @@ def _store_url(args: argparse.Namespace) -> str | None:
 
 
 @contextmanager
-def _reading(args: argparse.Namespace) -> Iterator[StoreBackend]:
-    """Yield the selected store's backend for reading, once orphaned runs are marked."""
+def _store(args: argparse.Namespace) -> Iterator[StoreBackend]:
+    """Open the selected store for a command: in the block, the public read functions
+    (and the run controls called from sync code) use it. Runs whose process died are
+    marked Crashed first, so that what the command shows is true (a run killed with -9
+    does not stay Running forever)."""
     url = _store_url(args)
     backend, owned = (default_backend(), False) if url is None else open_backend(url)
     try:
         backend.sync_external()
         anyio.run(_open_runtime, backend)
-        yield backend
+        with Runtime(store=backend):
+            yield backend
     finally:
         if owned:
             backend.close()
 
 
 async def _open_runtime(backend: StoreBackend) -> None:
-    # Opening a runtime marks Crashed the runs whose process died, so that what the
-    # command shows is true (a run killed with -9 does not stay Running forever).
+    # Opening a runtime on a store marks Crashed the runs whose owner process is gone.
     async with Runtime(store=backend):
         pass
 
 
-def _runtime(args: argparse.Namespace) -> Runtime:
-    """Return a runtime on the selected store: flows and run controls inside use it."""
-    return Runtime(store=_store_url(args))
-
-
-def _find_flow_run(backend: StoreBackend, text: str) -> FlowRun:
-    """Return the flow run whose id is ``text`` or starts with it.
+def _find_flow_run(text: str) -> FlowRun:
+    """Return the flow run whose id is ``text`` or starts with it, from the command's store.
 
     Raises:
         CommandError: no flow run, or several, match.
@@ -181,12 +161,12 @@ def _find_flow_run(backend: StoreBackend, text: str) -> FlowRun:
         run_id = None
     if run_id is not None:
         try:
-            return backend.read_flow_run(run_id)
+            return read_flow_run(run_id)  # type: ignore[no-any-return]
         except ObjectNotFound:
             raise CommandError(f"no flow run with id {text}") from None
     if not wanted or set(wanted) - set("0123456789abcdef-"):
         raise CommandError(f"no flow run with id {text}")
-    matches = [run for run in backend.read_flow_runs() if str(run.id).startswith(wanted)]
+    matches = [run for run in read_flow_runs(limit=None) if str(run.id).startswith(wanted)]
     if not matches:
         raise CommandError(f"no flow run with id {text}")
     if len(matches) > 1:
@@ -196,7 +176,7 @@ def _find_flow_run(backend: StoreBackend, text: str) -> FlowRun:
             f"id prefix {text!r} matches {len(matches)} flow runs ({shown}{more}); "
             "give more characters"
         )
-    return matches[0]
+    return matches[0]  # type: ignore[no-any-return]
 
 
 # -- stageflow run -------------------------------------------------------------------------
@@ -262,16 +242,17 @@ def _resume_hint(args: argparse.Namespace, run_id: UUID) -> str:
     return f"stageflow{store} runs resume {run_id}"
 
 
-def _report(
-    args: argparse.Namespace, backend: StoreBackend, run_id: UUID, state: State[Any]
-) -> int:
-    """Print how the run ended; return the exit code for it."""
-    name = backend.read_flow_run(run_id).name
+def _report(args: argparse.Namespace, run_id: UUID, state: State[Any]) -> int:
+    """Print how the run ended (and its task runs, by state); return the exit code."""
+    name = read_flow_run(run_id).name
     if state.is_paused():
         print(f"Flow run {name!r} is {state}; resume it with: {_resume_hint(args, run_id)}")
     else:
         print(f"Flow run {name!r} finished in state {state}")
     print(f"  id:     {run_id}")
+    task_runs = read_task_runs(run_id)
+    if task_runs:
+        print(f"  tasks:  {state_counts(task_runs)}")
     if state.is_completed():
         try:
             text = repr(state.result())
@@ -280,6 +261,26 @@ def _report(
         if text is not None:
             print(f"  result: {text if len(text) <= 200 else text[:197] + '...'}")
     return _exit_code(state)
+
+
+def _check_parameters(flow: Flow[..., Any], target: str, params: dict[str, Any]) -> None:
+    """Refuse ``--param`` values that do not fit the flow's signature, naming the file.
+
+    Raises:
+        CommandError: (usage) a parameter is unknown or a required one is missing.
+    """
+    signature = flow.signature.signature
+    try:
+        signature.bind(**params)
+    except TypeError as exc:
+        # Annotations of classes defined in the flow file would show the internal module
+        # name the file was imported under: show them as the file spells them.
+        parameters = signature.replace(return_annotation=inspect.Signature.empty)
+        shown = str(parameters).replace(f"{flow.fn.__module__}.", "")
+        raise _usage(
+            f"{target}: {exc} (the flow's parameters: {shown}); "
+            "pass parameters as --param NAME=VALUE"
+        ) from None
 
 
 def _runtime_for_sync_calls(args: argparse.Namespace) -> Runtime:
@@ -302,19 +303,24 @@ def _crashed(run_id: UUID, exc: BaseException) -> CommandError:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     flow = load_flow_target(args.target)
-    call = partial(flow, **parse_params(args.param), return_state=True)
+    params = parse_params(args.param)
+    _check_parameters(flow, args.target, params)
+    call = partial(flow, **params, return_state=True)
     with _runtime_for_sync_calls(args) as runtime:
         backend = runtime.backend
         assert backend is not None
         created: list[UUID] = []
+        progress = TaskRunProgress()
 
-        def first_flow_run(run: Any, state: State[Any]) -> None:
+        def on_state(run: Any, state: State[Any]) -> None:
             if not created and isinstance(run, FlowRun):
                 created.append(run.id)
+            progress.on_state(run, state)
 
-        unsubscribe = backend.subscribe(None, first_flow_run)
+        unsubscribe = backend.subscribe(None, on_state)
         try:
-            state = anyio.run(call) if flow.is_async else call()
+            with progress:
+                state = anyio.run(call) if flow.is_async else call()
         except ParameterBindError as exc:
             raise _usage(_one_line(exc)) from None
         except (Exception, SystemExit, KeyboardInterrupt, TerminationSignal) as exc:
@@ -326,34 +332,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
             unsubscribe()
         run_id = state.state_details.flow_run_id
         assert run_id is not None
-        return _report(args, backend, run_id, state)
+        return _report(args, run_id, state)
 
 
 # -- stageflow runs ------------------------------------------------------------------------
 
 
-def _state_filter(values: Sequence[str]) -> tuple[set[StateType], set[str]]:
-    types: set[StateType] = set()
-    names: set[str] = set()
-    for value in values:
-        try:
-            types.add(StateType(value.upper()))
-        except ValueError:
-            names.add(value.lower())
-    return types, names
-
-
 def _cmd_runs_ls(args: argparse.Namespace) -> int:
-    types, names = _state_filter(args.state or [])
-    with _reading(args) as backend:
-        if names:  # a state name is no store filter: filter here, then limit
-            runs = backend.read_flow_runs(flow_name=args.flow)
-            runs = [r for r in runs if r.state_type in types or _state_name(r) in names]
-            runs = runs[: args.limit]
-        else:
-            runs = backend.read_flow_runs(
-                state_types=types or None, flow_name=args.flow, limit=args.limit
-            )
+    with _store(args):
+        try:
+            runs = read_flow_runs(flow_name=args.flow, state=args.state, limit=args.limit)
+        except ValueError as exc:  # an unknown --state: the message lists the valid ones
+            raise _usage(str(exc).replace("Unknown state", "unknown --state", 1)) from None
     if not runs:
         print("No flow runs found.")
         return EXIT_OK
@@ -361,26 +351,27 @@ def _cmd_runs_ls(args: argparse.Namespace) -> int:
     rows = [
         (r.id, r.flow_name, r.name, r.state_name, _time(r.start_time), _duration(r)) for r in runs
     ]
-    print(format_table(headers, rows))
+    print_table(headers, rows)
     return EXIT_OK
 
 
-def _state_name(run: FlowRun | TaskRun) -> str:
-    return (run.state_name or "").lower()
+SHOW_ALL_UP_TO = 20
+"""``runs show`` lists every task run of a flow run with at most this many; past it, a
+count by state and the failed and crashed ones (``--all`` lists every one)."""
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
-    with _reading(args) as backend:
-        run = _find_flow_run(backend, args.id)
-        history = backend.read_state_history("flow", run.id)
-        task_runs = backend.read_task_runs(flow_run_id=run.id)
+    with _store(args):
+        run = _find_flow_run(args.id)
+        history = read_state_history(run.id)
+        task_runs = read_task_runs(run.id)
         subflows = [
-            sub for t in task_runs for sub in backend.read_flow_runs(parent_task_run_id=t.id)
+            sub for t in task_runs for sub in read_flow_runs(parent_task_run_id=t.id, limit=None)
         ]
         parent = None
         if run.parent_task_run_id is not None:
             with suppress(ObjectNotFound):
-                parent = backend.read_task_run(run.parent_task_run_id).flow_run_id
+                parent = read_task_run(run.parent_task_run_id).flow_run_id
     version = "" if run.flow_version is None else f" (version {run.flow_version})"
     fields: list[tuple[str, Any]] = [
         ("id:", run.id),
@@ -401,14 +392,29 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     rows: list[Sequence[Any]]
     rows = [(_time(s.timestamp, precise=True), s.name, s.type, s.message or "") for s in history]
     _section("\nState history", ("TIME", "STATE", "TYPE", "MESSAGE"), rows)
-    rows = [
-        (t.id, t.name, t.state_name, _time(t.start_time), _duration(t), _message(t))
-        for t in task_runs
-    ]
-    _section("\nTask runs", ("ID", "NAME", "STATE", "START", "DURATION", "MESSAGE"), rows)
+    _task_runs_section(task_runs, every=args.all)
     rows = [(s.id, s.flow_name, s.name, s.state_name, _duration(s)) for s in subflows]
     _section("\nSubflow runs", ("ID", "FLOW", "NAME", "STATE", "DURATION"), rows)
     return EXIT_OK
+
+
+def _task_runs_section(task_runs: Sequence[TaskRun], *, every: bool) -> None:
+    """Every task run when there are few (or ``every``); else the failed and crashed ones.
+    Either way under a count of the task runs by state."""
+    if not task_runs:
+        _section("\nTask runs", None, [])
+        return
+    shown = [t for t in task_runs if every or len(task_runs) <= SHOW_ALL_UP_TO or is_failing(t)]
+    print(f"\nTask runs: {state_counts(task_runs)}")
+    if shown:
+        rows = [
+            (t.id, t.name, t.state_name, _time(t.start_time), _duration(t), _message(t))
+            for t in shown
+        ]
+        print_table(("ID", "NAME", "STATE", "START", "DURATION", "MESSAGE"), rows, indent="  ")
+    if len(shown) < len(task_runs):
+        listed = "the failed and crashed ones are listed" if shown else "none failed or crashed"
+        print(f"  ({listed}; --all lists every task run)")
 
 
 def _message(run: FlowRun | TaskRun) -> str:
@@ -417,8 +423,10 @@ def _message(run: FlowRun | TaskRun) -> str:
 
 def _section(title: str, headers: Sequence[str] | None, rows: Sequence[Sequence[Any]]) -> None:
     print(title)
-    text = format_table(headers, rows) if rows else "(none)"
-    print("\n".join(f"  {line}" for line in text.splitlines()))
+    if rows:
+        print_table(headers, rows, indent="  ")
+    else:
+        print("  (none)")
 
 
 def _preload_entrypoint(run: FlowRun) -> None:
@@ -433,63 +441,63 @@ def _preload_entrypoint(run: FlowRun) -> None:
 
 
 def _cmd_runs_resume(args: argparse.Namespace) -> int:
-
     run_input: Any = None
     if args.input is not None:
         try:
             run_input = json.loads(args.input)
         except ValueError as exc:
             raise _usage(f"--input is not valid JSON: {exc}") from None
+    with _store(args) as backend:
+        run = _find_flow_run(args.id)
+        state = run.state
+        crashed = state is not None and state.is_crashed()
+        suspended = state is not None and state.state_details.pause_reschedule
+        if crashed and args.input is not None:
+            raise _usage(f"flow run {run.id} crashed: it takes no --input")
+        if crashed or suspended:
+            _preload_entrypoint(run)
 
-    async def go() -> int:
-        async with _runtime(args) as runtime:
-            backend = runtime.backend
-            assert backend is not None
-            run = _find_flow_run(backend, args.id)
-            state = run.state
-            try:
-                if state is not None and state.is_crashed():
-                    if args.input is not None:
-                        raise _usage(f"flow run {run.id} crashed: it takes no --input")
-                    _preload_entrypoint(run)
-                    final = await rerun_flow_run(run.id)
-                    return _report(args, backend, run.id, final)
-                suspended = state is not None and state.state_details.pause_reschedule
-                if suspended:
-                    _preload_entrypoint(run)
-                await flow_runs.resume_flow_run(run.id, run_input=run_input)
-            except NotPausedError as exc:
-                raise CommandError(
-                    f"{_one_line(exc)} Only paused, suspended or crashed runs can be resumed."
-                ) from None
-            except InvalidRunInput as exc:
-                raise _usage(_one_line(exc)) from None
-            except (FlowPauseTimeout, ObjectNotFound, RuntimeError) as exc:
-                raise CommandError(_one_line(exc)) from None
-            current = backend.read_flow_run(run.id)
-            if suspended and current.state is not None:
-                return _report(args, backend, run.id, current.state)
-            print(f"Resumed flow run {run.name!r}: it is {current.state}")
-            return EXIT_OK
+        async def go() -> State[Any] | None:
+            async with Runtime(store=backend):
+                try:
+                    if crashed:
+                        return await rerun_flow_run(run.id)
+                    await flow_runs.resume_flow_run(run.id, run_input=run_input)
+                    return None
+                except NotPausedError as exc:
+                    raise CommandError(
+                        f"{_one_line(exc)} Only paused, suspended or crashed runs can be resumed."
+                    ) from None
+                except InvalidRunInput as exc:
+                    raise _usage(_one_line(exc)) from None
+                except (FlowPauseTimeout, ObjectNotFound, RuntimeError) as exc:
+                    raise CommandError(_one_line(exc)) from None
 
-    return anyio.run(go)
+        final = anyio.run(go)
+        current = read_flow_run(run.id)
+        if final is not None:
+            return _report(args, run.id, final)
+        if suspended and current.state is not None:
+            return _report(args, run.id, current.state)
+    print(f"Resumed flow run {run.name!r}: it is {current.state}")
+    return EXIT_OK
 
 
 def _cmd_runs_cancel(args: argparse.Namespace) -> int:
+    with _store(args) as backend:
+        run = _find_flow_run(args.id)
+        if run.state is not None and run.state.is_final():
+            raise CommandError(
+                f"flow run {run.id} already finished in state {run.state}; nothing to cancel"
+            )
 
-    async def go() -> int:
-        async with _runtime(args) as runtime:
-            assert runtime.backend is not None
-            run = _find_flow_run(runtime.backend, args.id)
-            if run.state is not None and run.state.is_final():
-                raise CommandError(
-                    f"flow run {run.id} already finished in state {run.state}; nothing to cancel"
-                )
-            state = await flow_runs.cancel_flow_run(run.id)
-            print(f"Cancelled flow run {run.name!r}: it is {state}")
-            return EXIT_OK
+        async def go() -> State[Any]:
+            async with Runtime(store=backend):
+                return await flow_runs.cancel_flow_run(run.id)  # type: ignore[no-any-return]
 
-    return anyio.run(go)
+        state = anyio.run(go)
+    print(f"Cancelled flow run {run.name!r}: it is {state}")
+    return EXIT_OK
 
 
 # -- stageflow limits ----------------------------------------------------------------------
@@ -510,7 +518,7 @@ def _cmd_limits_ls(args: argparse.Namespace) -> int:
         print("No concurrency limits.")
         return EXIT_OK
     rows = [(limit.tag, limit.limit, len(limit.active_slots)) for limit in limits]
-    print(format_table(("TAG", "LIMIT", "ACTIVE"), rows))
+    print_table(("TAG", "LIMIT", "ACTIVE"), rows)
     return EXIT_OK
 
 
@@ -555,16 +563,19 @@ _ID_HELP = "the flow run id, or a unique prefix of it"
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     # Global options work before and after the command: a subcommand's copies default
     # to SUPPRESS, so they only replace the top-level value when given.
-    store_default = None if top else argparse.SUPPRESS
-    level_default = "INFO" if top else argparse.SUPPRESS
+    default = None if top else argparse.SUPPRESS
     parser.add_argument(
         "--store",
         metavar="URL",
-        default=store_default,
+        default=default,
         help="memory:// or sqlite:///path.db (default: $STAGEFLOW_STORE, else the default)",
     )
     parser.add_argument(
-        "--log-level", default=level_default, choices=_LEVELS, help="run logs on stderr (INFO)"
+        "--log-level",
+        default=default,
+        choices=_LEVELS,
+        help="the least level of run logs shown on stderr (default: $STAGEFLOW_LOGGING_LEVEL, "
+        "else INFO)",
     )
 
 
@@ -607,6 +618,12 @@ def build_parser() -> argparse.ArgumentParser:
         runs_commands, "show", _cmd_runs_show, "Show a flow run, its states and its task runs"
     )
     show.add_argument("id", metavar="ID", help=_ID_HELP)
+    show.add_argument(
+        "--all",
+        action="store_true",
+        help=f"list every task run (by default, past {SHOW_ALL_UP_TO} task runs, a count by "
+        "state and the failed and crashed ones)",
+    )
     resume = command(
         runs_commands,
         "resume",
@@ -634,30 +651,22 @@ def build_parser() -> argparse.ArgumentParser:
 # -- main ----------------------------------------------------------------------------------
 
 
-class _RunLabel(logging.Filter):
-    # RUN_LOG_FORMAT names the run; engine records that belong to no run get the logger name.
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not hasattr(record, "run_label"):
-            record.run_label = record.name
-        return True
-
-
 @contextmanager
-def _run_logs(level: str) -> Iterator[None]:
-    """Write the engine's run logs to stderr while a command runs."""
+def _log_level(level: str | None) -> Iterator[None]:
+    """Set the ``stageflow`` logger's level while a command runs (None: leave it as
+    ``$STAGEFLOW_LOGGING_LEVEL`` or the program set it).
+
+    Run logs reach stderr through the console handler (see
+    :mod:`runtime.engine._console`), or through the handlers of a flow file that
+    configures logging itself: never through both.
+    """
     logger = logging.getLogger("stageflow")
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(RUN_LOG_FORMAT, datefmt="%H:%M:%S"))
-    handler.addFilter(_RunLabel())
-    handler.setLevel(level)
     previous = logger.level
-    logger.addHandler(handler)
-    if logger.getEffectiveLevel() > handler.level:
+    if level is not None:
         logger.setLevel(level)
     try:
         yield
     finally:
-        logger.removeHandler(handler)
         logger.setLevel(previous)
 
 
@@ -671,7 +680,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        with _run_logs(args.log_level):
+        with _log_level(args.log_level):
             return handler(args)
     except CommandError as exc:
         print(f"stageflow: {exc}", file=sys.stderr)

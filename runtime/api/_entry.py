@@ -41,7 +41,7 @@ from ..engine._task_engine import (
     run_submitted,
 )
 from ..engine._transactions import get_transaction
-from ..orchestration._runtime import Runtime, background_runtime
+from ..orchestration._runtime import Runtime, background_runtime, loop_runtime, private_runtime
 from ..orchestration._runtime import current_runtime_var as _current_runtime
 from ..store._backend import StoreBackend
 from ..store._urls import default_backend
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ._task import Task
 
 __all__ = [
+    "ambient_runtime",
     "iterate_flow",
     "iterate_task",
     "map_task",
@@ -82,17 +83,15 @@ def current_global_loop() -> GlobalLoop | None:
     return None
 
 
-def _preferred_loop() -> GlobalLoop | None:
-    """The global loop the current runtime asks sync calls to use, if any."""
-    flow_ctx = FlowRunContext.get()
-    runtime = flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
+def _preferred_loop(runtime: Runtime | None) -> GlobalLoop | None:
+    """The global loop ``runtime`` asks sync calls to use, if any."""
     loop = runtime.sync_loop if runtime is not None else None
     return loop if loop is not None and not loop.closed else None
 
 
-def _loop_for_sync_call() -> tuple[GlobalLoop, GlobalLoop | None]:
+def _loop_for_sync_call(runtime: Runtime | None) -> tuple[GlobalLoop, GlobalLoop | None]:
     """Return (loop to call, loop whose thread is calling or None)."""
-    primary = _preferred_loop() or global_loop()
+    primary = _preferred_loop(runtime) or global_loop()
     with _loops_lock:
         _loops[:] = [loop for loop in _loops if not loop.closed]
         if primary not in _loops:
@@ -115,14 +114,24 @@ def _loop_for_sync_call() -> tuple[GlobalLoop, GlobalLoop | None]:
 def run_sync(fn: Callable[..., Any], *args: Any) -> Any:
     """Run the engine coroutine ``fn(loop, *args)`` on a global loop; block until done.
 
-    The calling thread serves the callbacks the engine sends back to it meanwhile.
+    The calling thread serves the callbacks the engine sends back to it meanwhile. The
+    engine runs in a copy of this thread's context in which the runtime serving this
+    call is the inherited one, so on the global loop it finds the same store.
     """
-    return _call_on(*_loop_for_sync_call(), fn, *args)
+    inherited = _inherited_runtime()
+    runtime = ambient_runtime()
+    loop, mine = _loop_for_sync_call(runtime)
+    token = None if runtime is inherited else _current_runtime.set(runtime)
+    try:
+        return _call_on(loop, mine, fn, *args)
+    finally:
+        if token is not None:
+            _current_runtime.reset(token)
 
 
 def _call_on(loop: GlobalLoop, mine: GlobalLoop | None, fn: Callable[..., Any], *args: Any) -> Any:
-    """:func:`run_sync` on ``loop``, chosen by :func:`_loop_for_sync_call` (which said
-    ``mine``, the loop whose thread is calling, if any)."""
+    """Call ``fn(loop, *args)`` on ``loop``, chosen by :func:`_loop_for_sync_call` (which
+    said ``mine``, the loop whose thread is calling, if any)."""
     if mine is None:
         return loop.call(fn, loop, *args)
     ident = threading.get_ident()
@@ -136,19 +145,38 @@ def _call_on(loop: GlobalLoop, mine: GlobalLoop | None, fn: Callable[..., Any], 
 # -- which runtime serves the call -------------------------------------------------------
 
 
+def _inherited_runtime() -> Runtime | None:
+    """The runtime of the enclosing flow run, else of the Runtime block whose context the
+    calling code inherited."""
+    flow_ctx = FlowRunContext.get()
+    return flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
+
+
+def ambient_runtime() -> Runtime | None:
+    """Return the Runtime that serves calls made here, local to this loop or not.
+
+    The inherited one (see :func:`_inherited_runtime`) while it is open; else the
+    innermost Runtime open in this event loop (or, on a worker thread, in the loop that
+    started it); else None (a call then uses an implicit runtime on the default store).
+    """
+    runtime = _inherited_runtime()
+    if runtime is None or runtime.closed:
+        return loop_runtime()
+    return runtime
+
+
 def current_runtime() -> Runtime | None:
     """Return the runtime the calling code runs under, if it is local to this loop."""
-    flow_ctx = FlowRunContext.get()
-    runtime = flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
-    if runtime is not None and runtime.is_local():
+    runtime = _inherited_runtime()
+    if runtime is not None and runtime.is_local():  # the common case, checked first
         return runtime
-    return None
+    runtime = ambient_runtime()
+    return runtime if runtime is not None and runtime.is_local() else None
 
 
 def inherited_backend() -> tuple[StoreBackend, Clock]:
     """Return the backend and clock the calling code should use, local runtime or not."""
-    flow_ctx = FlowRunContext.get()
-    runtime = flow_ctx.runtime if flow_ctx is not None else _current_runtime.get()
+    runtime = ambient_runtime()
     if runtime is not None and runtime.backend is not None:
         return runtime.backend, runtime.clock
     return default_backend(), SystemClock()
@@ -171,7 +199,7 @@ async def runtime_scope() -> AsyncIterator[Runtime]:
     if loop is not None:
         yield await background_runtime(backend, clock, loop)
         return
-    async with Runtime(backend, clock=clock) as runtime:
+    async with private_runtime(backend, clock) as runtime:
         yield runtime
 
 
@@ -656,7 +684,7 @@ async def _items_async(start: Callable[[Runtime], Any]) -> AsyncIterator[Any]:
 def _items_sync(start: Callable[[Runtime], Any]) -> Generator[Any, None, Any]:
     """The generator a call of a sync generator task or flow returns; it returns what the
     user's generator returned."""
-    loop, mine = _loop_for_sync_call()
+    loop, mine = _loop_for_sync_call(ambient_runtime())
     channel: GeneratorChannel = _call_on(loop, mine, _start_on_loop, start)
     try:
         while (item := _call_on(loop, mine, _on_loop, channel.receive)) is not END:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any
 from uuid import UUID
 
-import sniffio
+import pydantic
 
 from ..core import _states as S
 from ..core._exceptions import (
@@ -30,7 +30,6 @@ from ..core._exceptions import (
     FlowRunWaitTimeout,
     InvalidRunInput,
     NotPausedError,
-    ObjectNotFound,
     Pause,
 )
 from ..core._input import input_model, keyset_for, schema_json, unwrap, wrap_payload
@@ -42,7 +41,8 @@ from ..orchestration._orchestrator import ProposeState, Transition
 from ..orchestration._ownership import active_flow_runs, owner_alive
 from ..orchestration._waiting import wait_for_state_change
 from ..store._backend import RunInputWrite
-from ._entry import run_sync, runtime_scope
+from ._calling import as_run_id, run_sync_or_async
+from ._entry import runtime_scope
 from ._registry import register_run_flow
 from ._rerun import run_resumed_flow_run
 
@@ -54,35 +54,9 @@ __all__ = [
     "wait_for_flow_run",
 ]
 
-T = TypeVar("T")
-
 # Input models of pauses waiting in this process, so an in-process resume validates with
 # the real pydantic model (coercion included) rather than its JSON schema.
 _waiting_models: dict[tuple[UUID, str], Any] = {}
-
-
-def _wants_awaitable() -> bool:
-    task_ctx = TaskRunContext.get()
-    if task_ctx is not None:
-        return task_ctx.task.is_async
-    flow_ctx = FlowRunContext.get()
-    if flow_ctx is not None:
-        return flow_ctx.flow.is_async
-    try:
-        sniffio.current_async_library()
-    except sniffio.AsyncLibraryNotFoundError:
-        return False
-    return True
-
-
-async def _on_loop(loop: Any, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-    return await fn(*args)
-
-
-def _sync_or_async(fn: Callable[..., Awaitable[T]], *args: Any) -> Any:
-    if _wants_awaitable():
-        return fn(*args)
-    return run_sync(_on_loop, fn, *args)
 
 
 # -- pause and suspend ---------------------------------------------------------------------
@@ -113,7 +87,7 @@ def pause_flow_run(
         FlowPauseTimeout: the run was not resumed in time (it is now Failed).
     """
     ctx = _pausing_context("paused")
-    return _sync_or_async(_pause, ctx, wait_for_input, timeout, poll_interval, key, False)
+    return run_sync_or_async(_pause, ctx, wait_for_input, timeout, poll_interval, key, False)
 
 
 def suspend_flow_run(
@@ -139,9 +113,9 @@ def suspend_flow_run(
             for a subflow.
     """
     if flow_run_id is not None:
-        return _sync_or_async(_suspend_other, flow_run_id, timeout, key)
+        return run_sync_or_async(_suspend_other, flow_run_id, timeout, key)
     ctx = _pausing_context("suspended")
-    return _sync_or_async(_pause, ctx, wait_for_input, timeout, 10, key, True)
+    return run_sync_or_async(_pause, ctx, wait_for_input, timeout, 10, key, True)
 
 
 def _pausing_context(verb: str) -> FlowRunContext:
@@ -284,7 +258,7 @@ def resume_flow_run(flow_run_id: UUID | str, run_input: Any = None) -> Any:
             the run stays paused, so it can be resumed again with good input.
         FlowPauseTimeout: the pause timed out; the run can no longer be resumed.
     """
-    return _sync_or_async(_resume, _as_uuid(flow_run_id), run_input)
+    return run_sync_or_async(_resume, as_run_id(flow_run_id), run_input)
 
 
 async def _resume(flow_run_id: UUID, run_input: Any) -> None:
@@ -332,32 +306,47 @@ def _not_paused(flow_run_id: UUID, state: State[Any] | None) -> NotPausedError:
 def _validated_input(
     backend: Any, flow_run_id: UUID, keyset: dict[str, str], run_input: Any
 ) -> str:
-    """Return ``run_input`` as JSON after checking it against what the run waits for."""
+    """Return ``run_input`` as JSON after checking it against what the run waits for.
+
+    Raises:
+        InvalidRunInput: the input does not fit; the message names every bad field.
+    """
     model = _waiting_models.get((flow_run_id, keyset["response"]))
     if model is not None:
         try:
             return model.model_validate(wrap_payload(model, run_input)).model_dump_json()  # type: ignore[no-any-return]
-        except Exception as exc:
-            raise InvalidRunInput(f"Invalid input for flow run {flow_run_id}: {exc}") from None
+        except pydantic.ValidationError as exc:
+            problems = [(error["loc"], error["msg"]) for error in exc.errors()]
+            wrapped = set(model.model_fields) == {"value"}
+            raise _invalid_input(flow_run_id, problems, wrapped=wrapped) from None
     schema_text = backend.read_run_input(flow_run_id, keyset["schema"])
     if schema_text is None:
         raise InvalidRunInput(f"Flow run {flow_run_id} waits for input but its schema is missing.")
     schema = json.loads(schema_text)
+    wrapped = set(schema.get("properties", {})) == {"value"}
     payload = run_input
-    if set(schema.get("properties", {})) == {"value"} and not (
-        isinstance(run_input, dict) and set(run_input) == {"value"}
-    ):
+    if wrapped and not (isinstance(run_input, dict) and set(run_input) == {"value"}):
         payload = {"value": run_input}
-    import jsonschema
+    import jsonschema  # only a resume from another process needs it: keep imports light
 
-    try:
-        jsonschema.validate(payload, schema)
-    except jsonschema.ValidationError as exc:
-        where = ".".join(str(part) for part in exc.absolute_path) or "input"
-        raise InvalidRunInput(
-            f"Invalid input for flow run {flow_run_id}: {where}: {exc.message}"
-        ) from None
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = sorted(validator.iter_errors(payload), key=lambda error: list(error.absolute_path))
+    if errors:
+        problems = [(tuple(error.absolute_path), error.message) for error in errors]
+        raise _invalid_input(flow_run_id, problems, wrapped=wrapped)
     return json.dumps(payload)
+
+
+def _invalid_input(
+    flow_run_id: UUID, problems: list[tuple[tuple[Any, ...], str]], *, wrapped: bool
+) -> InvalidRunInput:
+    """The error for input with these (field path, message) problems, naming every field."""
+    described = []
+    for path, message in problems:
+        if wrapped and path[:1] == ("value",):  # a plain type's input is wrapped as "value"
+            path = path[1:]
+        described.append(f"{'.'.join(str(part) for part in path) or 'input'}: {message}")
+    return InvalidRunInput(f"Invalid input for flow run {flow_run_id}: {'; '.join(described)}")
 
 
 # -- cancel and wait -------------------------------------------------------------------------
@@ -374,7 +363,7 @@ def cancel_flow_run(flow_run_id: UUID | str) -> Any:
     Raises:
         ObjectNotFound: no flow run has this id.
     """
-    return _sync_or_async(_cancel, _as_uuid(flow_run_id))
+    return run_sync_or_async(_cancel, as_run_id(flow_run_id))
 
 
 async def _cancel(flow_run_id: UUID) -> State[Any]:
@@ -413,7 +402,7 @@ def wait_for_flow_run(
         ObjectNotFound: no flow run has this id.
         FlowRunWaitTimeout: the run was not final after ``timeout`` seconds.
     """
-    return _sync_or_async(_wait_for, _as_uuid(flow_run_id), timeout, poll_interval)
+    return run_sync_or_async(_wait_for, as_run_id(flow_run_id), timeout, poll_interval)
 
 
 async def _wait_for(flow_run_id: UUID, timeout: float | None, poll_interval: float) -> FlowRun:
@@ -434,12 +423,3 @@ async def _wait_for(flow_run_id: UUID, timeout: float | None, poll_interval: flo
                 )
             wait = poll_interval if remaining is None else min(poll_interval, remaining)
             await wait_for_state_change(backend, flow_run_id, clock, wait)
-
-
-def _as_uuid(value: UUID | str) -> UUID:
-    if isinstance(value, UUID):
-        return value
-    try:
-        return UUID(str(value))
-    except ValueError:
-        raise ObjectNotFound(f"{value!r} is not a flow run id (a UUID).") from None

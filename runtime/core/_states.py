@@ -40,6 +40,7 @@ __all__ = [
     "ResultHandle",
     "Retrying",
     "Running",
+    "STATE_NAMES",
     "Scheduled",
     "State",
     "StateDetails",
@@ -78,6 +79,13 @@ class StateType(str, enum.Enum):
 TERMINAL_STATES = frozenset(
     {StateType.COMPLETED, StateType.CANCELLED, StateType.FAILED, StateType.CRASHED}
 )
+
+STATE_NAMES = (
+    *("Scheduled", "Late", "AwaitingRetry", "AwaitingConcurrencySlot", "Resuming"),
+    *("Pending", "NotReady", "Running", "Retrying", "Completed", "Cached", "RolledBack"),
+    *("Failed", "TimedOut", "Crashed", "Cancelling", "Cancelled", "Paused", "Suspended"),
+)
+"""The names stageflow gives states: each type's own (``Completed``) and the refinements."""
 
 
 class ResultHandle:

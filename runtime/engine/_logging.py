@@ -2,10 +2,11 @@
 
 Records go to the standard ``logging`` module under ``stageflow.flow_runs`` and
 ``stageflow.task_runs`` and carry ``flow_run_name``/``flow_run_id``/``flow_name`` (and
-``task_run_name``/``task_run_id``/``task_name`` for task runs) as record attributes. The
-engine never configures handlers or the root logger: configure logging as usual, e.g.
-``logging.basicConfig(level=logging.INFO)``, and use :data:`RUN_LOG_FORMAT` to show
-which run a line belongs to.
+``task_run_name``/``task_run_id``/``task_name`` for task runs) as record attributes.
+Until the program configures logging, they show on stderr through the console handler
+this module installs on the ``stageflow`` logger (see :mod:`runtime.engine._console`);
+the root logger is never touched. A program that configures logging itself can use
+:data:`RUN_LOG_FORMAT` to show which run a line belongs to.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from contextvars import ContextVar
 from typing import Any, MutableMapping
 
 from ..core._exceptions import MissingContextError
+from ._console import install_console_handler
 from ._context import FlowRunContext, TaskRunContext
 
 __all__ = [
@@ -31,7 +33,10 @@ __all__ = [
 ]
 
 RUN_LOG_FORMAT = "%(asctime)s | %(levelname)-7s | %(run_label)s - %(message)s"
-"""A log format that prefixes each line with ``Flow run 'name'`` or ``Task run 'name'``."""
+"""A log format that prefixes each line with ``Flow run 'name'`` or ``Task run 'name'``
+(for records of run loggers only: others have no ``run_label``)."""
+
+install_console_handler()  # run logs show with no setup, as in Prefect (see ._console)
 
 engine_logger = logging.getLogger("stageflow.engine")
 _flow_runs = logging.getLogger("stageflow.flow_runs")
@@ -124,8 +129,9 @@ def _print(
         except MissingContextError:
             pass
         else:
-            logger.info((" " if sep is None else sep).join(str(arg) for arg in args))
-            return
+            if logger.isEnabledFor(logging.INFO):  # else print it: a print is never lost
+                logger.info((" " if sep is None else sep).join(str(arg) for arg in args))
+                return
     _original_print(*args, sep=sep, end=end, file=file, flush=flush)
 
 

@@ -1,9 +1,13 @@
 """The runtime: the orchestrator and store actors of one event loop.
 
 ``async with Runtime(store=...)`` starts them inside the caller's task group (asyncio or
-trio, e.g. in a Starlette lifespan) and makes them the runtime of every flow called inside
-the block. Without an open Runtime, an async flow call opens an implicit one around
-itself, and sync calls use a runtime that lives on the global loop.
+trio, e.g. in a Starlette lifespan) and makes them the runtime of every flow called in
+that event loop while the block runs, whichever task makes the call: a task that
+inherited the context of a Runtime's block uses that one; any other task uses the
+innermost Runtime open in its loop (:func:`loop_runtime`), found through an anyio
+``RunVar``, since tasks a server starts per request do not inherit the lifespan's context.
+Without an open Runtime, an async flow call opens an implicit one around itself, and sync
+calls use a runtime that lives on the global loop.
 
 A Runtime belongs to the loop it was started in. When code under a Runtime makes a *sync*
 call (say a sync task called from an async flow), the engine for that call runs on the
@@ -20,6 +24,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import anyio
+from anyio.lowlevel import RunVar
 
 from actors import (
     ActorRef,
@@ -38,20 +43,33 @@ from ._orchestrator import Orchestrator
 from ._ownership import reap_orphans
 from ._store_actor import StoreActor
 
-__all__ = ["Runtime", "background_runtime", "current_runtime_var"]
+__all__ = [
+    "Runtime",
+    "background_runtime",
+    "current_runtime_var",
+    "loop_runtime",
+    "private_runtime",
+]
 
 _current_runtime: ContextVar[Runtime | None] = ContextVar("stageflow_runtime", default=None)
 current_runtime_var = _current_runtime
 """The Runtime whose block the calling code runs in (set by ``with``/``async with Runtime``)."""
+
+_open_in_loop: RunVar[tuple[Runtime, ...]] = RunVar("stageflow_open_runtimes", default=())
+"""The Runtimes open (``async with``) in the current event loop, innermost last."""
 
 
 class Runtime:
     """The actors that run flows in one event loop.
 
     As an async context manager, it starts the orchestrator and store actors in the
-    caller's task group. As a plain (sync) context manager, it makes its store (and its
-    global loop) the ones of every flow and task the calling thread runs in the block; the
-    actors then run on that global loop.
+    caller's task group, and while the block runs it serves every flow call made in that
+    event loop, whichever task makes it (say, the request handlers of a service that opens
+    it in its lifespan): a call made in a task that inherited the context of a Runtime's
+    block uses that Runtime; any other task uses the innermost Runtime open in the loop.
+    As a plain (sync) context manager, it makes its store (and its global loop) the ones
+    of every flow and task the calling thread runs in the block; the actors then run on
+    that global loop.
 
     Args:
         store: a store URL (``"memory://"``, ``"sqlite:///path/to.db"``), a
@@ -99,6 +117,7 @@ class Runtime:
         self._owns_backend = False
         self._system: Any = None
         self._sync_token: Any = None
+        self._serves_loop = True  # False for the runtimes made by private_runtime()
 
     def _open(self) -> StoreBackend:
         if self._stack is not None or self._sync_token is not None:
@@ -162,11 +181,15 @@ class Runtime:
         self._stack = stack
         self._thread = threading.get_ident()
         self._token = _current_runtime.set(self)
+        if self._serves_loop:
+            _open_in_loop.set((*_open_in_loop.get(), self))
         return self
 
     async def __aexit__(self, *exc_info: Any) -> bool | None:
         stack, self._stack = self._stack, None
         assert stack is not None
+        if self._serves_loop:
+            _open_in_loop.set(tuple(rt for rt in _open_in_loop.get() if rt is not self))
         try:
             _current_runtime.reset(self._token)
         except ValueError:
@@ -186,6 +209,11 @@ class Runtime:
         """Whether the runtime's actors are running."""
         return self._stack is not None
 
+    @property
+    def closed(self) -> bool:
+        """Whether the runtime is outside its block (not entered yet, or exited)."""
+        return self._stack is None and self._sync_token is None
+
     def is_local(self) -> bool:
         """Whether this runtime runs on the calling thread's event loop."""
         return self._thread == threading.get_ident() and self._stack is not None
@@ -199,7 +227,42 @@ class Runtime:
         return f"<Runtime store={url!r} running={self.running}>"
 
 
+def private_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLoop | None = None) -> Runtime:
+    """Return a Runtime that serves only the calls made in its block's context, not every
+    task of its event loop: the implicit runtime of one flow call, a global loop's
+    background runtime."""
+    runtime = Runtime(backend, clock=clock, loop=loop)
+    runtime._serves_loop = False
+    return runtime
+
+
 # -- finding the runtime for the current loop ------------------------------------------
+
+
+def loop_runtime() -> Runtime | None:
+    """Return the innermost Runtime open (``async with``) in the calling thread's event
+    loop, or, on an anyio worker thread, in the loop that started the thread.
+
+    None outside any event loop, or when no Runtime is open in it.
+    """
+    try:
+        return _innermost()
+    except anyio.NoEventLoopError:
+        pass
+    try:
+        return anyio.from_thread.run_sync(_innermost)
+    except (anyio.NoEventLoopError, anyio.RunFinishedError):
+        # Not an anyio worker thread, or one whose loop has finished.
+        return None
+
+
+def _innermost() -> Runtime | None:
+    """The innermost Runtime open in the current event loop (raises outside one)."""
+    for runtime in reversed(_open_in_loop.get()):
+        if runtime.is_local():
+            return runtime
+    return None
+
 
 COMPANION_STOP_TIMEOUT = 10.0
 """Seconds a closing runtime waits for the background runtimes sharing its store."""
@@ -212,7 +275,7 @@ class _Companion:
     """A runtime serving a backend in the background of a global loop."""
 
     def __init__(self, backend: StoreBackend, clock: Clock, loop: GlobalLoop) -> None:
-        self.runtime = Runtime(backend, clock=clock, loop=loop)
+        self.runtime = private_runtime(backend, clock, loop)
         self.loop = loop
         self.ready = anyio.Event()
         self.failed: BaseException | None = None

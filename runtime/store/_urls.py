@@ -18,7 +18,7 @@ STORE_ENV = "STAGEFLOW_STORE"
 """Environment variable: the URL of the store to use when none is given."""
 
 _FLAGS = {"1": True, "true": True, "yes": True, "on": True}
-_FLAGS.update(dict.fromkeys(("0", "false", "no", "off", ""), False))
+_FLAGS.update(dict.fromkeys(("0", "false", "no", "off"), False))
 
 _default: StoreBackend | None = None
 _default_lock = threading.Lock()
@@ -80,7 +80,7 @@ def _open_sqlite(url: str) -> SqliteStore:
         if key != "fsync" or value not in _FLAGS:
             raise ConfigurationError(
                 f"Unsupported option {key}={values[-1]!r} in the store URL {url!r}: the only "
-                "option is fsync=1 or fsync=0."
+                "option is fsync, set to 1, true, yes or on, or to 0, false, no or off (any case)."
             )
         fsync = _FLAGS[value]
     return SqliteStore(unquote(path), fsync=fsync)

@@ -21,9 +21,10 @@ from uuid import UUID
 
 import pytest
 
-from runtime import FlowRun, State
+from runtime import FlowRun, Runtime, State
 from runtime import states as S
-from runtime.api._cli import _find_flow_run, format_duration, format_table, main, parse_params
+from runtime.api._cli import _find_flow_run, main, parse_params
+from runtime.api._cli_output import format_duration, format_table
 from runtime.store._memory import MemoryStore
 from runtime.store._urls import default_backend, open_backend
 
@@ -76,6 +77,19 @@ def child(y: int) -> int:
 @flow
 def with_tasks(x: int = 2) -> int:
     return child(double(x)) + 1
+
+
+@task
+def odd_fails(i: int) -> int:
+    if i % 2 and i < 4:
+        raise ValueError(f"odd {i}")
+    return i
+
+
+@flow
+def many_tasks(n: int = 25) -> int:
+    odd_fails.map(range(n)).wait()
+    return n
 
 
 @flow
@@ -200,7 +214,8 @@ def test_parse_params_json_else_string() -> None:
 
 class TestFindFlowRun:
     @pytest.fixture
-    def backend(self) -> MemoryStore:
+    def backend(self) -> Iterator[MemoryStore]:
+        """A store with three runs, the one a command reads (as ``_store`` arranges)."""
         backend = MemoryStore()
         for text in (
             "aaaa0000-0000-0000-0000-000000000001",
@@ -209,13 +224,14 @@ class TestFindFlowRun:
         ):
             run = FlowRun(id=UUID(text), name=f"run-{text[:4]}", flow_name="f", version=1)
             backend.create_run("flow", run)
-        return backend
+        with Runtime(store=backend):
+            yield backend
 
     def test_full_id_and_unique_prefix(self, backend: MemoryStore) -> None:
         """A full id or a unique prefix (any case) names one run."""
-        assert _find_flow_run(backend, "bbbb0000-0000-0000-0000-000000000003").name == "run-bbbb"
-        assert _find_flow_run(backend, "BBB").name == "run-bbbb"
-        assert str(_find_flow_run(backend, "aaaa0000-0000-0000-0000-000000000002").id).endswith("2")
+        assert _find_flow_run("bbbb0000-0000-0000-0000-000000000003").name == "run-bbbb"
+        assert _find_flow_run("BBB").name == "run-bbbb"
+        assert str(_find_flow_run("aaaa0000-0000-0000-0000-000000000002").id).endswith("2")
 
     def test_ambiguous_prefix(self, backend: MemoryStore) -> None:
         """A prefix of several ids is refused, naming them."""
@@ -223,7 +239,7 @@ class TestFindFlowRun:
             Exception,
             match=r"^id prefix 'aaaa' matches 2 flow runs \(aaaa0000-.*\); give more characters$",
         ):
-            _find_flow_run(backend, "aaaa")
+            _find_flow_run("aaaa")
 
     @pytest.mark.parametrize(
         "text", ["cccc", "not-an-id", "", "aaaa0000-0000-0000-0000-000000000009"]
@@ -231,7 +247,7 @@ class TestFindFlowRun:
     def test_unknown(self, backend: MemoryStore, text: str) -> None:
         """Nothing matches: the error names what was asked for."""
         with pytest.raises(Exception, match=rf"^no flow run with id {re.escape(text)}$"):
-            _find_flow_run(backend, text)
+            _find_flow_run(text)
 
 
 # -- help and version ----------------------------------------------------------------
@@ -316,14 +332,6 @@ def test_run_async_flow(capsys: pytest.CaptureFixture[str], flows: Path) -> None
     assert "result: 'hello you'" in out
 
 
-def test_run_logs_to_stderr(capsys: pytest.CaptureFixture[str], flows: Path) -> None:
-    """Run logs go to stderr in RUN_LOG_FORMAT; stdout keeps only the report."""
-    assert main(["--store", "memory://", "run", f"{flows}:greet", "-p", "name=x"]) == 0
-    out, err = capsys.readouterr()
-    assert re.search(r"\| INFO    \| Flow run '[\w-]+' - Finished in state Completed\(\)", err)
-    assert "INFO" not in out
-
-
 def test_failing_flow_exits_1(capsys: pytest.CaptureFixture[str], flows: Path) -> None:
     code, out, _ = cli(capsys, "--store", "memory://", "run", f"{flows}:boom")
     assert code == 1
@@ -391,10 +399,10 @@ def test_unknown_parameter_exits_2(capsys: pytest.CaptureFixture[str], flows: Pa
     """Arguments that do not bind create no run: a usage error."""
     code, out, err = cli(capsys, "run", f"{flows}:greet", "-p", "name=x", "-p", "colour=red")
     assert (code, out) == (2, "")
-    assert err.startswith(
-        "stageflow: Error binding parameters for function 'greet': got an unexpected keyword argument 'colour'."
+    assert err == (
+        f"stageflow: {flows}:greet: got an unexpected keyword argument 'colour' (the flow's "
+        "parameters: (name: str, count: int = 1, items: list | None = None)); pass parameters as --param NAME=VALUE\n"
     )
-    assert err.count("\n") == 1
 
 
 def test_unsupported_store_url_exits_2(capsys: pytest.CaptureFixture[str], flows: Path) -> None:
@@ -493,7 +501,7 @@ def test_runs_show(capsys: pytest.CaptureFixture[str], flows: Path, store: list[
         ["Running", "RUNNING"],
         ["Completed", "COMPLETED"],
     ]
-    assert tasks.splitlines()[0] == "Task runs"
+    assert tasks.splitlines()[0] == "Task runs: 2 (2 Completed)"
     task_rows = table_rows(tasks.split("\n", 1)[1])
     assert [(row[1], row[2]) for row in task_rows] == [
         ("double-0", "Completed"),
@@ -508,6 +516,38 @@ def test_runs_show(capsys: pytest.CaptureFixture[str], flows: Path, store: list[
     assert f"parent run:  {run_id}" in out
     assert "double-0" in out
     assert out.endswith("Subflow runs\n  (none)\n")
+
+
+def test_runs_show_summarises_many_task_runs(
+    capsys: pytest.CaptureFixture[str], flows: Path, store: list[str]
+) -> None:
+    """Past 20 task runs, show counts them by state and lists the failed and crashed
+    ones with their messages; --all lists every one."""
+    code, out, _ = cli(capsys, *store, "run", f"{flows}:many_tasks")
+    assert code == 0
+    assert "  tasks:  25 (23 Completed, 2 Failed)\n" in out
+    run_id = run_id_of(out)
+    _, out, _ = cli(capsys, *store, "runs", "show", run_id)
+    tasks = out.split("\n\n")[2]
+    title, table, hint = tasks.split("\n", 1)[0], *tasks.split("\n", 1)[1].rsplit("\n  (", 1)
+    assert title == "Task runs: 25 (23 Completed, 2 Failed)"
+    assert [(row[1], row[2], row[-1]) for row in table_rows(table)] == [
+        ("odd_fails-1", "Failed", "Task run encountered an exception ValueError: odd 1"),
+        ("odd_fails-3", "Failed", "Task run encountered an exception ValueError: odd 3"),
+    ]
+    assert hint == "the failed and crashed ones are listed; --all lists every task run)"
+    _, out, _ = cli(capsys, *store, "runs", "show", run_id, "--all")
+    tasks = out.split("\n\n")[2]
+    assert len(table_rows(tasks.split("\n", 1)[1])) == 25
+
+
+def test_runs_ls_refuses_an_unknown_state(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = cli(capsys, "--store", "memory://", "runs", "ls", "--state", "bogus")
+    assert (code, out) == (2, "")
+    assert err.startswith(
+        "stageflow: unknown --state 'bogus': use a state type (SCHEDULED, PENDING, RUNNING, "
+    )
+    assert "or a state name (Scheduled, Late, " in err
 
 
 def test_runs_show_failed_run_has_message(
@@ -736,6 +776,30 @@ def test_process_exit_codes(flows: Path, env: dict[str, str]) -> None:
     bad = stageflow("run", f"{flows}:nope", env=env)
     assert (bad.returncode, bad.stdout) == (2, "")
     assert bad.stderr == f"stageflow: {flows} has no function 'nope'\n"
+
+
+def test_run_logs_show_once_on_stderr(flows: Path, tmp_path: Path, env: dict[str, str]) -> None:
+    """Run logs go to stderr in Prefect's console format, stdout keeps only the report;
+    a flow file that configures logging gets each line once, in its own format."""
+
+    def run(path: Path) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "runtime", "run", f"{path}:greet", "-p", "name=x"]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
+
+    plain = run(flows)
+    assert plain.returncode == 0, plain.stderr
+    finished = (
+        r"^\d\d:\d\d:\d\d\.\d{3} \| INFO    \| Flow run '[\w-]+' - Finished in state Completed\(\)$"
+    )
+    assert len(re.findall(finished, plain.stderr, re.M)) == 1, plain.stderr
+    assert "INFO" not in plain.stdout
+    configured = tmp_path / "configured.py"
+    setup = "import logging\nlogging.basicConfig(level=logging.INFO, format='%(levelname)s %(message)s')\n"
+    configured.write_text(setup + flows.read_text())
+    own = run(configured)
+    assert own.returncode == 0, own.stderr
+    assert own.stderr.splitlines().count("INFO Finished in state Completed()") == 1, own.stderr
+    assert " | INFO" not in own.stderr
 
 
 def test_python_dash_m_runtime(env: dict[str, str]) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import anyio
 import pytest
@@ -25,12 +25,15 @@ from runtime import (
     task,
     wait_for_flow_run,
 )
+from runtime.api._flow_runs import _validated_input
 from runtime.concurrency import (
     delete_concurrency_limit,
     read_concurrency_limits,
     set_concurrency_limit,
 )
+from runtime.core._input import input_model, keyset_for, schema_json
 from runtime.exceptions import InvalidRunInput, NotPausedError, ObjectNotFound
+from runtime.store._memory import MemoryStore
 from runtime.store._urls import default_backend
 
 
@@ -115,6 +118,52 @@ async def test_invalid_input_raises_to_the_resumer_and_the_run_stays_paused() ->
             assert runtime.backend.read_flow_run(run_id).state.is_paused()
             await resume_flow_run(run_id, run_input="12")
     assert results == [12]
+
+
+class Review(RunInput):
+    approved: bool
+    reviewer: str
+    score: int
+
+
+BAD_REVIEW = {"approved": "perhaps", "score": "high"}
+
+
+async def test_invalid_input_names_every_bad_field() -> None:
+    ids: list[UUID] = []
+
+    @flow
+    async def reviewed() -> Any:
+        ids.append(get_run_context().flow_run.id)
+        return await pause_flow_run(wait_for_input=Review, timeout=60)
+
+    async with Runtime(store="memory://") as runtime:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reviewed)
+            run_id = await _wait_until_paused(runtime, ids)
+            with pytest.raises(InvalidRunInput) as caught:
+                await resume_flow_run(run_id, run_input=BAD_REVIEW)
+            await resume_flow_run(run_id, run_input={"approved": 1, "reviewer": "a", "score": 3})
+    assert str(caught.value) == (
+        f"Invalid input for flow run {run_id}: approved: Input should be a valid boolean, "
+        "unable to interpret input; reviewer: Field required; score: Input should be a valid "
+        "integer, unable to parse string as an integer"
+    )
+
+
+def test_input_checked_against_a_stored_schema_names_every_bad_field() -> None:
+    """A resume from another process checks the input against the run's stored schema."""
+    store, run_id, keyset = MemoryStore(), uuid4(), keyset_for("1")
+    store.write_run_input(run_id, keyset["schema"], schema_json(Review))
+    with pytest.raises(InvalidRunInput) as caught:
+        _validated_input(store, run_id, keyset, BAD_REVIEW)
+    assert str(caught.value) == (
+        f"Invalid input for flow run {run_id}: input: 'reviewer' is a required property; "
+        "approved: 'perhaps' is not of type 'boolean'; score: 'high' is not of type 'integer'"
+    )
+    store.write_run_input(run_id, keyset["schema"], schema_json(input_model(int)))
+    with pytest.raises(InvalidRunInput, match=r": input: 'x' is not of type 'integer'$"):
+        _validated_input(store, run_id, keyset, "x")
 
 
 async def test_a_pause_that_times_out_fails_the_run() -> None:

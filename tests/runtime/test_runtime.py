@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,10 @@ import anyio
 import pytest
 from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
 
-from runtime import Runtime, flow, task
+from runtime import FlowRunContext, Runtime, flow, task
 from runtime.core._exceptions import StoreClosed
 from runtime.store._memory import MemoryStore
+from runtime.store._urls import default_backend
 
 
 def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
@@ -267,6 +269,131 @@ async def test_cancelled_caller_stops_submitted_task_runs() -> None:
         (task_run,) = task_runs_of(rt, run.id)
     assert run.state is not None and run.state.is_crashed()
     assert task_run.state is not None and task_run.state.is_final()
+
+
+# -- which Runtime serves a call: the one open in the loop, whichever task calls ------------
+
+
+def _names_in_default_store(flow_name: str) -> list[str]:
+    return [run.name for run in default_backend().read_flow_runs(flow_name=flow_name)]
+
+
+async def _call_from_a_task_that_inherits_no_runtime(
+    handler: Callable[[], Awaitable[None]],
+) -> MemoryStore:
+    """Run ``handler`` in a task started before a Runtime opens (as a server starts request
+    tasks outside its lifespan's context) while that Runtime is open; return its store."""
+    go, done = anyio.Event(), anyio.Event()
+
+    async def request_task() -> None:
+        await go.wait()
+        await handler()
+        done.set()
+
+    backend = MemoryStore()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(request_task)
+        async with Runtime(store=backend):
+            go.set()
+            await done.wait()
+    return backend
+
+
+async def test_a_task_that_did_not_inherit_the_runtime_uses_the_one_open_in_its_loop() -> None:
+    """A server starts request tasks outside its lifespan's context: they still use the
+    Runtime the lifespan opened, not the default store."""
+
+    @flow(name="not-inherited")
+    async def pipeline() -> None:
+        pass
+
+    store = await _call_from_a_task_that_inherits_no_runtime(pipeline)
+    assert [run.flow_name for run in store.read_flow_runs()] == ["not-inherited"]
+    assert _names_in_default_store("not-inherited") == []
+
+
+async def test_the_innermost_open_runtime_wins_and_an_inherited_one_stays() -> None:
+    served: dict[str, Any] = {}
+
+    @flow
+    async def pipeline(label: str) -> None:
+        ctx = FlowRunContext.get()
+        assert ctx is not None
+        served[label] = ctx.runtime
+
+    calls: anyio.abc.ObjectSendStream[tuple[str, anyio.Event]]
+    calls, requests = anyio.create_memory_object_stream[tuple[str, anyio.Event]]()
+
+    async def server() -> None:  # serves "requests" from a task that inherited no runtime
+        async with requests:
+            async for label, done in requests:
+                await pipeline(label)
+                done.set()
+
+    async def request(label: str) -> None:
+        done = anyio.Event()
+        await calls.send((label, done))
+        await done.wait()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server)
+        async with Runtime(store="memory://") as outer:
+            inherited_go, inherited_done = anyio.Event(), anyio.Event()
+
+            async def inherits_outer() -> None:
+                await inherited_go.wait()
+                await pipeline("inherited")
+                inherited_done.set()
+
+            tg.start_soon(inherits_outer)
+            async with Runtime(store="memory://") as inner:
+                await request("nested")
+                inherited_go.set()
+                await inherited_done.wait()
+            await request("after inner closed")
+        await calls.aclose()
+    assert served == {"nested": inner, "inherited": outer, "after inner closed": outer}
+
+
+async def test_an_implicit_runtime_serves_only_its_own_call() -> None:
+    served: list[Any] = []
+    first_running, release = anyio.Event(), anyio.Event()
+
+    @flow
+    async def first() -> None:
+        served.append(FlowRunContext.get().runtime)  # type: ignore[union-attr]
+        first_running.set()
+        await release.wait()
+
+    @flow
+    async def second() -> None:
+        served.append(FlowRunContext.get().runtime)  # type: ignore[union-attr]
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await first_running.wait()
+        await second()  # no Runtime open: its own implicit one, not first's
+        release.set()
+    assert len(served) == 2 and served[0] is not served[1]
+
+
+async def test_sync_flows_called_from_the_loop_or_its_worker_threads_use_its_runtime() -> None:
+    @task
+    def step() -> int:
+        return 1
+
+    @flow(name="sync-in-service")
+    def sync_pipeline() -> int:
+        return step()
+
+    async def request_handler() -> None:
+        assert await anyio.to_thread.run_sync(sync_pipeline) == 1  # e.g. a `def` endpoint
+        assert sync_pipeline() == 1  # blocking the loop: allowed, if unwise
+
+    store = await _call_from_a_task_that_inherits_no_runtime(request_handler)
+    assert [run.flow_name for run in store.read_flow_runs()] == ["sync-in-service"] * 2
+    assert len(store.read_task_runs()) == 2
+    assert _names_in_default_store("sync-in-service") == []
 
 
 # -- process exit -------------------------------------------------------------------------

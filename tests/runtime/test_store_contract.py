@@ -1045,6 +1045,28 @@ class TestStoreUrls:
         ):
             open_backend(url)
 
+    @pytest.mark.parametrize(
+        ("value", "fsync"),
+        [
+            *((v, True) for v in ("1", "true", "YES", "on")),
+            *((v, False) for v in ("0", "False", "no", "off")),
+        ],
+    )
+    def test_fsync_accepts_what_its_error_message_says(
+        self, tmp_path: Path, value: str, fsync: bool
+    ) -> None:
+        """Every value the message names works, and nothing else does."""
+        store, _ = open_backend(f"sqlite:///{tmp_path / 'f.db'}?fsync={value}")
+        assert isinstance(store, SqliteStore) and store.fsync is fsync
+        store.close()
+        for bad in ("", "2", "maybe"):
+            with pytest.raises(
+                ConfigurationError,
+                match=r": the only option is fsync, set to 1, true, yes or on, or to 0, false, "
+                r"no or off \(any case\)\.$",
+            ):
+                open_backend(f"sqlite:///{tmp_path / 'f.db'}?fsync={bad}")
+
     @pytest.mark.parametrize("url", ["sqlite://relative.db", "sqlite:///", "sqlite:///?fsync=1"])
     def test_bad_urls(self, url: str) -> None:
         """URLs that name no file are refused."""
