@@ -65,7 +65,7 @@ from ._read import (
     read_task_run,
     read_task_runs,
 )
-from ._rerun import import_flow_file, rerun_flow_run
+from ._rerun import NO_INPUT, import_flow_file, rerun_flow_run
 
 __all__ = ["main"]
 
@@ -452,8 +452,6 @@ def _cmd_runs_resume(args: argparse.Namespace) -> int:
         state = run.state
         crashed = state is not None and state.is_crashed()
         suspended = state is not None and state.state_details.pause_reschedule
-        if crashed and args.input is not None:
-            raise _usage(f"flow run {run.id} crashed: it takes no --input")
         if crashed or suspended:
             _preload_entrypoint(run)
 
@@ -461,7 +459,9 @@ def _cmd_runs_resume(args: argparse.Namespace) -> int:
             async with Runtime(store=backend):
                 try:
                     if crashed:
-                        return await rerun_flow_run(run.id)
+                        return await rerun_flow_run(
+                            run.id, NO_INPUT if args.input is None else run_input
+                        )
                     await flow_runs.resume_flow_run(run.id, run_input=run_input)
                     return None
                 except NotPausedError as exc:

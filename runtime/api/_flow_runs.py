@@ -16,12 +16,9 @@ when called from a running event loop and block otherwise.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
-
-import pydantic
 
 from ..core import _states as S
 from ..core._exceptions import (
@@ -32,19 +29,20 @@ from ..core._exceptions import (
     NotPausedError,
     Pause,
 )
-from ..core._input import input_model, keyset_for, schema_json, unwrap, wrap_payload
+from ..core._input import input_model, keyset_for, schema_json, unwrap
 from ..core._models import FlowRun
 from ..core._states import State, StateDetails, StateType
 from ..engine._context import FlowRunContext, TaskRunContext
 from ..engine._logging import get_run_logger
 from ..orchestration._orchestrator import ProposeState, Transition
-from ..orchestration._ownership import active_flow_runs, owner_alive
+from ..orchestration._ownership import ORPHAN_MESSAGE, active_flow_runs, is_orphan, owner_alive
 from ..orchestration._waiting import wait_for_state_change
 from ..store._backend import RunInputWrite
 from ._calling import as_run_id, run_sync_or_async
 from ._entry import runtime_scope
 from ._registry import register_run_flow
-from ._rerun import run_resumed_flow_run
+from ._rerun import NO_INPUT, rerun_flow_run, run_resumed_flow_run
+from ._run_input import validated_input, waiting_models
 
 __all__ = [
     "cancel_flow_run",
@@ -53,11 +51,6 @@ __all__ = [
     "suspend_flow_run",
     "wait_for_flow_run",
 ]
-
-# Input models of pauses waiting in this process, so an in-process resume validates with
-# the real pydantic model (coercion included) rather than its JSON schema.
-_waiting_models: dict[tuple[UUID, str], Any] = {}
-
 
 # -- pause and suspend ---------------------------------------------------------------------
 
@@ -154,7 +147,7 @@ async def _pause(
         )
         if keyset is not None:
             backend.write_run_input(flow_run_id, keyset["schema"], schema_json(model))  # type: ignore[arg-type]
-            _waiting_models[(flow_run_id, keyset["response"])] = model
+            waiting_models[(flow_run_id, keyset["response"])] = model
         transition: Transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
             ProposeState("flow", flow_run_id, proposed)
         )
@@ -205,7 +198,7 @@ async def _pause(
                 state = current.state  # type: ignore[assignment]
         finally:
             if keyset is not None:
-                _waiting_models.pop((flow_run_id, keyset["response"]), None)
+                waiting_models.pop((flow_run_id, keyset["response"]), None)
         logger.info("Resuming flow run execution!")
         return _load_input(backend, flow_run_id, keyset, model)
 
@@ -267,14 +260,31 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
         assert backend is not None
         flow_run = backend.read_flow_run(flow_run_id)
         state = flow_run.state
+        if state is not None and state.is_crashed() and _crashed_while_paused(backend, flow_run_id):
+            # Its process died while it was paused (and the crash was recorded): run it
+            # again here, as a resume of a crashed run does; its pause takes the input.
+            await rerun_flow_run(flow_run_id, NO_INPUT if run_input is None else run_input)
+            return
         if state is None or not state.is_paused():
             raise _not_paused(flow_run_id, state)
         keyset = state.state_details.run_input_keyset
         given = None
         if keyset is not None:
-            value = _validated_input(backend, flow_run_id, keyset, run_input)
+            value = validated_input(backend, flow_run_id, keyset, run_input)
             given = RunInputWrite(keyset["response"], value)
         suspended = state.state_details.pause_reschedule
+        if is_orphan(flow_run):
+            # Paused, but the process that waits for this resume is gone: the run crashed.
+            # Record that (with the input, so the re-run finds it), then run it again here,
+            # as a crashed run is resumed; its pause has fired, so it goes on past it.
+            crashed = S.Crashed(message=ORPHAN_MESSAGE.format(kind="flow", flow_run_id=flow_run_id))
+            transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
+                ProposeState("flow", flow_run_id, crashed, required_types=_PAUSED)
+            )
+            if transition.status != "ACCEPT":
+                raise _not_paused(flow_run_id, transition.state)
+            await rerun_flow_run(flow_run_id, NO_INPUT if run_input is None else run_input)
+            return
         target = S.Scheduled(name="Resuming") if suspended else S.Running()
         # Checked with the write: of two resumers, the second finds the run no longer
         # paused, and its input is not written.
@@ -289,7 +299,7 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
             raise RuntimeError(f"Cannot resume this run: {transition.reason}")
         if suspended and keyset is not None:
             # The suspending body has left; only a pause's own cleanup forgets its model.
-            _waiting_models.pop((flow_run_id, keyset["response"]), None)
+            waiting_models.pop((flow_run_id, keyset["response"]), None)
     if suspended:
         await run_resumed_flow_run(flow_run_id)
 
@@ -297,56 +307,20 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
 _PAUSED = frozenset({StateType.PAUSED})
 
 
+def _crashed_while_paused(backend: Any, flow_run_id: UUID) -> bool:
+    """Whether the run's state before its crash was a pause (not a suspension)."""
+    history = backend.read_state_history("flow", flow_run_id)
+    return (
+        len(history) >= 2
+        and history[-2].is_paused()
+        and not history[-2].state_details.pause_reschedule
+    )
+
+
 def _not_paused(flow_run_id: UUID, state: State[Any] | None) -> NotPausedError:
     return NotPausedError(
         f"Cannot resume flow run {flow_run_id}: it is not paused (it is {state})."
     )
-
-
-def _validated_input(
-    backend: Any, flow_run_id: UUID, keyset: dict[str, str], run_input: Any
-) -> str:
-    """Return ``run_input`` as JSON after checking it against what the run waits for.
-
-    Raises:
-        InvalidRunInput: the input does not fit; the message names every bad field.
-    """
-    model = _waiting_models.get((flow_run_id, keyset["response"]))
-    if model is not None:
-        try:
-            return model.model_validate(wrap_payload(model, run_input)).model_dump_json()  # type: ignore[no-any-return]
-        except pydantic.ValidationError as exc:
-            problems = [(error["loc"], error["msg"]) for error in exc.errors()]
-            wrapped = set(model.model_fields) == {"value"}
-            raise _invalid_input(flow_run_id, problems, wrapped=wrapped) from None
-    schema_text = backend.read_run_input(flow_run_id, keyset["schema"])
-    if schema_text is None:
-        raise InvalidRunInput(f"Flow run {flow_run_id} waits for input but its schema is missing.")
-    schema = json.loads(schema_text)
-    wrapped = set(schema.get("properties", {})) == {"value"}
-    payload = run_input
-    if wrapped and not (isinstance(run_input, dict) and set(run_input) == {"value"}):
-        payload = {"value": run_input}
-    import jsonschema  # only a resume from another process needs it: keep imports light
-
-    validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = sorted(validator.iter_errors(payload), key=lambda error: list(error.absolute_path))
-    if errors:
-        problems = [(tuple(error.absolute_path), error.message) for error in errors]
-        raise _invalid_input(flow_run_id, problems, wrapped=wrapped)
-    return json.dumps(payload)
-
-
-def _invalid_input(
-    flow_run_id: UUID, problems: list[tuple[tuple[Any, ...], str]], *, wrapped: bool
-) -> InvalidRunInput:
-    """The error for input with these (field path, message) problems, naming every field."""
-    described = []
-    for path, message in problems:
-        if wrapped and path[:1] == ("value",):  # a plain type's input is wrapped as "value"
-            path = path[1:]
-        described.append(f"{'.'.join(str(part) for part in path) or 'input'}: {message}")
-    return InvalidRunInput(f"Invalid input for flow run {flow_run_id}: {'; '.join(described)}")
 
 
 # -- cancel and wait -------------------------------------------------------------------------

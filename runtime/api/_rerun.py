@@ -16,17 +16,19 @@ from typing import Any
 from uuid import UUID
 
 from ..core import _states as S
-from ..core._exceptions import NotPausedError, ObjectNotFound
+from ..core._exceptions import InvalidRunInput, NotPausedError, ObjectNotFound
 from ..core._models import FlowRun
 from ..core._states import State, StateType
 from ..engine._body import WORKER_THREADS
 from ..engine._flow_engine import FlowRunEngine
 from ..orchestration._orchestrator import ProposeState, ReadRun, UpdateRun
+from ..store._backend import RunInputWrite
 from ._entry import runtime_scope
 from ._flow import Flow
 from ._registry import flow_at, flow_of_run
+from ._run_input import validated_input
 
-__all__ = ["import_flow_file", "load_flow", "rerun_flow_run", "run_resumed_flow_run"]
+__all__ = ["NO_INPUT", "import_flow_file", "load_flow", "rerun_flow_run", "run_resumed_flow_run"]
 
 
 def import_flow_file(path: Path) -> ModuleType:
@@ -98,17 +100,26 @@ def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
     return target
 
 
-async def rerun_flow_run(flow_run_id: UUID) -> State[Any]:
+NO_INPUT: Any = object()
+"""``run_input``'s default: the resumer gives no input."""
+
+
+async def rerun_flow_run(flow_run_id: UUID, run_input: Any = NO_INPUT) -> State[Any]:
     """Run a crashed flow run's body again, in this process; return its final state.
 
     The run is first claimed: moved from Crashed to Scheduled ("Resuming") in one checked
-    write, so of two processes re-running one run, one runs it.
+    write, so of two processes re-running one run, one runs it. ``run_input`` is for a run
+    that crashed while paused for input (its process died): it is checked as a resume's
+    input and given to the pause, which the re-run passes.
 
     Raises:
         ObjectNotFound: no such run, or its flow cannot be loaded.
         NotPausedError: the run is not crashed (any more: someone else resumed it).
+        InvalidRunInput: ``run_input`` does not fit what the paused run waited for, or the
+            run waited for none.
     """
     async with runtime_scope() as runtime:
+        given = _input_for_crashed_pause(runtime.backend, flow_run_id, run_input)
         transition = await runtime.orchestrator.ask(  # type: ignore[union-attr]
             ProposeState(
                 "flow",
@@ -116,6 +127,7 @@ async def rerun_flow_run(flow_run_id: UUID) -> State[Any]:
                 S.Scheduled(name="Resuming"),
                 force=True,
                 required_types=_CRASHED,
+                run_input=given,
             )
         )
         if transition.status != "ACCEPT":
@@ -124,6 +136,35 @@ async def rerun_flow_run(flow_run_id: UUID) -> State[Any]:
                 f"(it is {transition.state}); another process may have resumed it."
             )
         return await _run_again(runtime, transition.run)
+
+
+def _input_for_crashed_pause(
+    backend: Any, flow_run_id: UUID, run_input: Any
+) -> RunInputWrite | None:
+    """The input for the pause a crashed run was waiting in when its process died, if it
+    was waiting for one.
+
+    Raises:
+        InvalidRunInput: it waits for input and none (or input that does not fit) was
+            given, or input was given to a run that waited for none.
+    """
+    history = backend.read_state_history("flow", flow_run_id)
+    before = history[-2] if len(history) >= 2 and history[-1].is_crashed() else None
+    keyset = before.state_details.run_input_keyset if before and before.is_paused() else None
+    if keyset is None:
+        if run_input is not NO_INPUT:
+            raise InvalidRunInput(
+                f"Flow run {flow_run_id} crashed without waiting for input: resume it without one."
+            )
+        return None
+    if run_input is NO_INPUT:
+        raise InvalidRunInput(
+            f"Flow run {flow_run_id} was paused for input when its process died: resume it "
+            "with the input it waits for."
+        )
+    return RunInputWrite(
+        keyset["response"], validated_input(backend, flow_run_id, keyset, run_input)
+    )
 
 
 async def run_resumed_flow_run(flow_run_id: UUID) -> State[Any]:

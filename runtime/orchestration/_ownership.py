@@ -19,7 +19,14 @@ from ..core import _states as S
 from ..core._states import StateType
 from ._orchestrator import ProposeState
 
-__all__ = ["active_flow_runs", "owner_alive", "process_owner", "reap_orphans"]
+__all__ = [
+    "ORPHAN_MESSAGE",
+    "active_flow_runs",
+    "is_orphan",
+    "owner_alive",
+    "process_owner",
+    "reap_orphans",
+]
 
 _HOST = socket.gethostname()
 
@@ -94,36 +101,47 @@ active_flow_runs = _ActiveRuns()
 
 _reaped: weakref.WeakSet[Any] = weakref.WeakSet()
 
-_ORPHAN_MESSAGE = (
+ORPHAN_MESSAGE = (
     "The process running this {kind} run exited without reporting a final state (it was "
     "killed or crashed). Resume it with `stageflow runs resume {flow_run_id}`."
 )
+
+
+def is_orphan(flow_run: Any) -> bool:
+    """Whether ``flow_run`` needs a process that is gone: unfinished (a suspended run needs
+    none), not driven here, and owned by a process of this host that no longer runs."""
+    state = flow_run.state
+    if state is None or state.is_final() or state.state_details.pause_reschedule:
+        return False
+    return flow_run.id not in active_flow_runs and owner_alive(flow_run.owner) is False
 
 
 async def reap_orphans(runtime: Any) -> int:
     """Mark Crashed every unfinished flow run (and its unfinished task runs) whose owner
     process is gone; return how many flow runs were reaped.
 
-    Paused and suspended runs are left alone: they wait for a resume, not for a process.
+    A paused run's process waits for its resume: a paused run whose process is gone is
+    reaped like a running one (resuming it then runs it again). A suspended run needs no
+    process and is left alone.
     """
     backend = runtime.backend
     if backend in _reaped:
         return 0  # once per store and process: runs orphaned later are this process's own
     _reaped.add(backend)
     orchestrator = runtime.orchestrator
-    unfinished = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING)
+    unfinished = (StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED)
     reaped = 0
     for flow_run in backend.read_flow_runs(state_types=unfinished):
-        if flow_run.id in active_flow_runs or owner_alive(flow_run.owner) is not False:
+        if not is_orphan(flow_run):
             continue
         for task_run in backend.read_task_runs(flow_run_id=flow_run.id):
             state = task_run.state
             if state is not None and not state.is_final() and not state.is_paused():
-                message = _ORPHAN_MESSAGE.format(kind="task", flow_run_id=flow_run.id)
+                message = ORPHAN_MESSAGE.format(kind="task", flow_run_id=flow_run.id)
                 await orchestrator.ask(
                     ProposeState("task", task_run.id, S.Crashed(message=message))
                 )
-        message = _ORPHAN_MESSAGE.format(kind="flow", flow_run_id=flow_run.id)
+        message = ORPHAN_MESSAGE.format(kind="flow", flow_run_id=flow_run.id)
         await orchestrator.ask(ProposeState("flow", flow_run.id, S.Crashed(message=message)))
         reaped += 1
     return reaped

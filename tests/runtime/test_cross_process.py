@@ -408,3 +408,92 @@ def test_unknown_ids_are_one_line_errors(env: dict[str, str]) -> None:
     )
     assert result.returncode != 0
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- a paused run whose process died -----------------------------------------------------------
+
+PAUSED_THEN_KILLED_FLOW = """
+    from runtime import flow, pause_flow_run, task
+
+    @task(persist_result=True)
+    def build() -> str:
+        with open("calls.log", "a") as log:
+            log.write("build\\n")
+        return "v1"
+
+    @flow(persist_result=True)
+    def release() -> str:
+        version = build()
+        print("paused", flush=True)
+        approver = pause_flow_run(wait_for_input=str, timeout=600, poll_interval=60)
+        return f"{version} approved by {approver}"
+
+    if __name__ == "__main__":
+        release()
+"""
+
+
+def _kill_while_paused(tmp_path: Path, env: dict[str, str]) -> Any:
+    process = _start(tmp_path, env, PAUSED_THEN_KILLED_FLOW)
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "paused"
+    run = _wait_until(
+        lambda: (r := _flow_state(env, "release")) and r.state.is_paused() and r,
+        "the flow run to pause",
+    )
+    os.kill(process.pid, signal.SIGKILL)
+    process.communicate(timeout=30)
+    return run
+
+
+def test_resuming_a_paused_run_whose_process_died_runs_it_again(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The resumer finds the paused run orphaned: it records the crash and runs the flow
+    again, here; the pause takes the resumer's input, and finished tasks are not redone."""
+    run = _kill_while_paused(tmp_path, env)
+    result = _in_other_process(
+        env,
+        f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        from runtime import resume_flow_run, read_flow_run
+        resume_flow_run("{run.id}", run_input="ada")
+        print(read_flow_run("{run.id}").state.result())
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "v1 approved by ada"
+    assert (tmp_path / "calls.log").read_text().split() == ["build"]
+    store = _store(env)
+    try:
+        history = [s.name for s in store.read_state_history("flow", run.id)]
+    finally:
+        store.close()
+    assert history[-4:] == ["Crashed", "Resuming", "Running", "Completed"]
+
+
+def test_a_paused_run_whose_process_died_is_crashed_then_resumed_by_the_cli(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The next process that opens the store marks it Crashed (it used to stay Paused for
+    ever, and a resume answered "Resumed ... Running" for a run nobody ran);
+    ``stageflow runs resume ID --input`` then runs it again with that input."""
+    run = _kill_while_paused(tmp_path, env)
+    opened = _in_other_process(
+        env, "import anyio\nfrom runtime import Runtime\nanyio.run(Runtime().__aenter__)"
+    )
+    assert opened.returncode == 0, opened.stderr
+    assert _flow_state(env, "release").state.is_crashed()
+    resumed = subprocess.run(
+        [sys.executable, "-m", "runtime", "runs", "resume", str(run.id), "--input", '"grace"'],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    final = _flow_state(env, "release").state
+    assert final.is_completed() and final.result() == "v1 approved by grace"
+    assert (tmp_path / "calls.log").read_text().split() == ["build"]

@@ -25,7 +25,7 @@ from runtime import (
     task,
     wait_for_flow_run,
 )
-from runtime.api._flow_runs import _validated_input
+from runtime.api._run_input import validated_input as _validated_input
 from runtime.concurrency import (
     delete_concurrency_limit,
     read_concurrency_limits,
