@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 from uuid import UUID
 
 import attrs
@@ -133,11 +133,19 @@ class Orchestrator(Actor):
     mailbox_size = 10_000
     dispatch_from_threads = True  # receive touches the store and the clock, nothing loop-bound
 
-    def __init__(self, backend: StoreBackend, clock: Clock) -> None:
+    def __init__(
+        self,
+        backend: StoreBackend,
+        clock: Clock,
+        on_first_flow_run: Callable[[], None] | None = None,
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self._random = random.Random()
         self._live: dict[UUID, Run] = {}
+        # Called once, when this process first runs a flow run here (creates one, or takes
+        # one over): the runtime starts keeping the process's lease in the store then.
+        self._on_first_flow_run = on_first_flow_run
 
     def receive(self, message: Any) -> Any:
         """Handle a :class:`CreateRun`, :class:`ProposeState`, :class:`UpdateRun` or
@@ -163,6 +171,8 @@ class Orchestrator(Actor):
 
     def create(self, kind: RunKind, run: Run, state: State[Any]) -> Transition:
         """Record a new run in its first state."""
+        if kind == "flow" and self._on_first_flow_run is not None:
+            self._first_flow_run()
         new, stamped, _ = self._apply(kind, run, state)
         self._backend.create_run(kind, new)
         self._remember(new)
@@ -171,6 +181,8 @@ class Orchestrator(Actor):
 
     def update(self, kind: RunKind, run_id: UUID, changes: dict[str, Any]) -> Run:
         """Change fields of a run other than its state; return its new snapshot."""
+        if "owner" in changes and self._on_first_flow_run is not None:
+            self._first_flow_run()
         for _ in range(MAX_CONFLICTS):
             run = self._current(kind, run_id)
             new = evolve(run, **changes, version=run.version + 1)
@@ -278,6 +290,11 @@ class Orchestrator(Actor):
                 continue
             return
         raise self._too_many_conflicts(kind, run_id)
+
+    def _first_flow_run(self) -> None:
+        callback, self._on_first_flow_run = self._on_first_flow_run, None
+        assert callback is not None
+        callback()
 
     # -- snapshots --------------------------------------------------------------------
 

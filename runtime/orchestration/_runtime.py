@@ -21,6 +21,7 @@ import contextlib
 import threading
 from contextlib import AsyncExitStack
 from contextvars import ContextVar
+from functools import partial
 from typing import Any
 
 import anyio
@@ -39,6 +40,7 @@ from actors import (
 
 from ..store._backend import StoreBackend
 from ..store._urls import default_backend, open_backend
+from ._liveness import LivenessActor, lease_keeper, lease_seconds_setting, release_process_lease
 from ._orchestrator import Orchestrator
 from ._ownership import reap_orphans
 from ._store_actor import StoreActor
@@ -78,11 +80,16 @@ class Runtime:
             :class:`actors.GlobalLoop`, a backend name (``"asyncio"`` or ``"trio"``: a
             global loop of that backend, owned by this runtime and closed with it), or
             None for the process's global loop.
-        clock: the clock the engine reads (retry delays, pause timeouts); tests pass a
-            :class:`actors.FakeClock`.
+        clock: the clock the engine reads (retry delays, pause timeouts, schedules);
+            tests pass a :class:`actors.FakeClock`.
+        lease_seconds: the liveness bound on a store shared between processes: once this
+            process runs a flow there, it keeps a lease renewed, and notices within this
+            many seconds that another process is gone (marking that process's runs
+            Crashed). None: ``$STAGEFLOW_LEASE_SECONDS``, else 15.
 
     Raises:
-        ValueError: ``loop`` names no backend.
+        ValueError: ``loop`` names no backend, or ``lease_seconds`` is not positive.
+        ConfigurationError: ``$STAGEFLOW_LEASE_SECONDS`` is not a positive number.
 
     Example::
 
@@ -99,6 +106,7 @@ class Runtime:
         *,
         loop: GlobalLoop | str | None = None,
         clock: Clock | None = None,
+        lease_seconds: float | None = None,
     ) -> None:
         if isinstance(loop, str) and loop not in ("asyncio", "trio"):
             raise ValueError(f"loop must be 'asyncio', 'trio' or a GlobalLoop, got {loop!r}.")
@@ -108,6 +116,7 @@ class Runtime:
         self._loop_arg = loop
         self.sync_loop: GlobalLoop | None = loop if isinstance(loop, GlobalLoop) else None
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self.lease_seconds = lease_seconds_setting(lease_seconds)
         self.backend: StoreBackend | None = None
         self.orchestrator: ActorRef | None = None
         self.store: ActorRef | None = None
@@ -140,6 +149,7 @@ class Runtime:
         if backend is not None and not backend.closed and backend.has_pending_writes():
             backend.commit()
         if self._owns_backend and backend is not None:
+            release_process_lease(backend)
             backend.close()
         if isinstance(self._loop_arg, str) and self.sync_loop is not None:
             self.sync_loop.close()
@@ -166,15 +176,32 @@ class Runtime:
             self.store = await system.spawn(
                 ChildSpec("store", lambda: StoreActor(backend), restart=Restart.PERMANENT)
             )
+            shared = backend.shared_across_processes
+            # On a store other processes share, the process takes its lease there when it
+            # first runs a flow on it (see runtime.orchestration._liveness).
+            keeper = lease_keeper(backend, self.lease_seconds) if shared else None
             self.orchestrator = await system.spawn(
                 ChildSpec(
                     "orchestrator",
-                    lambda: Orchestrator(backend, self.clock),
+                    lambda: Orchestrator(
+                        backend,
+                        self.clock,
+                        None if keeper is None else partial(keeper.take, backend),
+                    ),
                     restart=Restart.PERMANENT,
                 )
             )
-            if backend.shared_across_processes:
+            if keeper is not None:
                 await reap_orphans(self)
+                orchestrator = self.orchestrator
+                await system.spawn(
+                    ChildSpec(
+                        "liveness",
+                        lambda: LivenessActor(backend, orchestrator, keeper),
+                        restart=Restart.PERMANENT,
+                        shutdown_timeout=0,
+                    )
+                )
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
