@@ -11,15 +11,24 @@ counted in whole microseconds), so every process that knows the anchor agrees on
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import attrs
-from croniter import croniter
 
 __all__ = ["Trigger", "check_cron", "check_timezone"]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
+
+
+def _croniter() -> Any:
+    # Imported on first use, not with the module: importing croniter runs `file -b` on the
+    # interpreter in a subprocess (platform.architecture) and costs ~30 ms, which every
+    # `import runtime` would pay, cron schedule or not.
+    from croniter import croniter  # type: ignore[import-untyped]
+
+    return croniter
 
 
 def check_cron(expression: str) -> str:
@@ -28,7 +37,7 @@ def check_cron(expression: str) -> str:
     Raises:
         ValueError: it is not a cron expression.
     """
-    if not isinstance(expression, str) or not croniter.is_valid(expression):
+    if not isinstance(expression, str) or not _croniter().is_valid(expression):
         raise ValueError(
             f"cron={expression!r} is not a cron expression: give five fields, minute hour "
             "day-of-month month day-of-week, such as '0 3 * * *' (every day at 03:00)."
@@ -86,7 +95,7 @@ class Trigger:
             k = (_micros(moment) - anchor) // step + 1
             return _from_micros(anchor + k * step)
         local = moment.astimezone(self._zone())
-        found: datetime = croniter(self.cron, local).get_next(datetime)
+        found: datetime = _croniter()(self.cron, local).get_next(datetime)
         return found.astimezone(timezone.utc)
 
     def last_at_or_before(self, moment: datetime) -> datetime:
@@ -97,7 +106,7 @@ class Trigger:
             k = (_micros(moment) - anchor) // step
             return _from_micros(anchor + k * step)
         local = (moment + _MICROSECOND).astimezone(self._zone())
-        found: datetime = croniter(self.cron, local).get_prev(datetime)
+        found: datetime = _croniter()(self.cron, local).get_prev(datetime)
         return found.astimezone(timezone.utc)
 
     def describe(self) -> str:

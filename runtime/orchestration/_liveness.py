@@ -41,7 +41,7 @@ import attrs
 
 from actors import Actor, ActorRef, Clock, SystemClock
 
-from ..core._exceptions import ConfigurationError, StageflowError
+from ..core._exceptions import ConfigurationError, StageflowError, StoreClosed
 from ..store._backend import StoreBackend
 from ..store._records import ProcessLease
 from ._ownership import HOST, process_owner, reap_dead_processes
@@ -201,6 +201,8 @@ class LeaseKeeper:
     def _write(self, backend: StoreBackend, now: float) -> None:
         try:
             backend.renew_lease(self.lease(now))
+        except StoreClosed:
+            pass  # the process stopped using the store: nothing to keep alive there
         except StageflowError as exc:
             with self._lock:
                 self._renewed_at = None  # try again at the next occasion
@@ -277,10 +279,11 @@ class LivenessActor(Actor):
         self._clock: Clock = clock or SystemClock()
 
     async def run(self) -> None:
-        """Renew and look on time until stopped (a stop cancels the wait at once)."""
+        """Renew and look on time until stopped (a stop cancels the wait at once), or
+        until the store is closed (then return: there is nothing left to keep alive)."""
         clock = self._clock
         keeper = self._keeper
-        while True:
+        while not self._backend.closed:
             now = clock.now()
             if keeper.renewal_due(now):
                 keeper.renew(self._backend, now)
@@ -291,6 +294,8 @@ class LivenessActor(Actor):
     async def _scan(self, now: float) -> None:
         try:
             reaped = await reap_dead_processes(self._orchestrator, self._backend, now=_utc(now))
+        except StoreClosed:
+            return
         except StageflowError as exc:
             _logger.warning("Could not look for dead processes in %s: %s", self._backend.url, exc)
             return

@@ -198,7 +198,7 @@ class Runtime:
                     ChildSpec(
                         "liveness",
                         lambda: LivenessActor(backend, orchestrator, keeper),
-                        restart=Restart.PERMANENT,
+                        restart=Restart.TRANSIENT,  # it returns once the store is closed
                         shutdown_timeout=0,
                     )
                 )
