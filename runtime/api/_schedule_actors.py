@@ -37,7 +37,7 @@ import attrs
 from actors import Actor, ActorRef, ChildSpec, Clock, CrashReport, StartChild, Supervisor
 
 from ..core import _states as S
-from ..core._exceptions import InvalidRunInput, NotPausedError, StageflowError
+from ..core._exceptions import StageflowError
 from ..core._models import FlowRun
 from ..core._states import StateType
 from ..core._triggers import Trigger
@@ -51,19 +51,10 @@ from ..orchestration._waiting import wait_for_state_change
 from ..store._records import ScheduleRecord, ScheduleSlot
 from ._flow_runs import cancel_flow_run
 from ._registry import register_run_flow
-from ._rerun import rerun_flow_run
-from ._schedules import Schedule
+from ._recovery import crashed_runs, may_recover, run_again
+from ._schedules import Schedule, schedule_tag, slot_tag, tagged_slot
 
-__all__ = [
-    "CANCEL_SECONDS",
-    "RunCrashed",
-    "ScheduleContext",
-    "ServeState",
-    "crashed_runs",
-    "schedule_supervisor",
-    "schedule_tag",
-    "slot_tag",
-]
+__all__ = ["CANCEL_SECONDS", "RunCrashed", "ScheduleContext", "ServeState", "schedule_supervisor"]
 
 logger = logging.getLogger("stageflow.schedules")
 
@@ -73,8 +64,6 @@ ON_TIME_SECONDS = 1.0
 """A slot at most this late when a ticker starts is on time, not missed (catch-up)."""
 POLL_SECONDS = 2.0
 """How often a queued slot looks for the end of a previous run of another process."""
-RECOVER_LIMIT = 20
-"""How many crashed runs of a schedule a ticker runs again at a time, newest first."""
 
 _IN_FLIGHT = (
     StateType.SCHEDULED,
@@ -85,34 +74,8 @@ _IN_FLIGHT = (
 )
 
 
-def schedule_tag(name: str) -> str:
-    """The tag of every run of the schedule ``name``."""
-    return f"schedule:{name}"
-
-
-def slot_tag(slot: datetime) -> str:
-    """The tag of the run fired for ``slot``: ``slot:`` and the slot's ISO time in UTC."""
-    return f"slot:{slot.astimezone(timezone.utc).isoformat()}"
-
-
-def _slot_of(run: FlowRun) -> datetime | None:
-    for tag in run.tags:
-        if tag.startswith("slot:"):
-            return datetime.fromisoformat(tag[5:])
-    return None
-
-
 def _at(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, timezone.utc)
-
-
-def crashed_runs(backend: Any, schedule: str, flow_name: str) -> list[FlowRun]:
-    """The newest crashed runs of ``schedule`` (at most :data:`RECOVER_LIMIT`)."""
-    tag = schedule_tag(schedule)
-    runs = backend.read_flow_runs(
-        state_types=(StateType.CRASHED,), flow_name=flow_name, limit=RECOVER_LIMIT
-    )
-    return [run for run in runs if tag in run.tags]
 
 
 class RunCrashed(Exception):
@@ -357,10 +320,10 @@ class _Ticker(Actor):
             return
         for run in crashed_runs(self._backend, ctx.schedule.name, ctx.schedule.flow.name):
             mine = ctx.run_ids.get(run.id)
-            if mine is not None and mine.is_alive:
+            if (mine is not None and mine.is_alive) or not may_recover(self._backend, run):
                 continue
             try:
-                await ctx.start_run(f"recover {run.id}", _Fire(_slot_of(run), run.id))
+                await ctx.start_run(f"recover {run.id}", _Fire(tagged_slot(run), run.id))
             except ValueError:  # an actor of that name runs it already
                 continue
 
@@ -406,7 +369,7 @@ class _RunActor(Actor):
                 await engine.run()
             elif not ctx.serve.draining.is_set():
                 register_run_flow(fire.run_id, flow)
-                await self._run_again(fire.run_id)
+                await run_again(fire.run_id)
         except anyio.get_cancelled_exc_class():
             raise
         except BaseException as exc:  # noqa: BLE001 - re-raised as a crash, see below
@@ -414,20 +377,6 @@ class _RunActor(Actor):
             raise RunCrashed(
                 f"flow run {fire.run_id} of schedule {ctx.schedule.name!r} crashed: {exc!r}"
             ) from exc
-
-    async def _run_again(self, run_id: UUID) -> None:
-        try:
-            await rerun_flow_run(run_id)
-        except NotPausedError:
-            return  # not crashed (any more): it finished, or another process runs it again
-        except InvalidRunInput:
-            logger.warning(
-                "Schedule %r cannot restart flow run %s: it crashed while paused for input. "
-                "Resume it with `stageflow runs resume %s --input JSON`.",
-                self._ctx.schedule.name,
-                run_id,
-                run_id,
-            )
 
     async def _record_crash(self, exc: BaseException) -> None:
         """Mark the run Crashed if the engine could not (an ``Exception`` escaped it)."""

@@ -7,7 +7,7 @@ and check their options when built, with messages that say what to give instead.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -18,7 +18,17 @@ from actors import Restart as ChildRestart
 from ..core._options import check_name
 from ..core._triggers import check_cron, check_timezone
 
-__all__ = ["Catchup", "Overlap", "Restart", "Schedule", "make_schedule"]
+__all__ = [
+    "Catchup",
+    "Overlap",
+    "Restart",
+    "Schedule",
+    "make_schedule",
+    "schedule_tag",
+    "slot_tag",
+    "tagged_schedule",
+    "tagged_slot",
+]
 
 Overlap = Literal["skip", "queue", "allow"]
 """What a slot does while the schedule's previous run still runs: ``skip`` it (no run),
@@ -27,6 +37,36 @@ Overlap = Literal["skip", "queue", "allow"]
 Catchup = Literal["latest", "all", "none"]
 """What a schedule does about the slots it missed while nothing served it: one run for
 the ``latest`` of them, a run for ``all`` of them (oldest first), or ``none``."""
+
+_SCHEDULE_TAG = "schedule:"
+_SLOT_TAG = "slot:"
+
+
+def schedule_tag(name: str) -> str:
+    """The tag of every run of the schedule ``name``: ``schedule:<name>``."""
+    return f"{_SCHEDULE_TAG}{name}"
+
+
+def slot_tag(slot: datetime) -> str:
+    """The tag of the run fired for ``slot``: ``slot:`` and its ISO time in UTC."""
+    return f"{_SLOT_TAG}{slot.astimezone(timezone.utc).isoformat()}"
+
+
+def tagged_schedule(run: Any) -> str | None:
+    """The name of the schedule that fired ``run`` (from its tags), or None."""
+    for tag in run.tags:
+        if tag.startswith(_SCHEDULE_TAG):
+            return str(tag[len(_SCHEDULE_TAG) :])
+    return None
+
+
+def tagged_slot(run: Any) -> datetime | None:
+    """The slot ``run`` was fired for (from its tags), or None."""
+    for tag in run.tags:
+        if tag.startswith(_SLOT_TAG):
+            return datetime.fromisoformat(tag[len(_SLOT_TAG) :])
+    return None
+
 
 _OVERLAPS = ("skip", "queue", "allow")
 _CATCHUPS = ("latest", "all", "none")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from contextlib import AsyncExitStack
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from functools import partial
 from typing import Any
@@ -51,6 +52,7 @@ __all__ = [
     "current_runtime_var",
     "loop_runtime",
     "private_runtime",
+    "set_recovery",
 ]
 
 _current_runtime: ContextVar[Runtime | None] = ContextVar("stageflow_runtime", default=None)
@@ -86,6 +88,10 @@ class Runtime:
             process runs a flow there, it keeps a lease renewed, and notices within this
             many seconds that another process is gone (marking that process's runs
             Crashed). None: ``$STAGEFLOW_LEASE_SECONDS``, else 15.
+        recover: run again, in this runtime, the crashed runs of served flows whose
+            process is gone (as the next ``serve`` of their schedule would, like DBOS's
+            recovery), reusing their finished task results; checked when the runtime
+            starts and every ``lease_seconds / 3`` seconds. Off by default.
 
     Raises:
         ValueError: ``loop`` names no backend, or ``lease_seconds`` is not positive.
@@ -107,6 +113,7 @@ class Runtime:
         loop: GlobalLoop | str | None = None,
         clock: Clock | None = None,
         lease_seconds: float | None = None,
+        recover: bool = False,
     ) -> None:
         if isinstance(loop, str) and loop not in ("asyncio", "trio"):
             raise ValueError(f"loop must be 'asyncio', 'trio' or a GlobalLoop, got {loop!r}.")
@@ -117,6 +124,7 @@ class Runtime:
         self.sync_loop: GlobalLoop | None = loop if isinstance(loop, GlobalLoop) else None
         self.clock: Clock = clock if clock is not None else SystemClock()
         self.lease_seconds = lease_seconds_setting(lease_seconds)
+        self.recover = bool(recover)
         self.backend: StoreBackend | None = None
         self.orchestrator: ActorRef | None = None
         self.store: ActorRef | None = None
@@ -202,6 +210,8 @@ class Runtime:
                         shutdown_timeout=0,
                     )
                 )
+            if self.recover:
+                await _start_recovery(self)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -252,6 +262,28 @@ class Runtime:
     def __repr__(self) -> str:
         url = None if self.backend is None else self.backend.url
         return f"<Runtime store={url!r} running={self.running}>"
+
+
+RecoveryStarter = Callable[[Runtime], Awaitable[None]]
+"""Starts the recovery of crashed served runs in a runtime that asked for it."""
+
+_recovery: list[RecoveryStarter] = []
+
+
+def set_recovery(start: RecoveryStarter) -> None:
+    """Install what ``Runtime(recover=True)`` starts. Running a crashed flow run again
+    needs the flow and the engine, layers above this one: ``runtime.api`` installs its
+    recovery when it is imported (``import runtime`` does)."""
+    _recovery[:] = [start]
+
+
+async def _start_recovery(runtime: Runtime) -> None:
+    if not _recovery:
+        raise RuntimeError(
+            "Runtime(recover=True) needs the flow layer: import runtime (not only "
+            "runtime.orchestration) before opening it."
+        )
+    await _recovery[0](runtime)
 
 
 def private_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLoop | None = None) -> Runtime:

@@ -21,11 +21,24 @@ import anyio
 import pytest
 
 from actors import FakeClock
-from runtime import Restart, Runtime, Schedule, aserve, flow, get_run_context, serve, task
+from runtime import (
+    Restart,
+    Runtime,
+    Schedule,
+    aserve,
+    flow,
+    get_run_context,
+    serve,
+    tags,
+    task,
+)
+from runtime.api._registry import register_run_flow
+from runtime.orchestration._waiting import wait_for_state_change
 from runtime.core._exceptions import ParameterBindError, SchedulesFailed
 from runtime.core._models import FlowRun
 from runtime.store._backend import StoreBackend
 from runtime.store._memory import MemoryStore
+from runtime.store._records import ScheduleRecord
 from runtime.store._sqlite import SqliteStore
 
 START = 1_800_000_000.0  # a whole number of minutes (and of 5 minutes) since the epoch
@@ -506,3 +519,58 @@ class TestOptions:
         async with Runtime(store="memory://", clock=clock):
             with pytest.raises(SchedulesFailed, match=r"^Every schedule stopped \(fragile\)"):
                 await aserve(fragile.to_schedule(interval=60, restart=Restart(max_restarts=0)))
+
+
+# -- Runtime(recover=True) ----------------------------------------------------------------------
+
+
+async def test_a_runtime_with_recover_runs_crashed_served_runs_again() -> None:
+    """``Runtime(recover=True)`` runs again the crashed runs of served flows (a stopped
+    schedule's), reusing their task results; not those of a temporary or failed schedule."""
+    calls: list[str] = []
+    attempts: list[str] = []
+
+    @task
+    async def prepare() -> str:
+        calls.append("prepare")
+        return "data"
+
+    @flow
+    async def pipeline() -> str:
+        data = await prepare()
+        attempts.append(data)
+        if len(attempts) == 1:
+            raise Crash("killed after prepare")
+        return data
+
+    @flow
+    async def fragile() -> None:
+        raise Crash("always")
+
+    store = MemoryStore()
+    now = datetime.now(timezone.utc)
+    for name, restart, status in [
+        ("nightly", "permanent", "stopped"),
+        ("once", "temporary", "stopped"),
+        ("broken", "permanent", "failed"),
+    ]:
+        store.register_schedule(
+            ScheduleRecord(name, "x", None, 60.0, None, None, now, restart=restart, status=status)
+        )
+    async with Runtime(store=store):
+        with tags("schedule:nightly"), pytest.raises(Crash):
+            await pipeline()
+        for name in ("once", "broken"):
+            with tags(f"schedule:{name}"), pytest.raises(Crash):
+                await fragile()
+    crashed = {run.flow_name: run for run in store.read_flow_runs()}
+    for run in crashed.values():
+        register_run_flow(run.id, pipeline if run.flow_name == "pipeline" else fragile)
+    run_id = crashed["pipeline"].id
+    async with Runtime(store=store, recover=True) as rt:
+        with anyio.fail_after(30):  # bounded: the recovery starts with the runtime
+            while store.read_flow_run(run_id).state_name != "Completed":
+                await wait_for_state_change(store, run_id, rt.clock, 1)
+    assert store.read_flow_run(run_id).state.result() == "data"  # type: ignore[union-attr]
+    assert calls == ["prepare"]
+    assert [run.state_name for run in store.read_flow_runs(flow_name="fragile")] == ["Crashed"] * 2
