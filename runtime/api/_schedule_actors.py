@@ -233,9 +233,10 @@ class _Ticker(Actor):
         self._clock = ctx.serve.runtime.clock
 
     async def run(self) -> None:
-        """Catch up with the slots missed since the last claimed one, then fire each
-        slot when it comes."""
+        """Run the crashed runs of the schedule again, catch up with the slots missed
+        since the last claimed one, then fire each slot when it comes."""
         current_runtime_var.set(self._runtime)
+        await self._recover()
         trigger = self._ctx.trigger
         now = _at(self._clock.now())
         for slot in self._due_now(trigger, now):

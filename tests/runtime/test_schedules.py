@@ -369,6 +369,7 @@ async def test_the_next_serve_recovers_a_crashed_run_reusing_its_task_results() 
         assert run.state_name == "Crashed"
         await serve_until(recovered, pipeline.to_schedule(interval=3600))
         runs = runs_of(store, "pipeline")
+        assert clock.now() - START < 3600  # recovered at once, not at the next slot
     assert [r.id for r in runs] == [run.id]  # run again under its id; no new slot was due
     assert runs[0].state_name == "Completed" and runs[0].state.result() == "data"  # type: ignore[union-attr]
     assert calls == ["prepare"]
