@@ -111,7 +111,7 @@ class ServeState:
         """Sleep until the shutdown deadline (``fallback`` if there is none), waking
         earlier if it is moved closer."""
         clock = self.runtime.clock
-        while (deadline := self.deadline or fallback) > clock.now():
+        while (deadline := fallback if self.deadline is None else self.deadline) > clock.now():
             await _sleep_or(clock, deadline, self._changed)
 
 
@@ -319,6 +319,8 @@ class _Ticker(Actor):
         ctx = self._ctx
         if ctx.schedule.restart.type == "temporary":
             return
+        for run_id in [run_id for run_id, ref in ctx.run_ids.items() if not ref.is_alive]:
+            del ctx.run_ids[run_id]  # a serve runs for months: forget the runs that ended
         for run in crashed_runs(self._backend, ctx.schedule.name, ctx.schedule.flow.name):
             mine = ctx.run_ids.get(run.id)
             if (mine is not None and mine.is_alive) or not may_recover(self._backend, run):

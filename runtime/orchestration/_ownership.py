@@ -52,14 +52,19 @@ HOST = socket.gethostname()
 """This machine's host name, as owner tokens and leases record it."""
 
 
-def _start_time(pid: int) -> str:
+def _stat(pid: int) -> tuple[str, str]:
+    """The process's state letter and start time, from ``/proc`` ("?" if unknown)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as stat:
-            # Field 22 (starttime) follows the parenthesised command name.
+            # Fields 3 (state) and 22 (starttime) follow the parenthesised command name.
             fields = stat.read().rsplit(b")", 1)[1].split()
-            return fields[19].decode()
+            return fields[0].decode(), fields[19].decode()
     except (OSError, IndexError):
-        return "?"
+        return "?", "?"
+
+
+def _start_time(pid: int) -> str:
+    return _stat(pid)[1]
 
 
 def _new_owner(pid: int) -> str:
@@ -104,7 +109,10 @@ def owner_alive(owner: str | None) -> bool | None:
         return False
     except PermissionError:
         return True
-    return start == "?" or _start_time(pid) == start
+    state, started = _stat(pid)
+    if state in ("Z", "X"):  # killed, not yet reaped by its parent: a zombie runs nothing
+        return False
+    return start == "?" or started == start
 
 
 def _utcnow() -> datetime:

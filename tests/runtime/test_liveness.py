@@ -115,6 +115,25 @@ class TestLeaseSeconds:
         assert keeper.valid_for + keeper.scan_every == keeper.lease_seconds
 
 
+def test_a_killed_process_not_yet_reaped_by_its_parent_is_gone() -> None:
+    """A process killed with -9 whose parent has not waited for it yet (a zombie) still
+    has its pid; it runs nothing, so its runs' owner is gone."""
+    from runtime.orchestration._ownership import HOST, _start_time, owner_alive
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = f"{HOST}:{child.pid}:{_start_time(child.pid)}:0123abcd"
+        assert owner_alive(owner) is True
+        os.kill(child.pid, signal.SIGKILL)
+        _wait_until(lambda: owner_alive(owner) is False, "the child to die")  # unreaped
+    finally:
+        child.kill()
+        child.wait()
+    assert owner_alive(owner) is False
+    assert owner_alive(f"{HOST}:{child.pid}:{_start_time(child.pid)}") is False  # no nonce
+    assert owner_alive("elsewhere:1:2:3") is None and owner_alive("garbage") is None
+
+
 # -- the liveness actor, on a fake clock ----------------------------------------------------
 
 
@@ -156,7 +175,8 @@ async def test_the_actor_renews_the_lease_and_reaps_a_dead_process() -> None:
         await clock.sleep_until(START + 16)  # the look at 15 finds it expired (at 12)
     assert _state_name(store, dead_run) == "Crashed"
     assert _state_name(store, dead_task) == "Crashed"
-    assert "stageflow runs resume" in (store.read_flow_run(dead_run.id).state.message or "")  # type: ignore[union-attr]
+    crashed = store.read_flow_run(dead_run.id).state
+    assert crashed is not None and "stageflow runs resume" in (crashed.message or "")
     assert _state_name(store, alive_run) == "Running"
     assert _state_name(store, suspended) == "Suspended"
     assert [lease.owner for lease in store.read_leases()] == ["alive", keeper.owner]

@@ -371,7 +371,8 @@ async def test_the_next_serve_recovers_a_crashed_run_reusing_its_task_results() 
         runs = runs_of(store, "pipeline")
         assert clock.now() - START < 3600  # recovered at once, not at the next slot
     assert [r.id for r in runs] == [run.id]  # run again under its id; no new slot was due
-    assert runs[0].state_name == "Completed" and runs[0].state.result() == "data"  # type: ignore[union-attr]
+    final = runs[0].state
+    assert final is not None and final.is_completed() and final.result() == "data"
     assert calls == ["prepare"]
 
 
@@ -489,7 +490,7 @@ class TestOptions:
         with pytest.raises(ParameterBindError):
             etl.to_schedule(interval=5, parameters={"night": "x"})
         with pytest.raises(TypeError, match=r"^restart must be a runtime.Restart"):
-            etl.to_schedule(interval=5, parameters={"day": "x"}, restart="always")  # type: ignore[arg-type]
+            etl.to_schedule(interval=5, parameters={"day": "x"}, restart="no")  # type: ignore
         with pytest.raises(ValueError, match="max_seconds"):
             Restart(backoff=(10, 1))
         schedule = etl.to_schedule(interval=timedelta(minutes=5), parameters={"day": "x"})
