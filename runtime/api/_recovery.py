@@ -23,7 +23,8 @@ from actors import Actor, ChildSpec, Restart
 from ..core._exceptions import InvalidRunInput, NotPausedError, ObjectNotFound
 from ..core._models import FlowRun
 from ..core._states import StateType
-from ..orchestration._ownership import owner_gone, process_owner
+from ..orchestration._owners import process_owner
+from ..orchestration._ownership import owner_gone
 from ..orchestration._runtime import Runtime, current_runtime_var, set_recovery
 from ..store._records import SCHEDULE_FAILED
 from ._rerun import rerun_flow_run

@@ -38,20 +38,19 @@ from actors import Actor, ActorRef, ChildSpec, Clock, CrashReport, StartChild, S
 
 from ..core import _states as S
 from ..core._exceptions import StageflowError
-from ..core._models import FlowRun
 from ..core._states import StateType
 from ..core._triggers import Trigger
 from ..engine._body import WORKER_THREADS
 from ..engine._context import tags
 from ..engine._flow_engine import FlowRunEngine
 from ..orchestration._orchestrator import ProposeState
-from ..orchestration._ownership import process_owner
+from ..orchestration._owners import process_owner
 from ..orchestration._runtime import Runtime, current_runtime_var
 from ..orchestration._waiting import wait_for_state_change
 from ..store._records import ScheduleRecord, ScheduleSlot
 from ._flow_runs import cancel_flow_run
-from ._registry import register_run_flow
 from ._recovery import crashed_runs, may_recover, run_again
+from ._registry import register_run_flow
 from ._schedules import Schedule, schedule_tag, slot_tag, tagged_slot
 
 __all__ = ["CANCEL_SECONDS", "RunCrashed", "ScheduleContext", "ServeState", "schedule_supervisor"]

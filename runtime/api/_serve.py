@@ -32,10 +32,10 @@ from actors import (
     CrashReport,
     StopChild,
     Supervisor,
+    WhichChildren,
     global_loop,
 )
 from actors import Restart as ChildRestart
-from actors import WhichChildren
 
 from ..core._exceptions import SchedulesFailed
 from ..core._parameters import serialize_parameters

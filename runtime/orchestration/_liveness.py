@@ -44,7 +44,8 @@ from actors import Actor, ActorRef, Clock, SystemClock
 from ..core._exceptions import ConfigurationError, StageflowError, StoreClosed
 from ..store._backend import StoreBackend
 from ..store._records import ProcessLease
-from ._ownership import HOST, process_owner, reap_dead_processes
+from ._owners import HOST, process_owner
+from ._ownership import reap_dead_processes
 
 __all__ = [
     "DEFAULT_LEASE_SECONDS",

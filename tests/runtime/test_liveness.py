@@ -20,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import anyio
 import pytest
 
 from actors import ChildSpec, FakeClock, Restart, open_actor_system
@@ -36,7 +35,8 @@ from runtime.orchestration._liveness import (
     lease_seconds_setting,
 )
 from runtime.orchestration._orchestrator import Orchestrator
-from runtime.orchestration._ownership import process_owner, reap_dead_processes
+from runtime.orchestration._owners import HOST, _start_time, owner_alive, process_owner
+from runtime.orchestration._ownership import reap_dead_processes
 from runtime.store._memory import MemoryStore
 from runtime.store._records import ProcessLease
 from runtime.store._sqlite import SqliteStore
@@ -118,7 +118,6 @@ class TestLeaseSeconds:
 def test_a_killed_process_not_yet_reaped_by_its_parent_is_gone() -> None:
     """A process killed with -9 whose parent has not waited for it yet (a zombie) still
     has its pid; it runs nothing, so its runs' owner is gone."""
-    from runtime.orchestration._ownership import HOST, _start_time, owner_alive
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

@@ -9,7 +9,6 @@ and restarts is deterministic.
 
 from __future__ import annotations
 
-import logging
 import signal
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
@@ -33,9 +32,9 @@ from runtime import (
     task,
 )
 from runtime.api._registry import register_run_flow
-from runtime.orchestration._waiting import wait_for_state_change
 from runtime.core._exceptions import ParameterBindError, SchedulesFailed
 from runtime.core._models import FlowRun
+from runtime.orchestration._waiting import wait_for_state_change
 from runtime.store._backend import StoreBackend
 from runtime.store._memory import MemoryStore
 from runtime.store._records import ScheduleRecord
