@@ -623,6 +623,16 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _param_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        *("-p", "--param"),
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help=f"{what}; VALUE is read as JSON if it parses, else as a string",
+    )
+
+
 def _positive(text: str) -> float:
     try:
         value = float(text)
@@ -674,13 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command(commands, "run", _cmd_run, "Run a flow from a file to its final state")
     run.add_argument("target", metavar="FILE.py:FLOW", help="a file and a @flow function in it")
-    run.add_argument(
-        *("-p", "--param"),
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="a flow parameter; VALUE is read as JSON if it parses, else as a string",
-    )
+    _param_option(run, "a flow parameter")
 
     runs = commands.add_parser("runs", help="List, show, resume or cancel flow runs")
     runs_commands = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
@@ -722,13 +726,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--interval", metavar="SECONDS", type=_positive, help="run every SECONDS seconds"
     )
     when.add_argument("--cron", metavar="EXPR", help="run at the times a cron expression matches")
-    served.add_argument(
-        *("-p", "--param"),
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="a flow parameter of every run; VALUE is read as JSON if it parses",
-    )
+    _param_option(served, "a flow parameter of every run")
     served.add_argument("--name", help="the schedule's name (default: the flow's name)")
     served.add_argument("--timezone", metavar="TZ", help="the IANA timezone of --cron (UTC)")
     served.add_argument(

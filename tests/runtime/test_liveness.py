@@ -15,12 +15,12 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_support import wait_until
 
 from actors import ChildSpec, FakeClock, Restart, open_actor_system
 from runtime import Runtime, flow, wait_for_flow_run
@@ -124,7 +124,7 @@ def test_a_killed_process_not_yet_reaped_by_its_parent_is_gone() -> None:
         owner = f"{HOST}:{child.pid}:{_start_time(child.pid)}:0123abcd"
         assert owner_alive(owner) is True
         os.kill(child.pid, signal.SIGKILL)
-        _wait_until(lambda: owner_alive(owner) is False, "the child to die")  # unreaped
+        wait_until(lambda: owner_alive(owner) is False, "the child to die")  # unreaped
     finally:
         child.kill()
         child.wait()
@@ -306,14 +306,6 @@ def _python(env: dict[str, str], code: str, *args: str) -> subprocess.Popen[str]
         stderr=subprocess.PIPE,
         text=True,
     )
-
-
-def _wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-    return value
 
 
 def _stop_outside_a_write(pid: int, db: Path) -> None:

@@ -51,6 +51,32 @@ def _at(offset: float) -> datetime:
     return datetime.fromtimestamp(START + offset, timezone.utc)
 
 
+class CrashOnce:
+    """A flow that runs a task, then crashes on its first run and completes on the next;
+    ``calls`` says how often the task ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.crashed = anyio.Event()
+        self.recovered = anyio.Event()
+
+        @task
+        async def prepare() -> str:
+            self.calls.append("prepare")
+            return "data"
+
+        @flow
+        async def pipeline() -> str:
+            data = await prepare()
+            if not self.crashed.is_set():
+                self.crashed.set()
+                raise Crash("killed after prepare")
+            self.recovered.set()
+            return data
+
+        self.flow = pipeline
+
+
 class Recorder:
     """What the test's flows report: the (fake) offsets their runs start at."""
 
@@ -341,38 +367,22 @@ async def test_the_next_serve_recovers_a_crashed_run_reusing_its_task_results() 
     """A run that crashed and was not restarted (here: temporary) is run again by the next
     serve of its schedule, under its own id; the task it completed is not run again."""
     clock = FakeClock(START, autojump=True)
-    calls: list[str] = []
-    crashed = anyio.Event()
-    recovered = anyio.Event()
-
-    @task
-    async def prepare() -> str:
-        calls.append("prepare")
-        return "data"
-
-    @flow
-    async def pipeline() -> str:
-        data = await prepare()
-        if not crashed.is_set():
-            crashed.set()
-            raise Crash("killed after prepare")
-        recovered.set()
-        return data
+    pipeline = CrashOnce()
 
     async with Runtime(store="memory://", clock=clock) as rt:
         store = rt.backend
         assert store is not None
-        once = pipeline.to_schedule(interval=3600, restart=Restart(type="temporary"))
-        await serve_until(crashed, once)
+        once = pipeline.flow.to_schedule(interval=3600, restart=Restart(type="temporary"))
+        await serve_until(pipeline.crashed, once)
         (run,) = runs_of(store, "pipeline")
         assert run.state_name == "Crashed"
-        await serve_until(recovered, pipeline.to_schedule(interval=3600))
+        await serve_until(pipeline.recovered, pipeline.flow.to_schedule(interval=3600))
         runs = runs_of(store, "pipeline")
         assert clock.now() - START < 3600  # recovered at once, not at the next slot
     assert [r.id for r in runs] == [run.id]  # run again under its id; no new slot was due
     final = runs[0].state
     assert final is not None and final.is_completed() and final.result() == "data"
-    assert calls == ["prepare"]
+    assert pipeline.calls == ["prepare"]
 
 
 # -- shutdown -----------------------------------------------------------------------------------
@@ -528,21 +538,7 @@ class TestOptions:
 async def test_a_runtime_with_recover_runs_crashed_served_runs_again() -> None:
     """``Runtime(recover=True)`` runs again the crashed runs of served flows (a stopped
     schedule's), reusing their task results; not those of a temporary or failed schedule."""
-    calls: list[str] = []
-    attempts: list[str] = []
-
-    @task
-    async def prepare() -> str:
-        calls.append("prepare")
-        return "data"
-
-    @flow
-    async def pipeline() -> str:
-        data = await prepare()
-        attempts.append(data)
-        if len(attempts) == 1:
-            raise Crash("killed after prepare")
-        return data
+    pipeline = CrashOnce()
 
     @flow
     async def fragile() -> None:
@@ -560,18 +556,18 @@ async def test_a_runtime_with_recover_runs_crashed_served_runs_again() -> None:
         )
     async with Runtime(store=store):
         with tags("schedule:nightly"), pytest.raises(Crash):
-            await pipeline()
+            await pipeline.flow()
         for name in ("once", "broken"):
             with tags(f"schedule:{name}"), pytest.raises(Crash):
                 await fragile()
     crashed = {run.flow_name: run for run in store.read_flow_runs()}
     for run in crashed.values():
-        register_run_flow(run.id, pipeline if run.flow_name == "pipeline" else fragile)
+        register_run_flow(run.id, pipeline.flow if run.flow_name == "pipeline" else fragile)
     run_id = crashed["pipeline"].id
     async with Runtime(store=store, recover=True) as rt:
         with anyio.fail_after(30):  # bounded: the recovery starts with the runtime
             while store.read_flow_run(run_id).state_name != "Completed":
                 await wait_for_state_change(store, run_id, rt.clock, 1)
     assert store.read_flow_run(run_id).state.result() == "data"  # type: ignore[union-attr]
-    assert calls == ["prepare"]
+    assert pipeline.calls == ["prepare"]
     assert [run.state_name for run in store.read_flow_runs(flow_name="fragile")] == ["Crashed"] * 2

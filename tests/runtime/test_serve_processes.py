@@ -13,12 +13,12 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_support import wait_until
 
 from runtime.store._sqlite import SqliteStore
 
@@ -84,14 +84,6 @@ def _read(tmp_path: Path, read: Callable[[SqliteStore], Any]) -> Any:
         store.close()
 
 
-def _wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-    return value
-
-
 def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
     """SIGTERM ``process``; return its output once it exited, cleanly."""
     process.send_signal(signal.SIGTERM)
@@ -106,7 +98,7 @@ def test_two_serves_fire_each_slot_once(tmp_path: Path, env: dict[str, str]) -> 
     target = f"{tmp_path / 'flows.py'}:beat"
     serves = [_serve(tmp_path, env, target, "--interval", "0.2") for _ in range(2)]
     try:
-        runs = _wait_until(
+        runs = wait_until(
             lambda: (
                 len(found := _read(tmp_path, lambda s: s.read_flow_runs(flow_name="beat"))) >= 8
                 and found
@@ -147,7 +139,7 @@ def test_the_next_serve_recovers_the_run_of_a_killed_one(
     (tmp_path / "resumed").touch()
     second = _serve(tmp_path, env, target, "--interval", "3600")
     try:
-        _wait_until(
+        wait_until(
             lambda: _read(tmp_path, lambda s: s.read_flow_run(run.id)).state_name == "Completed",
             "the run to be recovered",
         )
