@@ -216,10 +216,6 @@ class _Serve:
         self._state = state = ServeState(runtime, self.grace_period)
         contexts = [ScheduleContext(s, self._register(s), state) for s in self.schedules]
         names = {s.name for s in self.schedules}
-        keeper = None
-        if backend.shared_across_processes:
-            keeper = lease_keeper(backend, runtime.lease_seconds)
-            keeper.set_serving(backend, names, True)
         specs = [
             ChildSpec(
                 f"schedule {ctx.schedule.name}",
@@ -239,6 +235,10 @@ class _Serve:
                 shutdown_timeout=math.inf,
             )
         )
+        keeper = None
+        if backend.shared_across_processes:  # its lease says what it serves
+            keeper = lease_keeper(backend, runtime.lease_seconds)
+            keeper.set_serving(backend, names, True)
         for ctx in contexts:
             logger.info(
                 "Serving flow %r on schedule %r (%s) in %s.",

@@ -57,15 +57,19 @@ def _lease_expired(lease: ProcessLease, now: datetime) -> bool:
     return lease.expires < now or (lease.host == HOST and owner_alive(lease.owner) is False)
 
 
-def owner_gone(backend: StoreBackend, owner: str | None) -> bool:
+def owner_gone(backend: StoreBackend, owner: str | None, since: datetime | None = None) -> bool:
     """Whether the process behind ``owner`` is gone: its lease in ``backend`` expired, or
-    it ran on this host and no longer does. Leases are read on the wall clock."""
+    it ran on this host and no longer does. Leases are read on the wall clock. With
+    ``since`` (when a run of it was recorded), a lease that expired before then does not
+    count: the process was alive after all, and has let its lease lapse since."""
     if not owner or owner == process_owner():
         return False
     if owner_alive(owner) is False:
         return True
     lease = backend.read_lease(owner)
-    return lease is not None and lease.expires < _utcnow()
+    if lease is None or (since is not None and since > lease.expires):
+        return False
+    return lease.expires < _utcnow()
 
 
 class _ActiveRuns:
@@ -113,7 +117,7 @@ def _needs_its_process(flow_run: FlowRun) -> bool:
 def is_orphan(flow_run: FlowRun, backend: StoreBackend) -> bool:
     """Whether ``flow_run`` needs a process that is gone: unfinished (a suspended run needs
     none), not driven here, and its owner gone (:func:`owner_gone`)."""
-    return _needs_its_process(flow_run) and owner_gone(backend, flow_run.owner)
+    return _needs_its_process(flow_run) and owner_gone(backend, flow_run.owner, flow_run.created)
 
 
 async def reap_flow_run(orchestrator: ActorRef, backend: StoreBackend, flow_run: FlowRun) -> None:

@@ -228,14 +228,17 @@ async def test_waiting_for_a_run_of_a_dead_process_returns_it_crashed() -> None:
     assert done.state.is_crashed()
 
 
-async def test_waiting_for_a_run_of_a_live_process_waits() -> None:
-    """A run whose owner renews its lease is not touched: the wait times out."""
+@pytest.mark.parametrize("lease", ["renewed", "lapsed before the run"])
+async def test_waiting_for_a_run_of_a_live_process_waits(lease: str) -> None:
+    """A run whose owner renews its lease is not touched, nor one recorded after its
+    owner's lease lapsed (the owner was alive then): the wait times out."""
     clock = FakeClock(START, autojump=True)
     async with Runtime(store="memory://", clock=clock) as rt:
         store = rt.backend
         assert isinstance(store, MemoryStore)
-        store.renew_lease(_lease("alive", time.time() + 3600))
-        run = _running_flow_run(store, "alive")
+        now = time.time()
+        store.renew_lease(_lease("alive", now + 3600 if lease == "renewed" else now - 60))
+        run = _running_flow_run(store, "alive", created=now - 30)
         with pytest.raises(FlowRunWaitTimeout):
             await wait_for_flow_run(run.id, timeout=30, poll_interval=5)
         assert _state_name(store, run) == "Running"
