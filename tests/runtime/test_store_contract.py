@@ -416,13 +416,14 @@ def race(stores: list[StoreBackend], call: Callable[[int, StoreBackend], Any]) -
 
 
 @pytest.fixture
-def racers(store: StoreBackend, tmp_path: Path) -> Iterator[list[StoreBackend]]:
+def racers(store: StoreBackend) -> Iterator[list[StoreBackend]]:
     """Four handles on the ``store`` fixture's data: the store itself four times in
-    memory; four stores on the same file (as four processes) for SQLite."""
-    if isinstance(store, MemoryStore):
+    memory; for a store shared between processes, three more stores opened on its URL
+    (as three more processes would)."""
+    if not store.shared_across_processes:
         yield [store] * 4
         return
-    others = [SqliteStore(tmp_path / "store.db") for _ in range(3)]
+    others = [open_backend(store.url)[0] for _ in range(3)]
     yield [store, *others]
     for other in others:
         other.close()
