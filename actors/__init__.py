@@ -21,6 +21,7 @@ from ._exceptions import LoopThreadError as LoopThreadError
 from ._exceptions import NoWaitingThread as NoWaitingThread
 from ._exceptions import SupervisorFailed as SupervisorFailed
 from ._global_loop import GlobalLoop as GlobalLoop
+from ._global_loop import PendingCall as PendingCall
 from ._global_loop import global_loop as global_loop
 from ._supervision import Backoff as Backoff
 from ._supervision import ChildSpec as ChildSpec
@@ -52,6 +53,7 @@ __all__ = [
     "LoopThreadError",
     "LoopWaker",
     "NoWaitingThread",
+    "PendingCall",
     "Restart",
     "StartChild",
     "StopChild",

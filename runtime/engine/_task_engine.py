@@ -617,11 +617,10 @@ async def create_task_run(
 
 
 class TaskRunActor(Actor):
-    """A submitted task run: a temporary child of its flow run's supervisor.
+    """A submitted task run: a temporary child of its flow run attempt's supervisor, on a
+    task-runner loop (:mod:`runtime.engine._submission`).
 
-    Its work is the engine run; it hands the final state to the run's future. If the
-    future was claimed by a blocking wait on this same loop before the actor started, the
-    run already happened there and the actor has nothing to do.
+    Its work is the engine run; it hands the final state to the run's future.
     """
 
     def __init__(
@@ -631,15 +630,13 @@ class TaskRunActor(Actor):
         self._future = future
 
     async def run(self) -> None:
-        """Run the task run and resolve its future, unless someone else claimed it.
+        """Run the task run and resolve its future.
 
         A body that raised ``KeyboardInterrupt``, ``SystemExit`` or another non-``Exception``
         left the run Crashed and its future holding that state: whoever waits on the future
         gets the exception. It does not go up to the supervisor, where it would tear down
         the whole runtime (the orchestrator with it) and leave the flow run hanging.
         """
-        if not self._future.claim():
-            return
         try:
             await run_submitted(self._engine_factory(), self._future)
         except (Exception, anyio.get_cancelled_exc_class(), EngineSignal):

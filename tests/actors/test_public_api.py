@@ -24,6 +24,7 @@ EXPECTED = [
     "LoopThreadError",
     "LoopWaker",
     "NoWaitingThread",
+    "PendingCall",
     "Restart",
     "StartChild",
     "StopChild",
