@@ -35,7 +35,8 @@ from ..core._states import State, StateDetails, StateType
 from ..engine._context import FlowRunContext, TaskRunContext
 from ..engine._logging import get_run_logger
 from ..orchestration._orchestrator import ProposeState, Transition
-from ..orchestration._ownership import ORPHAN_MESSAGE, active_flow_runs, is_orphan, owner_alive
+from ..orchestration._owners import owner_alive
+from ..orchestration._ownership import ORPHAN_MESSAGE, active_flow_runs, is_orphan
 from ..orchestration._waiting import wait_for_state_change
 from ..store._backend import RunInputWrite
 from ._calling import as_run_id, run_sync_or_async

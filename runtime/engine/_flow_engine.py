@@ -34,7 +34,8 @@ from ..core._names import generate_run_name
 from ..core._parameters import resolve_run_name, serialize_parameters
 from ..core._states import State, now_utc, replace
 from ..orchestration._orchestrator import CreateRun, ProposeState, Transition, UpdateRun
-from ..orchestration._ownership import active_flow_runs, process_owner
+from ..orchestration._owners import process_owner
+from ..orchestration._ownership import active_flow_runs
 from ..orchestration._store_actor import Commit
 from ..orchestration._waiting import wait_before_proposing_again
 from ..store._results import ResultSettings, persist_result
