@@ -69,8 +69,9 @@ class Listener:
         """Wait up to ``timeout`` seconds until the thread listens; return whether it does."""
         return self._listening.wait(timeout)
 
-    def stop(self, timeout: float = 2.0) -> None:
-        """Stop the thread (it ends within :data:`IDLE_CHECK` seconds; waits that long)."""
+    def stop(self, timeout: float = 0.0) -> None:
+        """Stop the thread: it ends within :data:`IDLE_CHECK` seconds, handling nothing
+        more; wait up to ``timeout`` seconds for that."""
         self._stopped.set()
         self._listening.clear()
         if self._thread is not threading.current_thread():
@@ -87,6 +88,8 @@ class Listener:
                     self._call(self._on_listening)
                     while not self._stopped.is_set():
                         for notify in conn.notifies(timeout=IDLE_CHECK):
+                            if self._stopped.is_set():
+                                break
                             self._call(self._on_notify, notify.payload)
             except psycopg.Error as exc:
                 if self._stopped.is_set():
