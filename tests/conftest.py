@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-from postgres_server import PostgresServer, ServerUnavailable
+from postgres_server import PostgresServer, start_for_tests
 
 _home = tempfile.mkdtemp(prefix="stageflow-tests-")
 os.environ["STAGEFLOW_HOME"] = _home
@@ -46,14 +46,7 @@ def postgres_server_url() -> Iterator[str]:
         yield url
         return
     server = PostgresServer()
-    try:
-        url = server.start()
-    except ServerUnavailable as exc:
-        server.stop()
-        reason = f"no PostgreSQL server could be started ({exc})"
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason}; CI must run the PostgreSQL tests.")
-        pytest.skip(reason)
+    url = start_for_tests(server)
     try:
         yield url
     finally:

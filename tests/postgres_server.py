@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PostgresServer", "ServerUnavailable", "find_bin_dir", "free_port"]
+__all__ = ["PostgresServer", "ServerUnavailable", "find_bin_dir", "free_port", "start_for_tests"]
 
 USER = "stageflow"
 DATABASE = "stageflow"
@@ -161,6 +161,21 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "immediate", "-w",
                       "stop", check=False)  # fmt: skip
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def start_for_tests(server: PostgresServer) -> str:
+    """Start ``server`` for a test fixture and return its URL; when no server can be
+    started, skip the tests that need it, saying why, or fail them under CI (``$CI``)."""
+    import pytest
+
+    try:
+        return server.start()
+    except ServerUnavailable as exc:
+        server.stop()
+        reason = f"no PostgreSQL server could be started ({exc})"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason}; CI must run the PostgreSQL tests.")
+        pytest.skip(reason)
 
 
 def main(argv: list[str]) -> int:

@@ -6,13 +6,17 @@ does, on a server: psycopg 3 with its connection pool (``pip install
 'stageflow[postgres]'``); :mod:`runtime.store._postgres_schema` holds the tables, their
 upgrades and the statements.
 
-**Checked writes.** A run's write is one statement: an ``UPDATE`` of the run's row
+**Checked writes.** A flow run's write is one statement: an ``UPDATE`` of the run's row
 ``WHERE version = <the version the decision was made on>``, with the state's row, the run
 input and the ``NOTIFY`` in the same statement (data-modifying ``WITH`` clauses), which
 write only if the update found its row. PostgreSQL's row lock makes the check and the
 write atomic across every process: of two resumers, one wins; a cancel and a completion
 cannot both land. When nothing was written the store reads the run and raises
-:class:`~runtime.store._backend.StaleRun` with it. Every write is committed at once.
+:class:`~runtime.store._backend.StaleRun` with it. Flow-run writes are committed at once.
+A task run has one writing process (see the store contract): the writes of the task runs
+this store wrote last are checked against those versions in memory and written in
+batches (:mod:`runtime.store._postgres_batch`); any other task run is written like a flow
+run.
 
 **Durability.** By default commits do not wait for the server's WAL flush
 (``synchronous_commit = off`` for the store's own sessions): a commit survives the
@@ -21,13 +25,11 @@ of commits, never half of one, as the SQLite store's default survives a killed p
 but not a power cut. ``?fsync=1`` (or ``STAGEFLOW_STORE_FSYNC=1``) keeps the server's own
 setting (``on`` unless its administrator changed it).
 
-**A lost connection** (a server restart, a network cut) does not fail a call at once: the
-call is tried again on a new connection, with a growing delay, for up to
-``reconnect_timeout`` seconds (30 by default, ``?reconnect_timeout=S`` in the URL), then
-raises :class:`~runtime.core._exceptions.StoreError` naming the server. A write is one
-statement, so it landed whole or not at all; when the connection broke before its answer
-came, the retry finds out which (the run is at the written version with the written
-state: it landed).
+**A lost connection** (a server restart) is ridden out: calls are tried again on new
+connections for up to ``reconnect_timeout`` seconds (30 by default,
+``?reconnect_timeout=S`` in the URL), then raise
+:class:`~runtime.core._exceptions.StoreError` naming the server
+(:mod:`runtime.store._postgres_db`).
 
 **Other processes** notify their flow-run changes and released concurrency slots on the
 store's channel (``LISTEN/NOTIFY``, :mod:`runtime.store._postgres_listen`): a listening
@@ -37,6 +39,9 @@ thread reports them to this process's subscribers as they happen. While it canno
 **States' data.** As in the SQLite store, a state this store wrote reads back as itself
 (data included) while it is among the last ``keep_recent`` it wrote; others carry
 ``states.UNAVAILABLE`` unless their data is a persisted result reference.
+
+(Over 600 lines: this is the whole store contract on a server, one method each; its
+connections and batch, schema and statements, and listener are modules of their own.)
 """
 
 from __future__ import annotations
@@ -44,10 +49,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import Any
 from uuid import UUID
 
 from ..core._exceptions import ConfigurationError, ObjectNotFound, StoreClosed, StoreError
@@ -61,15 +65,15 @@ from ._postgres_schema import MIGRATIONS, SCHEMA_NAME, Statements, migrate
 try:
     import psycopg
     import psycopg.errors
-    from psycopg.types.string import TextLoader
-    from psycopg_pool import ConnectionPool, PoolTimeout
+    import psycopg_pool  # noqa: F401
 except ImportError as exc:  # pragma: no cover - the tests install the extra
     raise ConfigurationError(
         f"The PostgreSQL store needs psycopg 3 and psycopg_pool ({exc}): install them with "
         "pip install 'stageflow[postgres]'."
     ) from exc
 
-from ._postgres_listen import Listener
+from ._postgres_db import Database, unreachable
+from ._postgres_listen import Changes
 
 __all__ = ["DEFAULT_SCHEMA", "PostgresStore"]
 
@@ -77,24 +81,7 @@ DEFAULT_SCHEMA = "stageflow"
 """The PostgreSQL schema the store's tables live in unless the URL says ``?schema=NAME``."""
 
 _logger = logging.getLogger("stageflow")
-_T = TypeVar("_T")
 _KEEP_RECORDS = 1000
-_LOST_STATES = ("57P01", "57P02", "57P03")  # admin/crash shutdown, cannot connect now
-
-
-def _one_line(exc: BaseException) -> str:
-    """libpq's message, on one line."""
-    return " ".join(str(exc).split())
-
-
-def _lost(exc: BaseException) -> bool:
-    """Whether ``exc`` says the connection was lost (worth trying again on a new one)."""
-    if isinstance(exc, (PoolTimeout, psycopg.InterfaceError)):
-        return True
-    if isinstance(exc, psycopg.OperationalError):
-        state = exc.sqlstate
-        return state is None or state.startswith("08") or state in _LOST_STATES
-    return False
 
 
 class PostgresStore(StoreBackend):
@@ -110,6 +97,7 @@ class PostgresStore(StoreBackend):
         reconnect_timeout: seconds a call keeps trying after the connection was lost
             before it raises ``StoreError``.
         pool_size: the most connections the store opens (besides its listener's).
+        commit_delay: longest time, in seconds, a task-run write waits in its batch.
         keep_recent: how many states this store wrote it remembers, so that they read back
             with their in-process data.
         migrations: the schema's upgrade steps (tests pass their own).
@@ -131,6 +119,7 @@ class PostgresStore(StoreBackend):
         fsync: bool | None = None,
         reconnect_timeout: float = 30.0,
         pool_size: int = 4,
+        commit_delay: float = 0.05,
         keep_recent: int = 10_000,
         migrations: list[tuple[str, ...]] = MIGRATIONS,
     ) -> None:
@@ -140,7 +129,6 @@ class PostgresStore(StoreBackend):
                 f"Invalid PostgreSQL schema name {schema!r} for the store: use lower-case "
                 "letters, digits and underscores (at most 63, not starting with a digit)."
             )
-        self._conninfo = conninfo
         info = psycopg.conninfo.conninfo_to_dict(conninfo)
         self.where = (
             f"{info.get('host') or 'localhost'}:{info.get('port') or 5432}/"
@@ -150,128 +138,83 @@ class PostgresStore(StoreBackend):
         self.url = url or f"postgresql://{self.where}?schema={schema}"
         self.schema = schema
         self.fsync = _env_flag(FSYNC_ENV) if fsync is None else fsync
-        self.reconnect_timeout = reconnect_timeout
-        self._pool_size = pool_size
+        self._conninfo = conninfo
         self._sql = Statements(schema)
         self._writer = int.from_bytes(os.urandom(7), "big")  # tags this store's changes
         self._keep_recent = keep_recent
         self._states: OrderedDict[str, State[Any]] = OrderedDict()  # by str(state.id)
         self._records: OrderedDict[str, CacheRecord] = OrderedDict()
         self._memo_lock = threading.Lock()
-        self._seen: dict[UUID, int] = {}  # run id -> newest version known here
-        self._stop = threading.Event()
         try:
             with psycopg.connect(conninfo, autocommit=True, connect_timeout=10) as conn:
                 migrate(conn, schema, self.where, migrations)
         except psycopg.Error as exc:
-            raise self._unreachable(exc) from exc
-        self._pid = os.getpid()
-        self._pool = self._open_pool()
-        self._listener = self._listen()
-
-    # -- connections ------------------------------------------------------------------
-
-    def _open_pool(self) -> ConnectionPool:
-        pool = ConnectionPool(
-            self._conninfo,
-            min_size=1,
-            max_size=self._pool_size,
-            kwargs={"autocommit": True, "prepare_threshold": 0},
-            configure=self._configure,
-            name=f"stageflow {self.where}",
-            open=False,
+            raise unreachable(self.where, exc) from exc
+        self._db = Database(
+            conninfo,
+            url=self.url,
+            where=self.where,
+            sql=self._sql,
+            fsync=self.fsync,
+            reconnect_timeout=reconnect_timeout,
+            pool_size=pool_size,
+            commit_delay=commit_delay,
+            on_fork=self._after_fork,
         )
-        pool.open(wait=False)
-        return pool
+        self._run = self._db.run
+        self._batch = self._db.batch
+        self._changes = self._listen()
 
-    def _configure(self, conn: psycopg.Connection[Any]) -> None:
-        conn.adapters.register_loader("json", TextLoader)  # bodies are parsed by pydantic
-        conn.execute("SET TIME ZONE 'UTC'")
-        if not self.fsync:
-            conn.execute("SET synchronous_commit TO off")
+    @property
+    def reconnect_timeout(self) -> float:
+        """Seconds a call keeps trying after the connection was lost (settable)."""
+        return self._db.reconnect_timeout
 
-    def _listen(self) -> Listener:
-        return Listener(
-            self._conninfo, self._sql.channel, self.where, self._on_notify, self._catch_up
-        )
+    @reconnect_timeout.setter
+    def reconnect_timeout(self, seconds: float) -> None:
+        self._db.reconnect_timeout = seconds
 
-    def _run(self, work: Callable[[psycopg.Connection[Any], bool], _T]) -> _T:
-        """Return ``work(connection, retried)`` on a pooled connection, trying again on a
-        new one while the connection is lost, for up to ``reconnect_timeout`` seconds
-        (``retried`` is then True).
-
-        Raises:
-            StoreClosed: the store is closed.
-            StoreError: the server stayed unreachable, or refused the statement.
-        """
-        deadline: float | None = None
-        delay = 0.0
-        while True:
-            if self._closed:
-                raise StoreClosed(
-                    f"The store {self.url!r} is closed; open a new Runtime to use it."
-                )
-            if self._pid != os.getpid():
-                self._after_fork()
-            now = time.monotonic()
-            try:
-                wait = 10.0 if deadline is None else max(0.05, deadline - now)
-                with self._pool.connection(timeout=wait) as conn:
-                    return work(conn, deadline is not None)
-            except (psycopg.Error, PoolTimeout) as exc:
-                if not _lost(exc):
-                    raise StoreError(
-                        f"The PostgreSQL server at {self.where} refused a statement of the "
-                        f"store {self.url!r}: {_one_line(exc)}."
-                    ) from exc
-                if deadline is None:
-                    deadline = now + self.reconnect_timeout
-                    _logger.warning(
-                        "Lost the connection to the PostgreSQL server at %s (%s); trying "
-                        "again for up to %g s.",
-                        self.where,
-                        _one_line(exc),
-                        self.reconnect_timeout,
-                    )
-                elif time.monotonic() >= deadline:
-                    raise StoreError(
-                        f"Lost the connection to the PostgreSQL server at {self.where} and "
-                        f"could not get it back within {self.reconnect_timeout:g} s ({_one_line(exc)}). "
-                        "Check that the server runs and accepts connections there, then try "
-                        "again."
-                    ) from exc
-                self._stop.wait(delay)
-                delay = min(max(delay * 2, 0.02), 1.0)
-
-    def _unreachable(self, exc: BaseException) -> StoreError:
-        return StoreError(
-            f"The PostgreSQL server at {self.where} cannot be reached or refused the "
-            f"connection ({_one_line(exc)}). Check that it runs and accepts TCP connections "
-            "there, and the user, password and database in the store URL."
-        )
+    def _listen(self) -> Changes:
+        return Changes(self, self._conninfo, self._sql.channel, self._writer, self._keep_recent)
 
     def _after_fork(self) -> None:
-        """In a forked child: leave the parent's connections alone (closing one would end
-        the parent's session) and open new ones."""
-        _inherited.append((self._pool, self._listener))
-        self._pid = os.getpid()
+        """In a forked child (the database opened new connections): new locks, a new
+        listener; the parent's is left alone."""
+        _inherited.append(self._changes)
         self._memo_lock = threading.Lock()
         self._listeners_lock = threading.Lock()
-        self._pool = self._open_pool()
-        self._listener = self._listen()
+        self._batch = self._db.batch
+        self._changes = self._listen()
+
+    def has_pending_writes(self) -> bool:
+        return self._batch.pending
+
+    def commit(self) -> None:
+        """Write the pending task-run batch.
+
+        Raises:
+            StoreError: the server stayed unreachable (the batch is kept for a later try).
+        """
+        if not self._closed:
+            self._db.flush()
 
     def close(self) -> None:
-        """Close the connections; further use raises ``StoreClosed``."""
+        """Write the pending task-run batch and close the connections; further use raises
+        ``StoreClosed``.
+
+        Raises:
+            StoreError: the last batch could not be written (the store is closed all the
+                same).
+        """
         if self._closed:
             return
         self._closed = True
-        self._stop.set()
-        if self._pid == os.getpid():
-            self._listener.stop()
-            self._pool.close(timeout=5)
-        self._states.clear()
-        self._records.clear()
-        self._seen.clear()
+        try:
+            self._db.close()
+        finally:
+            self._changes.stop()
+            self._states.clear()
+            self._records.clear()
 
     # -- runs --------------------------------------------------------------------------
 
@@ -279,11 +222,19 @@ class PostgresStore(StoreBackend):
         sql = self._sql
         state = run.state
         state_row = None if state is None else rows.state_values(state)
-        params: list[Any] = [run.id, *rows.run_values(kind, run, state_row)]
+        run_row = (run.id, *rows.run_values(kind, run, state_row))
+        state_params: list[Any] = []
         if state is not None:
             assert state_row is not None
-            params += self._state_params(kind, state, state_row)
+            state_params = self._state_params(kind, state, state_row)
             self._remember(state)
+        if kind == "task" and not _finished(run):  # into the batch (see _postgres_batch)
+            self._db.check_open()
+            state_row_params = None if state is None else (run.id, *state_params)
+            self._batch.create(run.id, run.version, run_row, state_row_params)
+            self._saw(run)
+            return
+        params = [*run_row, *state_params]
         notify = kind == "flow"
         if notify:
             params += self._notice(kind, run)
@@ -320,10 +271,18 @@ class PostgresStore(StoreBackend):
             head = sql.update_state[kind]
             params = [*rows.state_columns(run, state_row)]
         params += [run.id, run.version - 1]
+        state_params: list[Any] = []
         if state is not None:
             assert state_row is not None and state is current
-            params += self._state_params(kind, state, state_row)
+            state_params = self._state_params(kind, state, state_row)
+            params += state_params
             self._remember(state)
+        if kind == "task" and run_input is None:
+            self._db.check_open()
+            batched = None if state is None else (run.id, *state_params)
+            if self._write_known_task_run(run, state_row, fields_changed, batched):
+                self._saw(run)
+                return
         if run_input is not None:
             params += [run_input.key, run_input.value]
         notify = kind == "flow"
@@ -344,6 +303,32 @@ class PostgresStore(StoreBackend):
         if stale is not None:
             raise StaleRun(stale)
         self._saw(run)
+
+    def _write_known_task_run(
+        self,
+        run: Run,
+        state_row: rows.StateValues | None,
+        fields_changed: bool,
+        state_params: tuple[Any, ...] | None,
+    ) -> bool:
+        """Check and batch a write of a task run this store wrote last; False if it did
+        not write it last (then the write is checked in the database).
+
+        Raises:
+            StaleRun: the write was decided on an older version than this store wrote.
+        """
+
+        def columns(full: bool) -> tuple[Any, ...]:
+            if full:
+                return (*rows.run_values("task", run, state_row), run.id)
+            return (*rows.state_columns(run, state_row), run.id)
+
+        added = self._batch.write(
+            run.id, run.version, _finished(run), fields_changed, columns, state_params
+        )
+        if added is False:
+            raise StaleRun(self.read_task_run(run.id))
+        return added is True
 
     def read_flow_run(self, run_id: UUID) -> FlowRun:
         return self._read("flow", run_id)  # type: ignore[return-value]
@@ -452,64 +437,25 @@ class PostgresStore(StoreBackend):
     # -- other processes ----------------------------------------------------------------
 
     def _saw(self, run: Run) -> None:
-        """Note that this process knows ``run`` at its version (this store wrote it): not
-        news for its subscribers. The oldest half is forgotten past ``keep_recent`` runs."""
-        seen = self._seen
-        seen[run.id] = run.version
-        if len(seen) > self._keep_recent:
-            with self._memo_lock:
-                for run_id in list(seen)[: len(seen) // 2]:
-                    seen.pop(run_id, None)
+        self._changes.saw(run.id, run.version)
 
-    def _on_notify(self, payload: str) -> None:
-        """A notification from the listener: another process changed a run or freed slots."""
-        parts = payload.split()
-        if parts[-1] == str(self._writer) or self._closed:
-            return  # our own change: its subscribers heard it already
-        if parts[0] == "slots":
-            self.notify_slots_released()
-            return
-        kind, run_hex, version = parts[0], parts[1], int(parts[2])
-        run_id = UUID(run_hex)
-        if kind in ("flow", "task") and self.has_listeners(run_id):
-            if self._seen.get(run_id, 0) < version:
-                self._report(kind, run_id)  # type: ignore[arg-type]
-
-    def _report(self, kind: RunKind, run_id: UUID) -> None:
-        try:
-            run = self._read(kind, run_id)
-        except ObjectNotFound:
-            return
-        if run.state is not None and self._seen.get(run_id, 0) < run.version:
-            self._seen[run_id] = run.version
-            self.notify(run, run.state)
-
-    def _catch_up(self) -> None:
-        """Report the changes made elsewhere to the runs this process waits on, since the
-        versions it last knew (what notifications would have said)."""
-        with self._listeners_lock:
-            ids = [key for key in self._listeners if isinstance(key, UUID)]
-        if not ids or self._closed:
-            return
+    def _versions(self, ids: list[UUID]) -> list[tuple[RunKind, UUID, int]]:
+        """``(kind, id, version)`` of the runs with these ids."""
         s = self._sql.schema
-        found = self._run(
+        return self._run(
             lambda conn, _: conn.execute(
                 f"SELECT 'flow', id, version FROM {s}.flow_runs WHERE id = ANY(%s) "
                 f"UNION ALL SELECT 'task', id, version FROM {s}.task_runs WHERE id = ANY(%s)",
                 (ids, ids),
             ).fetchall()
         )
-        for kind, run_id, version in found:
-            if self._seen.get(run_id, 0) < version:
-                self._report(kind, run_id)
 
     def sync_external(self) -> None:
         """Notify the subscribers of runs that other processes changed. Free while the
         listener hears every change as it happens; a poll of the versions of the runs
         someone here waits on while it cannot."""
-        if self._closed or self._listener.listening:
-            return
-        self._catch_up()
+        if not self._closed and not self._changes.listening:
+            self._changes.catch_up()
 
     # -- pause inputs -----------------------------------------------------------------
 
@@ -655,6 +601,10 @@ class PostgresStore(StoreBackend):
             _logger.exception("Could not give back the concurrency slots of %s.", holder)
 
 
+def _finished(run: Run) -> bool:
+    return run.state is not None and run.state.is_final()
+
+
 def _same_write(stored: Run, run: Run) -> bool:
     """Whether ``stored`` is ``run`` as written (a retried write finds its first try)."""
     if stored.version != run.version:
@@ -665,4 +615,4 @@ def _same_write(stored: Run, run: Run) -> bool:
     return mine is None or theirs is None or mine.id == theirs.id
 
 
-_inherited: list[Any] = []  # a forked child's copies of its parent's pools: never closed
+_inherited: list[Any] = []  # a forked child's copies of its parent's listeners

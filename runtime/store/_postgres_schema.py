@@ -26,7 +26,6 @@ import re
 from typing import Any
 
 from ..core._exceptions import ConfigurationError
-from ..core._models import RunKind
 from ._sqlite_schema import STATE_COLUMNS, TABLES, WRITTEN_COLUMNS
 
 __all__ = ["MIGRATIONS", "SCHEMA_NAME", "SCHEMA_VERSION", "Statements", "lock_key", "migrate"]
@@ -203,6 +202,23 @@ class Statements:
             )
             self.update_run[kind] = self._checked_update(table, columns)
             self.update_state[kind] = self._checked_update(table, STATE_COLUMNS)
+        task_runs, columns = self.table["task"], WRITTEN_COLUMNS["task"]
+        self.batch_insert_run = (
+            f"INSERT INTO {task_runs} (id, {', '.join(columns)}) "
+            f"VALUES (%s{', %s' * len(columns)})"
+        )
+        """A batch's new task run: ``(id, *run_values("task", run, state_values))``."""
+        self.batch_update_run = {
+            full: f"UPDATE {task_runs} SET "
+            f"{', '.join(f'{c} = %s' for c in (columns if full else STATE_COLUMNS))} WHERE id = %s"
+            for full in (True, False)
+        }
+        """A batch's task run columns (all of them, or those of its state), then its id."""
+        self.batch_insert_state = (
+            f"INSERT INTO {s}.states (run_id, kind, id, type, name, body, result, has_data, "
+            "writer) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)"
+        )
+        """A batch's new state: ``(run id, kind, *state params)``."""
         self.insert_state = _STATE_INSERT.format(s=s)
         """Parameters ``(kind, state id, type, name, *state_values(state), writer)``; after
         a ``WITH run AS (...)`` that returns the run's id."""
@@ -236,7 +252,3 @@ class Statements:
             parts.append(f", inp AS ({self.upsert_input_after_run})")
         parts.append(" SELECT pg_notify(%s, %s) FROM run" if notify else " SELECT 1 FROM run")
         return "".join(parts)
-
-    def kind_of(self, kind: RunKind) -> str:
-        """The table of ``kind``'s runs."""
-        return self.table[kind]

@@ -21,7 +21,7 @@ from uuid import UUID, uuid4
 
 import psycopg
 import pytest
-from postgres_server import PostgresServer, ServerUnavailable, free_port
+from postgres_server import PostgresServer, free_port, start_for_tests
 from test_store_contract import apply, new_flow_run, new_task_run
 
 from runtime import Runtime, flow, task
@@ -219,6 +219,60 @@ class TestSchema:
                 conn.execute(f"DROP SCHEMA {schema}_other CASCADE")
 
 
+# -- the task-run batch ------------------------------------------------------------------------
+
+
+class TestTaskRunBatch:
+    def test_task_run_writes_wait_for_commit(self, postgres_url: str) -> None:
+        """Task-run writes wait in a batch for the group commit, or the next flow-run
+        write, which lands after them; flow-run writes land at once."""
+        store, other = open_store(postgres_url), open_store(postgres_url)
+        store._batch.commit_delay = 60
+        try:
+            flow_run = new_flow_run(store)
+            assert not store.has_pending_writes()
+            assert other.read_flow_run(flow_run.id).id == flow_run.id
+            task = new_task_run(store, flow_run)
+            assert store.has_pending_writes() and other.read_task_runs() == []
+            store.commit()
+            assert not store.has_pending_writes()
+            assert [run.id for run in other.read_task_runs()] == [task.id]
+            task = apply(store, "task", task, S.Running())
+            apply(store, "flow", flow_run, S.Completed())  # writes the batch first
+            assert not store.has_pending_writes()
+            assert other.read_task_run(task.id).state_name == "Running"
+        finally:
+            store.close()
+            other.close()
+
+    def test_a_batch_is_written_soon_without_a_commit(self, postgres_url: str) -> None:
+        """With no commit and no further writes, the helper thread writes a batch after
+        ``commit_delay`` (here 1 ms; the test waits up to 30 s)."""
+        store, other = open_store(postgres_url), open_store(postgres_url)
+        store._batch.commit_delay = 0.001
+        try:
+            task = new_task_run(store, None)
+            wait_until(lambda: not store.has_pending_writes(), "the batch to be written")
+            assert other.read_task_run(task.id).id == task.id
+        finally:
+            store.close()
+            other.close()
+
+    def test_a_stale_batched_write_is_refused(self, postgres_url: str) -> None:
+        """A task-run write decided on an older version than this store wrote is refused
+        at once, with the run as it is."""
+        store = open_store(postgres_url)
+        try:
+            task = new_task_run(store, None)
+            apply(store, "task", task, S.Running())
+            stale = evolve(task, state=S.Completed(), version=task.version + 1)
+            with pytest.raises(StaleRun) as caught:
+                store.write_run("task", stale, state=stale.state)
+            assert caught.value.current.state_name == "Running"
+        finally:
+            store.close()
+
+
 # -- other processes ---------------------------------------------------------------------------
 
 
@@ -244,7 +298,7 @@ class Heard:
 def two_stores(postgres_url: str) -> Iterator[tuple[PostgresStore, PostgresStore]]:
     """Two stores on one schema, as two processes have; both listening."""
     one, two = open_store(postgres_url), open_store(postgres_url)
-    assert one._listener.wait_listening(WAIT) and two._listener.wait_listening(WAIT)
+    assert one._changes.wait_listening(WAIT) and two._changes.wait_listening(WAIT)
     yield one, two
     one.close()
     two.close()
@@ -286,7 +340,7 @@ class TestNotifications:
     ) -> None:
         """Without its listener, a store finds others' changes by sync_external, once."""
         one, two = two_stores
-        one._listener.stop()
+        one._changes.stop()
         run = apply(one, "flow", new_flow_run(one), S.Running())
         heard = Heard()
         one.subscribe(run.id, heard)
@@ -301,7 +355,7 @@ class TestNotifications:
         """A real subprocess cancels a run; this process hears it as it happens."""
         store = open_store(postgres_url)
         try:
-            assert store._listener.wait_listening(WAIT)
+            assert store._changes.wait_listening(WAIT)
             run = apply(store, "flow", new_flow_run(store), S.Running())
             heard = Heard()
             store.subscribe(run.id, heard)
@@ -394,13 +448,7 @@ def wait_until(predicate: Callable[[], Any], what: str) -> Any:
 def own_server() -> Iterator[PostgresServer]:
     """A server of this module's own, which its tests stop and restart."""
     server = PostgresServer()
-    try:
-        server.start()
-    except ServerUnavailable as exc:
-        server.stop()
-        if os.environ.get("CI"):
-            pytest.fail(f"no PostgreSQL server could be started ({exc}); CI must run these.")
-        pytest.skip(f"no PostgreSQL server could be started ({exc})")
+    start_for_tests(server)
     yield server
     server.stop()
 
@@ -415,9 +463,9 @@ class LosesAnswers(PostgresStore):
 
     lose_next = False
 
-    def _run(self, work: Any) -> Any:
+    def _run(self, work: Any, flush: bool = True) -> Any:
         if not self.lose_next:
-            return super()._run(work)
+            return super()._run(work, flush)
         self.lose_next = False
         first = [True]
 
@@ -428,7 +476,7 @@ class LosesAnswers(PostgresStore):
                 raise psycopg.OperationalError("server closed the connection unexpectedly")
             return result
 
-        return super()._run(landed_then_lost)
+        return super()._run(landed_then_lost, flush)
 
 
 class TestLostConnection:
@@ -449,7 +497,7 @@ class TestLostConnection:
                 "Running",
                 "Completed",
             ]
-            assert store._listener.wait_listening(WAIT)
+            assert store._changes.wait_listening(WAIT)
             heard = Heard()
             store.subscribe(run.id, heard)
             apply(other, "flow", other.read_flow_run(run.id), S.Running())
@@ -476,6 +524,13 @@ class TestLostConnection:
             with pytest.raises(StaleRun):  # not its write: a real conflict stays one
                 store.write_run("flow", stale, state=stale.state)
             assert store.read_flow_run(run.id).version == running.version
+            task_run = apply(store, "task", new_task_run(store, run), S.Running())
+            store.lose_next = True
+            store.commit()  # the batch landed, its answer was lost: written once
+            assert [s.name for s in store.read_state_history("task", task_run.id)] == [
+                "Pending",
+                "Running",
+            ]
         finally:
             store.close()
 
