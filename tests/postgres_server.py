@@ -7,9 +7,13 @@ server binaries are found in Debian's versioned directory (``/usr/lib/postgresql
 through ``pg_config --bindir``, or on ``PATH``. ``initdb`` refuses to run as root: as
 root, the server runs as the ``postgres`` user, which owns the directory.
 
+``start(watch=PID)`` also leaves a watchdog process that stops the server and removes its
+directory once process PID is gone, so a test run killed outright (a timeout's
+``os._exit``, ``kill -9``) leaves no server behind.
+
 As a script (``.ci/run`` uses it)::
 
-    python tests/postgres_server.py start     # prints the directory, then the URL
+    python tests/postgres_server.py start [--durable] [--watch PID]   # prints DIR, then URL
     python tests/postgres_server.py stop DIR
 """
 
@@ -22,6 +26,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +75,7 @@ class PostgresServer:
         self.durable = durable
         self.port: int | None = None
         self._bin = find_bin_dir()
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -95,8 +101,9 @@ class PostgresServer:
             )
         return done
 
-    def start(self) -> str:
-        """Create the directory, start the server and return its URL.
+    def start(self, watch: int | None = None) -> str:
+        """Create the directory, start the server and return its URL; with ``watch``, a
+        watchdog stops it once process ``watch`` is gone (see the module docstring).
 
         Raises:
             ServerUnavailable: no binaries, no ``postgres`` user (as root), or the server
@@ -131,6 +138,14 @@ class PostgresServer:
         with open(data / "postgresql.conf", "a") as conf:  # kept by a restart or a new start
             conf.write("\n".join(["", "# stageflow's throwaway server", *settings, ""]))
         self.start_server()
+        if watch is not None:
+            self._watchdog = subprocess.Popen(
+                [sys.executable, __file__, "watch", str(watch), str(self.directory)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, DATABASE)
         return self.url
 
@@ -161,15 +176,40 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "immediate", "-w",
                       "stop", check=False)  # fmt: skip
         shutil.rmtree(self.directory, ignore_errors=True)
+        if self._watchdog is not None:  # no longer needed (it would stop within a second)
+            self._watchdog.terminate()
+            self._watchdog.wait(10)
+            self._watchdog = None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def watch(pid: int, directory: str) -> None:
+    """Stop the server in ``directory`` once process ``pid`` is gone (checked every
+    second); return at once when the directory is removed (the server was stopped)."""
+    while Path(directory).exists():
+        if not _alive(pid):
+            PostgresServer(directory).stop()
+            return
+        time.sleep(1)
 
 
 def start_for_tests(server: PostgresServer) -> str:
-    """Start ``server`` for a test fixture and return its URL; when no server can be
-    started, skip the tests that need it, saying why, or fail them under CI (``$CI``)."""
+    """Start ``server`` for a test fixture (watched: it goes if the tests are killed) and
+    return its URL; when no server can be started, skip the tests that need it, saying
+    why, or fail them under CI (``$CI``)."""
     import pytest
 
     try:
-        return server.start()
+        return server.start(watch=os.getpid())
     except ServerUnavailable as exc:
         server.stop()
         reason = f"no PostgreSQL server could be started ({exc})"
@@ -182,8 +222,9 @@ def main(argv: list[str]) -> int:
     """``start`` (print the directory and the URL, one a line) or ``stop DIR``."""
     if argv[:1] == ["start"]:
         server = PostgresServer(durable="--durable" in argv)
+        watched = int(argv[argv.index("--watch") + 1]) if "--watch" in argv else None
         try:
-            url = server.start()
+            url = server.start(watch=watched)
         except ServerUnavailable as exc:
             server.stop()
             print(f"Cannot start PostgreSQL: {exc}", file=sys.stderr)
@@ -194,7 +235,10 @@ def main(argv: list[str]) -> int:
     if argv[:1] == ["stop"] and len(argv) == 2:
         PostgresServer(argv[1]).stop()
         return 0
-    print("usage: postgres_server.py start [--durable] | stop DIR", file=sys.stderr)
+    if argv[:1] == ["watch"] and len(argv) == 3:
+        watch(int(argv[1]), argv[2])
+        return 0
+    print("usage: postgres_server.py start [--durable] [--watch PID] | stop DIR", file=sys.stderr)
     return 2
 
 
