@@ -11,7 +11,8 @@ per row: the total time from the barrier to the last process's last flow, the ro
 Completed: must be 0) and the lock errors (store errors the processes met, "database is
 locked" and the like: must be 0).
 
-Each row uses a new store: an SQLite file in a temporary directory, a new PostgreSQL schema.
+Each row uses a new store: an SQLite file in a temporary directory, a new PostgreSQL schema
+(``bench_*``, which a server given with ``--postgres`` keeps).
 Without ``--postgres``, a throwaway PostgreSQL server is started for the run (as
 ``tests/postgres_server.py`` does, fsync on) and removed at the end.
 """
