@@ -33,8 +33,8 @@ def open_backend(url: str) -> tuple[StoreBackend, bool]:
     ``sqlite:////absolute/path.db`` (optionally ``?fsync=1``) open an SQLite file, which
     other processes may use at the same time; ``postgresql://user:password@host:port/dbname``
     (or ``postgres://``) opens a PostgreSQL database that processes on any machine share
-    (``pip install 'stageflow[postgres]'``), with the options ``schema=NAME``, ``fsync=1``
-    and ``reconnect_timeout=SECONDS`` besides libpq's own (``sslmode``, ...).
+    (``pip install 'stageflow[postgres]'``), with the options ``schema=NAME``, ``fsync=1``,
+    ``reconnect_timeout=SECONDS`` and ``pool_size=N`` besides libpq's own (``sslmode``, ...).
 
     Raises:
         ConfigurationError: the URL names no store this build supports, or its options are
@@ -95,7 +95,7 @@ def _open_sqlite(url: str) -> SqliteStore:
     return SqliteStore(unquote(path), fsync=fsync)
 
 
-_POSTGRES_OPTIONS = ("schema", "fsync", "reconnect_timeout")
+_POSTGRES_OPTIONS = ("schema", "fsync", "reconnect_timeout", "pool_size")
 
 
 def _open_postgres(url: str) -> StoreBackend:
@@ -117,6 +117,13 @@ def _open_postgres(url: str) -> StoreBackend:
                     "set it to 1, true, yes or on, or to 0, false, no or off (any case)."
                 )
             ours["fsync"] = _FLAGS[value.strip().lower()]
+        elif key == "pool_size":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ConfigurationError(
+                    f"Unsupported value pool_size={value!r} in the store URL "
+                    f"{_hide_password(url)!r}: give a whole number of connections, 1 or more."
+                )
+            ours["pool_size"] = int(value)
         else:
             try:
                 ours["reconnect_timeout"] = float(value)

@@ -80,10 +80,11 @@ class TestUrls:
         messages hides the password; both schemes work."""
         server, schema = split(postgres_url)
         secret = server.replace("stageflow@", "stageflow:s3cret@")
-        url = f"{secret}?schema={schema}&fsync=1&reconnect_timeout=2.5&application_name=x"
-        store = open_store(url.replace("postgresql://", "postgres://"))
+        options = "fsync=1&reconnect_timeout=2.5&pool_size=2&application_name=x"
+        store = open_store(f"{secret}?schema={schema}&{options}".replace("postgresql", "postgres"))
         try:
             assert (store.schema, store.fsync, store.reconnect_timeout) == (schema, True, 2.5)
+            assert store._db._pool.max_size == 2
             assert "s3cret" not in store.url and ":***@" in store.url
         finally:
             store.close()
@@ -96,6 +97,7 @@ class TestUrls:
         [
             ("fsync=maybe", r"Unsupported value fsync='maybe' in the store URL "),
             ("reconnect_timeout=soon", r"give a number of seconds\.$"),
+            ("pool_size=0", r"give a whole number of connections, 1 or more\.$"),
             ("schema=Bad-Name", r"^Invalid PostgreSQL schema name 'Bad-Name' for the store"),
         ],
     )
@@ -592,3 +594,27 @@ class TestLostConnection:
                 assert names == ["Pending", "Running", "Completed"], names
         finally:
             store.close()
+
+
+def test_the_command_line_uses_it(postgres_url: str, tmp_path: Path) -> None:
+    """``stageflow --store postgresql://...`` runs a flow into the store, and another
+    command lists it."""
+    (tmp_path / "flows.py").write_text(
+        "from runtime import flow\n\n@flow\ndef hello(name: str) -> str:\n    return name\n"
+    )
+
+    def stageflow(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime", "--store", postgres_url, *args],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    stageflow("run", "flows.py:hello", "--param", "name=pg")
+    listing = stageflow("runs", "ls")
+    assert "hello" in listing and "Completed" in listing
