@@ -73,7 +73,8 @@ class PostgresServer:
     def __init__(self, directory: str | os.PathLike[str] | None = None, *, durable: bool = False):
         self.directory = Path(directory) if directory is not None else None
         self.durable = durable
-        self.port: int | None = None
+        port = None if directory is None else Path(directory, "port")
+        self.port: int | None = int(port.read_text()) if port and port.exists() else None
         self._bin = find_bin_dir()
         self._watchdog: subprocess.Popen[bytes] | None = None
 
