@@ -117,6 +117,29 @@ class TestUrls:
         with pytest.raises(StoreError, match=message):
             open_backend(f"postgresql://u:p@127.0.0.1:{port}/x")
 
+    def test_without_the_driver_the_error_says_what_to_install(self) -> None:
+        """Without psycopg (stageflow installed without its [postgres] extra), opening a
+        PostgreSQL store says which extra to install."""
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.modules['psycopg'] = None\n"
+                "from runtime.store._urls import open_backend\n"
+                "open_backend('postgresql://u@127.0.0.1:1/x')",
+            ],
+            env={**os.environ, "PYTHONPATH": str(REPO)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 1
+        assert done.stderr.splitlines()[-1] == (
+            "runtime.core._exceptions.ConfigurationError: The PostgreSQL store needs psycopg 3 "
+            "and psycopg_pool (import of psycopg halted; None in sys.modules): install them "
+            "with pip install 'stageflow[postgres]'."
+        )
+
     def test_unsupported_url_names_every_store(self) -> None:
         message = (
             r"^Unsupported store URL 'mysql://x': use 'memory://', 'sqlite:///path/to/file\.db' "
