@@ -11,6 +11,8 @@ EXPECTED = [
     "ActorRef",
     "ActorStopped",
     "ActorSystem",
+    "AttachChild",
+    "Attachment",
     "Backoff",
     "ChildSpec",
     "Clock",
