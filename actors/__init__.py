@@ -10,6 +10,7 @@ from ._actor import Actor as Actor
 from ._actor import ActorRef as ActorRef
 from ._actor import ExitKind as ExitKind
 from ._actor import ExitReason as ExitReason
+from ._attach import Attachment as Attachment
 from ._backend import LoopWaker as LoopWaker
 from ._clock import Clock as Clock
 from ._clock import FakeClock as FakeClock
@@ -21,7 +22,9 @@ from ._exceptions import LoopThreadError as LoopThreadError
 from ._exceptions import NoWaitingThread as NoWaitingThread
 from ._exceptions import SupervisorFailed as SupervisorFailed
 from ._global_loop import GlobalLoop as GlobalLoop
+from ._global_loop import PendingCall as PendingCall
 from ._global_loop import global_loop as global_loop
+from ._supervision import AttachChild as AttachChild
 from ._supervision import Backoff as Backoff
 from ._supervision import ChildSpec as ChildSpec
 from ._supervision import CrashReport as CrashReport
@@ -39,6 +42,8 @@ __all__ = [
     "ActorRef",
     "ActorStopped",
     "ActorSystem",
+    "AttachChild",
+    "Attachment",
     "Backoff",
     "ChildSpec",
     "Clock",
@@ -52,6 +57,7 @@ __all__ = [
     "LoopThreadError",
     "LoopWaker",
     "NoWaitingThread",
+    "PendingCall",
     "Restart",
     "StartChild",
     "StopChild",

@@ -141,15 +141,34 @@ class Actor:
     idle one is then dispatched directly on the sending thread too, still one message at a
     time (a lock serialises ``receive`` across threads).
 
+    **Control messages while running.** A *process* actor (one that overrides :meth:`run`)
+    has no receive loop: its messages wait. One that sets ``receives_while_running = True``
+    (and has a sync ``receive``) handles them while its ``run()`` is active, dispatched
+    directly: on its loop's thread that ``run()`` is suspended whenever someone else's code
+    runs, so ``receive`` never overlaps it; messages from other threads are delivered
+    through the loop. They still come one at a time, in arrival order. This is how a
+    long-running piece of work (a flow run, say) takes a "cancel" or a "your state
+    changed" message without a second task.
+
     Attributes:
         mailbox_size: Capacity of the bounded mailbox; senders wait (``tell``) or get
             :exc:`anyio.WouldBlock` (``tell_nowait``) when it is full.
         dispatch_from_threads: Whether an idle actor's sync ``receive`` may run on another
             thread that sends it a message (see above).
+        receives_while_running: Whether a process actor handles messages while its
+            ``run()`` is active (see above).
     """
 
     mailbox_size: ClassVar[int] = 1000
     dispatch_from_threads: ClassVar[bool] = False
+    receives_while_running: ClassVar[bool] = False
+
+    def thread_dispatchable(self, message: Any) -> bool:
+        """Whether ``message`` may be handled right on a thread that is not the actor's
+        loop's (when the actor is idle). The default: ``dispatch_from_threads``. An actor
+        whose ``receive`` is loop-bound for some messages only says so per message."""
+        return type(self).dispatch_from_threads
+
     _actor_async_receive: ClassVar[bool] = False
     _actor_cell: _Cell | None = None
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import anyio
 import outcome
 
+from ._backend import LoopWaker
 from ._exceptions import LoopThreadError, NoWaitingThread
 
 if TYPE_CHECKING:
@@ -200,6 +201,20 @@ class PendingCall(_Job, Generic[T]):
                 self._callbacks.append(callback)
                 return
         _run_callback(callback, self)
+
+    async def aresult(self) -> T:
+        """Wait for the call to finish, from a task of any event loop (another loop's,
+        or this loop's own), without blocking that loop, and return its value.
+
+        Raises:
+            concurrent.futures.CancelledError, LoopClosed, BaseException: as :meth:`result`.
+        """
+        if self._outcome is None:
+            done = anyio.Event()
+            waker = LoopWaker()
+            self.add_done_callback(lambda _: waker.wake(done.set))
+            await done.wait()
+        return self.result()
 
     def cancel(self) -> bool:
         """Cancel the call's task on the loop.

@@ -61,6 +61,7 @@ class _Cell:
         "actor",
         "clock",
         "direct",
+        "canceller",
         "dispatch_lock",
         "exit_reason",
         "factory",
@@ -100,6 +101,7 @@ class _Cell:
         self.last_reason: ExitReason | None = None
         self._exit_event: anyio.Event | None = None
         self.dispatch_lock = threading.RLock()  # a handler may send to its own actor
+        self.canceller: Callable[[ExitReason], None] | None = None  # a thread incarnation's
         self.waker: LoopWaker | None = None  # set by the receive loop, for other threads
         self._reset_incarnation()
 
@@ -147,6 +149,12 @@ class _Cell:
                     self.actor = actor
                     await actor.on_start()
                     on_start_returned = True
+                    if type(actor).receives_while_running and not actor._actor_async_receive:
+                        if self.waker is None:
+                            self.waker = LoopWaker()
+                        with self.dispatch_lock:
+                            self.direct = actor.receive
+                            self._drain()  # what was sent before it started
                     await actor._actor_main(self._mark_started)
                 except anyio.get_cancelled_exc_class():
                     raise
@@ -272,6 +280,14 @@ class _Cell:
         if math.isinf(timeout):
             await ended.wait()
             return
+        if timeout <= 0:  # no grace: cancelled at once
+            self.cancel(
+                ExitReason(
+                    ExitKind.CANCELLED, None, f"cancelled at once on a stop ({self.stop_detail})"
+                )
+            )
+            await ended.wait()
+            return
         deadline = self.clock.now() + timeout
 
         async def expire() -> None:
@@ -292,11 +308,14 @@ class _Cell:
             tg.cancel_scope.cancel()
 
     def cancel(self, reason: ExitReason) -> None:
-        """Cancel the incarnation's task; it exits with ``reason``."""
+        """Cancel the incarnation's task (or, for an incarnation on a thread with no loop,
+        ask it to stop); it exits with ``reason``."""
         if self._cancel is None:
             self._cancel = reason
         if self._scope is not None:
             self._scope.cancel()
+        elif self.canceller is not None:
+            self.canceller(reason)
 
     def crash(self, exc: BaseException) -> None:
         """Make the incarnation's receive loop raise ``exc`` before its next message."""
@@ -378,8 +397,49 @@ class _Cell:
     def resume_direct(self, receive: Callable[[Any], Any] | None) -> None:
         """After an inline call: allow direct dispatch again if the actor is still idle.
         Call with ``dispatch_lock`` held."""
-        if self.signal is None and self.stop_detail is None and not self.mailbox:
-            self.direct = receive
+        if self.signal is None and self.stop_detail is None:
+            if self.mailbox and self._dispatches_while_running():
+                self.direct = receive
+                self._drain()
+            elif not self.mailbox:
+                self.direct = receive
+
+    def _crash_locked(self, exc: BaseException) -> None:
+        """A tell raised: the actor crashes with ``exc``. Its receive loop raises it; an
+        actor that receives while running has none, so its incarnation is cancelled with
+        a crash as its exit reason."""
+        if self.signal is not None:
+            return
+        self.signal = exc
+        self.direct = None
+        if self._dispatches_while_running():
+            self.cancel(ExitReason(ExitKind.CRASHED, exc, repr(exc)))
+        else:
+            self.mailbox.wake()
+
+    def _dispatches_while_running(self) -> bool:
+        actor = self.actor
+        return actor is not None and type(actor).receives_while_running and self.running
+
+    def _drain(self) -> None:
+        """Handle the queued messages of an actor that receives while running (it has no
+        receive loop to do it), in order. Call with ``dispatch_lock`` held, ``direct`` set."""
+        receive = self.direct
+        if receive is None:
+            return
+        mailbox = self.mailbox
+        while mailbox and self.direct is receive:
+            envelope = mailbox.get_nowait()
+            self.direct = None
+            try:
+                result = outcome.capture(receive, envelope.message)
+                if envelope.reply_to is not None:
+                    envelope.reply_to.send(result)
+                elif isinstance(result, outcome.Error):
+                    self._crash_locked(result.error)  # a failed tell crashes the actor
+            finally:
+                if self.signal is None and self.stop_detail is None:
+                    self.direct = receive
 
     def _claim(self, receive: Callable[[Any], Any], *, wait: bool = False) -> bool:
         """Take the actor for one directly dispatched message: True, with ``dispatch_lock``
@@ -402,9 +462,7 @@ class _Cell:
         try:
             receive(message)
         except Exception as exc:  # noqa: BLE001 (crashes the actor)
-            if self.signal is None:
-                self.signal = exc
-            self.mailbox.wake()
+            self._crash_locked(exc)
         finally:
             if self.signal is None:
                 self.resume_direct(receive)
@@ -456,7 +514,7 @@ class _Cell:
         idle, else queue it through the loop (without waiting for room)."""
         receive = self.direct
         actor = self.actor
-        if receive is not None and actor is not None and type(actor).dispatch_from_threads:
+        if receive is not None and actor is not None and actor.thread_dispatchable(message):
             if reply is None:
                 if self.dispatch_tell(receive, message):
                     return
@@ -476,6 +534,10 @@ class _Cell:
             except (ActorStopped, anyio.WouldBlock) as exc:
                 if reply is not None:
                     reply.send(outcome.Error(exc))
+                return
+            if self._dispatches_while_running():
+                with self.dispatch_lock:
+                    self._drain()
 
         if not waker.schedule(post):
             raise self.stopped_error(message)

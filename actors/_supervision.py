@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import random
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from ._actor import Actor
 
 __all__ = [
+    "AttachChild",
     "Backoff",
     "ChildSpec",
     "CrashReport",
@@ -145,3 +146,25 @@ class StopChild:
 @attrs.frozen
 class WhichChildren:
     """Ask a supervisor for its children: a list of ``(name, ActorRef)`` in start order."""
+
+
+@attrs.frozen
+class AttachChild:
+    """Ask a supervisor to supervise work the caller runs itself; the reply is an
+    :class:`~actors.Attachment`.
+
+    ``actor`` becomes a temporary child named ``name`` whose incarnation is not a task of
+    the supervisor's but the caller's own task (:meth:`Attachment.run`) or thread
+    (:meth:`Attachment.run_on_thread`): no task is spawned, as a directly dispatched
+    message spawns none. The supervisor lists it, reports its crash, and stops it when it
+    shuts down. ``on_cancel`` is how a thread incarnation is asked to stop (a thread has
+    no cancel scope); it gets the exit reason.
+
+    Attaching from another thread than the supervisor's loop is allowed (for a thread
+    incarnation): the supervisor handles this message and an attached child's exit on
+    the sending thread.
+    """
+
+    name: str
+    actor: Actor
+    on_cancel: Callable[[Any], None] | None = None

@@ -24,7 +24,9 @@ from ._actor import Actor, ActorRef, ExitKind, ExitReason
 from ._cell import _Cell
 from ._clock import Clock, SystemClock
 from ._exceptions import ActorStopped, SupervisorFailed
+from ._attach import Attachment, _AttachedExited
 from ._supervision import (
+    AttachChild,
     Backoff,
     ChildSpec,
     CrashReport,
@@ -141,6 +143,11 @@ class Supervisor(Actor):
         """
         if isinstance(message, StartChild):
             return self._start_child(message.spec)
+        if isinstance(message, AttachChild):
+            return self._attach(message)
+        if isinstance(message, _AttachedExited):
+            self._child_exited(message.cell, message.reason)
+            return None
         if isinstance(message, StopChild):
             self._stop_child(message.name)
             return None
@@ -148,8 +155,41 @@ class Supervisor(Actor):
             return [(name, child.cell.ref) for name, child in self._children.items()]
         raise TypeError(
             f"supervisor {self.name!r} does not understand {type(message).__name__}; "
-            "send StartChild, StopChild or WhichChildren"
+            "send StartChild, AttachChild, StopChild or WhichChildren"
         )
+
+    def thread_dispatchable(self, message: Any) -> bool:
+        """Attaching a child, and an attached child's exit, may be handled on the sending
+        thread (a run on a thread with no loop attaches itself); the rest needs the loop."""
+        return isinstance(message, (AttachChild, _AttachedExited))
+
+    def _attach(self, message: AttachChild) -> Attachment:
+        if self._closing:
+            raise ActorStopped(
+                f"supervisor {self.name!r} is shutting down; cannot attach child {message.name!r}"
+            )
+        if message.name in self._children:
+            raise ValueError(
+                f"supervisor {self.name!r} already has a child named {message.name!r}; "
+                "child names must be unique among siblings"
+            )
+        actor = message.actor
+        # No grace on a stop: the work is the caller's, stopped by cancelling it (its own
+        # cleanup runs as the cancellation unwinds it).
+        spec = ChildSpec(message.name, lambda: actor, restart=Restart.TEMPORARY, shutdown_timeout=0)
+        own = self._bound_cell()
+        cell = _Cell(
+            spec.name,
+            actor.mailbox_size,
+            factory=spec.factory,
+            on_exit=self._child_exited,
+            clock=self._clock,
+            shutdown_timeout=spec.shutdown_timeout,
+        )
+        cell.waker = own.waker
+        cell.canceller = message.on_cancel
+        self._children[spec.name] = _Child(spec, cell)  # running once its caller runs it
+        return Attachment._create(cell, actor, own.ref)
 
     async def _actor_main(self, started: Callable[[], None]) -> None:
         self._context = contextvars.copy_context()

@@ -38,7 +38,6 @@ from ..engine._task_engine import (
     TaskRunEngine,
     create_task_run,
     new_task_run,
-    run_submitted,
 )
 from ..engine._transactions import get_transaction
 from ..orchestration._runtime import Runtime, background_runtime, loop_runtime, private_runtime
@@ -309,13 +308,13 @@ def submit_task(
     """
     flow_ctx = _require_flow_context()
     future = _new_future(flow_ctx, task, parameters, wait_for)
-    flow_ctx.inbox.post(partial(_start_task_runs, flow_ctx, [(task, parameters, wait_for, future)]))
+    flow_ctx.task_host.submit([(task, parameters, wait_for, future, flow_ctx)])
     return future
 
 
 def _require_flow_context() -> FlowRunContext:
     flow_ctx = FlowRunContext.get()
-    if flow_ctx is None or flow_ctx.supervisor is None:
+    if flow_ctx is None or flow_ctx.task_host is None:
         raise RuntimeError(
             "Unable to determine task runner to use for submission. If you are submitting a "
             "task outside of a flow, please use `.delay` to submit the task run for deferred "
@@ -345,72 +344,7 @@ def _new_future(
     # dynamic keys follow submission order.
     future: TaskRunFuture[Any] = TaskRunFuture(new_task_run(task, flow_ctx, parameters, wait_for))
     future._transaction = get_transaction()  # the run joins the submitter's transaction
-    flow_ctx.submitted.append(future)
     return future
-
-
-def _start_task_runs(flow_ctx: FlowRunContext, items: list[tuple[Any, ...]]) -> None:
-    """Start submitted task runs as children of the flow run's supervisor (on its loop)."""
-    home = threading.get_ident()
-    for task, parameters, wait_for, future in items:
-        engine_factory = partial(
-            TaskRunEngine,
-            task,
-            future.task_run,
-            parameters,
-            wait_for,
-            flow_ctx.runtime,
-            flow_ctx,
-            LoopDriver(flow_ctx.runtime, flow_ctx.sync_target),
-            future._transaction,
-            future,
-        )
-        future.set_inline_runner(
-            home, partial(_run_inline, flow_ctx, task, parameters, wait_for, future)
-        )
-        spec = ChildSpec(
-            str(future.task_run.id),
-            partial(TaskRunActor, engine_factory, future),
-            restart=Restart.TEMPORARY,
-            shutdown_timeout=0,
-        )
-        flow_ctx.supervisor.start_child(spec, future)
-
-
-def _run_inline(
-    flow_ctx: FlowRunContext,
-    task: Task[..., Any],
-    parameters: dict[str, Any],
-    wait_for: Any,
-    future: TaskRunFuture[Any],
-) -> None:
-    """Run a submitted task run that has not started yet, from a blocking wait on the
-    loop that was going to run it (which would otherwise deadlock)."""
-    run_sync(_run_claimed_on_loop, flow_ctx, task, parameters, wait_for, future)
-
-
-async def _run_claimed_on_loop(
-    loop: GlobalLoop,
-    flow_ctx: FlowRunContext,
-    task: Task[..., Any],
-    parameters: dict[str, Any],
-    wait_for: Any,
-    future: TaskRunFuture[Any],
-) -> None:
-    async with runtime_scope() as runtime:
-        target = SyncTarget(BodyPlacement.WAITING_THREAD, loop)
-        engine = TaskRunEngine(
-            task,
-            future.task_run,
-            parameters,
-            wait_for,
-            runtime,
-            flow_ctx,
-            LoopDriver(runtime, target),
-            future._transaction,
-            future,
-        )
-        await run_submitted(engine, future)
 
 
 def map_task(
@@ -438,8 +372,8 @@ def map_task(
     for parameters in calls:
         future = _new_future(flow_ctx, task, parameters, wait_for)
         futures.append(future)
-        items.append((task, parameters, wait_for, future))
-    flow_ctx.inbox.post(partial(_start_task_runs, flow_ctx, items))
+        items.append((task, parameters, wait_for, future, flow_ctx))
+    flow_ctx.task_host.submit(items)
     return futures
 
 

@@ -49,6 +49,7 @@ __all__ = [
     "TERMINAL_STATES",
     "replace",
     "replace_details",
+    "run_details",
 ]
 
 R = TypeVar("R")
@@ -363,6 +364,12 @@ def _new_details(**fields: Any) -> StateDetails:
     _object_setattr(details, "__pydantic_extra__", None)
     _object_setattr(details, "__pydantic_private__", None)
     return details
+
+
+def run_details(flow_run_id: UUID | None, task_run_id: UUID | None = None) -> StateDetails:
+    """The details of a run's states that only link it (one object a run may share among
+    all its states, since details are immutable)."""
+    return _new_details(flow_run_id=flow_run_id, task_run_id=task_run_id)
 
 
 def replace_details(details: StateDetails, **changes: Any) -> StateDetails:

@@ -49,13 +49,11 @@ class FlowRunContext:
     start_time: datetime
     runtime: Runtime = attrs.field(repr=False)
     task_runner: Any = attrs.field(repr=False, default=None)
-    supervisor: Any = attrs.field(repr=False, default=None)
+    task_host: Any = attrs.field(repr=False, default=None)
     result_settings: Any = attrs.field(repr=False, default=None)
     dynamic_keys: dict[str, int] = attrs.field(repr=False, factory=dict)
     observed_pauses: int = attrs.field(repr=False, default=0)
-    submitted: list[Any] = attrs.field(repr=False, factory=list)
     inbox: Any = attrs.field(repr=False, default=None)
-    sync_target: Any = attrs.field(repr=False, default=None)
     # Set when the engine stopped waiting for this attempt's body (timeout, cancellation):
     # a sync body that runs on regardless gets this error from its next task or subflow
     # call, instead of starting runs in a flow run that is over.

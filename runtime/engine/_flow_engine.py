@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import anyio
 
-from actors import ChildSpec, Restart, StartChild, Supervisor
-
 from ..core import _states as S
 from ..core._exceptions import (
     CancelledRun,
@@ -36,7 +34,8 @@ from ..core._names import generate_run_name
 from ..core._parameters import resolve_run_name, serialize_parameters
 from ..core._states import State, now_utc, replace
 from ..orchestration._orchestrator import CreateRun, ProposeState, Transition, UpdateRun
-from ..orchestration._ownership import active_flow_runs, process_owner
+from ..orchestration._owners import process_owner
+from ..orchestration._ownership import active_flow_runs
 from ..orchestration._store_actor import Commit
 from ..orchestration._waiting import wait_before_proposing_again
 from ..store._results import ResultSettings, persist_result
@@ -52,6 +51,7 @@ from ._resolve import resolve_futures_to_states, resolve_parameters, wait_for_up
 from ._result_settings import result_settings_for_flow
 from ._signals import interruptible
 from ._specs import FlowSpec
+from ._submission import TaskRunHost
 
 if TYPE_CHECKING:
     from ..orchestration._runtime import Runtime
@@ -67,11 +67,6 @@ EXTERNAL_POLL_SECONDS = 2.0
 
 class _Interrupted(Exception):
     """The body was stopped by a cancellation of the run or by SIGTERM."""
-
-
-def _report_task_crash(report: Any) -> None:
-    # The task run engine already logged the crash and recorded the Crashed state.
-    logging.getLogger("stageflow.engine").debug("Task run actor crashed: %r", report)
 
 
 class FlowRunEngine:
@@ -261,7 +256,7 @@ class FlowRunEngine:
             if flow.log_prints is not None
             else (self.parent.log_prints if self.parent is not None else False)
         )
-        async with self._task_run_supervisor() as (supervisor, submitted):
+        async with self._task_run_host() as task_host:
             task_runner = flow.task_runner.duplicate()
             ctx = self._context = FlowRunContext(
                 flow=flow,
@@ -271,11 +266,9 @@ class FlowRunEngine:
                 start_time=now_utc(),
                 runtime=self.runtime,
                 task_runner=task_runner,
-                supervisor=supervisor,
-                submitted=submitted,
+                task_host=task_host,
                 inbox=self.inbox,
                 result_settings=self._settings,
-                sync_target=task_runner.sync_target(),
             )
             flow_token = _flow_run_context.set(ctx)
             task_token = _task_run_context.set(None)
@@ -569,17 +562,15 @@ class FlowRunEngine:
     # -- submitted task runs ----------------------------------------------------------
 
     @asynccontextmanager
-    async def _task_run_supervisor(self) -> AsyncIterator[tuple[Any, list[Any]]]:
-        """A supervisor for the task runs this attempt submits; on the way out, wait for
-        every one of them to finish (or, after an interruption, stop them), then stop it."""
-        assert self.inbox is not None
+    async def _task_run_host(self) -> AsyncIterator[TaskRunHost]:
+        """The host of the task runs this attempt submits; on the way out, wait for every
+        one of them to finish (or, after an interruption, stop them), then stop it."""
         name = f"flow-run-{self.flow_run.id}-{self.flow_run.run_count}"
-        supervisor = _LazyRunSupervisor(self.runtime, name, self.inbox)
-        submitted: list[Any] = []
+        host = TaskRunHost(self.runtime, name, self.flow.task_runner.max_workers)
         interrupted = False
         self._timed_out = False
         try:
-            yield supervisor, submitted
+            yield host
         except BaseException as exc:
             # An interrupt or a cancellation: stop the task runs rather than wait for them.
             interrupted = not isinstance(exc, Exception)
@@ -588,73 +579,8 @@ class FlowRunEngine:
             interrupted = interrupted or self._interrupt is not None or self._timed_out
             with anyio.CancelScope(shield=True):
                 if not interrupted:
-                    await _wait_for_all(submitted)
-                await supervisor.stop()
-
-
-class _LazyRunSupervisor:
-    """The supervisor of one attempt's submitted task runs, spawned on the first submit.
-
-    Most flow runs submit nothing, and spawning and stopping an actor is about a third of
-    a trivial flow call. :meth:`start_child` runs on the flow run's loop; the spawn itself
-    is awaited by the flow run's inbox, and children started meanwhile queue up.
-    """
-
-    def __init__(self, runtime: Runtime, name: str, inbox: LoopInbox) -> None:
-        self._runtime = runtime
-        self._name = name
-        self._inbox = inbox
-        self._ref: Any = None
-        self._queued: list[tuple[ChildSpec, Any]] = []
-        self._closed = False
-
-    def start_child(self, spec: ChildSpec, future: Any) -> None:
-        """Start a task run actor (``future`` is its run's future); call on the loop."""
-        if self._ref is not None:
-            self._ref.tell_nowait(StartChild(spec))
-            return
-        if self._closed:
-            future.set_final_state(S.Cancelled(message=_NEVER_STARTED))
-            return
-        self._queued.append((spec, future))
-        if len(self._queued) == 1:
-            self._inbox.post_later(self._spawn)
-
-    async def _spawn(self) -> None:
-        if self._closed:
-            return
-        name = self._name
-        self._ref = ref = await self._runtime.spawn(
-            ChildSpec(
-                name,
-                lambda: _RunSupervisor(name=name, on_crash=_report_task_crash),
-                restart=Restart.TEMPORARY,
-            )
-        )
-        queued, self._queued = self._queued, []
-        for spec, _ in queued:
-            ref.tell_nowait(StartChild(spec))
-
-    async def stop(self) -> None:
-        """Stop the task runs still running; those that never started end Cancelled."""
-        self._closed = True
-        queued, self._queued = self._queued, []
-        for _, future in queued:
-            future.set_final_state(S.Cancelled(message=_NEVER_STARTED))
-        if self._ref is not None:
-            await self._ref.stop()
-
-
-_NEVER_STARTED = "The flow run attempt ended before this task run started."
-
-
-class _RunSupervisor(Supervisor):
-    """The supervisor of one flow run attempt's submitted task runs.
-
-    ``task.map`` may start thousands of runs in one go; the mailbox is sized for that.
-    """
-
-    mailbox_size = 1_000_000
+                    await host.wait_idle()
+                await host.stop()
 
 
 class _Cancel(BaseException):
@@ -662,8 +588,3 @@ class _Cancel(BaseException):
 
 
 _CANCEL = _Cancel()
-
-
-async def _wait_for_all(futures: list[Any]) -> None:
-    for future in futures:
-        await future.wait_async()

@@ -56,9 +56,7 @@ class TaskRunFuture(Generic[R]):
         self._done = threading.Event()
         self._lock = threading.Lock()
         self._callbacks: list[Callable[[TaskRunFuture[R]], Any]] = []
-        self._inline: Callable[[], None] | None = None
         self._home_thread: int | None = None
-        self._claimed = False
         self._transaction: Any = None  # the transaction it was submitted in
 
     @property
@@ -140,32 +138,17 @@ class TaskRunFuture(Generic[R]):
         for callback in callbacks:
             callback(self)
 
-    def set_inline_runner(self, home_thread: int, run_inline: Callable[[], None] | None) -> None:
-        """Say which event-loop thread runs this future, and how to run it right here if
-        a blocking wait happens on that very thread before it started (see
-        :meth:`_avoid_self_deadlock`)."""
-        self._home_thread = home_thread
-        self._inline = run_inline
-
-    def claim(self) -> bool:
-        """Take the right to run the task run; False if someone else already took it."""
-        with self._lock:
-            if self._claimed:
-                return False
-            self._claimed = True
-            return True
+    def set_home_thread(self, thread_id: int) -> None:
+        """Say which event-loop thread runs this future's task run, so a blocking wait on
+        that very thread fails clearly instead of waiting for itself."""
+        self._home_thread = thread_id
 
     def _avoid_self_deadlock(self) -> None:
-        if self._home_thread != threading.get_ident() or self._done.is_set():
-            return
-        if self._inline is not None and self.claim():
-            self._inline()
-            return
-        if not self._done.is_set():
+        if self._home_thread == threading.get_ident() and not self._done.is_set():
             raise RuntimeError(
                 f"Blocking on task run {self.task_run.name!r} from the event loop that runs it "
-                "would deadlock: it already started in this loop. In async code, use "
-                "`await future` (or `await future.aresult()`) instead of .result()/.wait()."
+                "would deadlock (a task body waiting for a run it submitted). In async code, "
+                "use `await future` (or `await future.aresult()`) instead of .result()/.wait()."
             )
 
     def __repr__(self) -> str:

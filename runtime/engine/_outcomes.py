@@ -9,7 +9,7 @@ import anyio
 
 from ..core import _states as S
 from ..core._exceptions import TerminationSignal
-from ..core._states import State, StateType
+from ..core._states import State, StateDetails, StateType
 from ._interrupt import BodyInterrupted
 
 __all__ = [
@@ -69,8 +69,9 @@ def _is_state_collection(value: Any) -> bool:
     )
 
 
-def return_value_to_state(value: Any) -> State[Any]:
-    """Return the state a run takes when its function returned ``value``.
+def return_value_to_state(value: Any, details: StateDetails | None = None) -> State[Any]:
+    """Return the state a run takes when its function returned ``value`` (a Completed state
+    carries ``details``, the run's own, when given).
 
     - A State the user built (not one of a run) is taken as is.
     - A run's State, or a list/tuple/set of them, aggregates: Completed if all completed,
@@ -88,7 +89,9 @@ def return_value_to_state(value: Any) -> State[Any]:
     else:
         if isinstance(value, types.GeneratorType):
             value = list(value)
-        return S.Completed(data=value)
+        if details is None:
+            return S.Completed(data=value)
+        return S.Completed(data=value, state_details=details)
 
     total = len(states)
     counts: dict[StateType, int] = {}

@@ -26,6 +26,7 @@ from ..core._states import (
     now_utc,
     replace,
     replace_details,
+    run_details,
     state_exception,
 )
 from ..orchestration._orchestrator import (
@@ -156,7 +157,10 @@ class TaskRunEngine:
         self._settings: ResultSettings | None = None
         self._result: Any = None
         self._named = False  # task_run_name applied
-        self._running_details: StateDetails | None = None
+        # Every state the engine builds links the run already: the orchestrator has nothing
+        # to stamp on it (details are immutable, so all its states share this object).
+        self._details = run_details(task_run.flow_run_id, task_run.id)
+        self._running_details = self._details
         self._context: TaskRunContext | None = None
         self._future = future
         self._hooks_ran = False
@@ -165,6 +169,7 @@ class TaskRunEngine:
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
         self._set_run(task_run)
+        self._details = self._running_details = run_details(task_run.flow_run_id, task_run.id)
         self._logger = None
 
     def _set_run(self, task_run: TaskRun) -> None:
@@ -211,6 +216,8 @@ class TaskRunEngine:
     async def _run(self) -> State[Any]:
         if _task_runs_logger.isEnabledFor(logging.INFO):
             self.logger.info("Created task run %r for task %r", self.task_run.name, self.task.name)
+        if self.task_run.version == 0 and (self.wait_for or not _all_atoms(self.parameters)):
+            await self._create()  # recorded Pending while it waits for its upstreams
         try:
             parameters = await resolve_parameters(self.parameters, self.driver.wait_for)
             await wait_for_upstreams(self.wait_for, self.driver.wait_for)
@@ -226,7 +233,9 @@ class TaskRunEngine:
             return self.task_run.state  # type: ignore[return-value]
         self.parameters = parameters
         try:
-            self._running_details = self._work_out_details(parameters)
+            details = self._work_out_details(parameters)
+            if details is not None:
+                self._running_details = details
         except Exception as exc:  # a bad result option: the run cannot start, nor retry
             self._last_exception = exc
             failed = _not_retriable(exception_to_failed_state(exc, "Task run could not start"))
@@ -272,7 +281,7 @@ class TaskRunEngine:
         )
         if key is None:
             return None
-        return StateDetails(cache_key=key, refresh_cache=refresh)
+        return replace_details(self._details, cache_key=key, refresh_cache=refresh)
 
     def _new_context(self, parameters: dict[str, Any]) -> TaskRunContext:
         return TaskRunContext(
@@ -287,8 +296,7 @@ class TaskRunEngine:
     async def _enter_running(self, make_state: Callable[..., State[Any]]) -> State[Any]:
         details = self._running_details
         while True:
-            proposed = make_state() if details is None else make_state(state_details=details)
-            transition = await self._propose(proposed)
+            transition = await self._propose(make_state(state_details=details))
             if transition.status != "WAIT":
                 return self.task_run.state  # type: ignore[return-value]
             await self.driver.wait(transition)
@@ -329,7 +337,7 @@ class TaskRunEngine:
             _log_prints.reset(prints_token)
             _task_run_context.reset(task_token)
             _flow_run_context.reset(flow_token)
-        state = return_value_to_state(result)
+        state = return_value_to_state(result, self._details)
         if state.is_failed():
             # A returned Failed state (built by the body, or aggregating failed runs) is
             # retried on the same terms as a raised exception: retry_condition_fn decides.
@@ -541,8 +549,20 @@ class TaskRunEngine:
             self.logger.log(level, message)
 
     async def _propose(self, state: State[Any], *, force: bool = False) -> Transition:
+        """Propose ``state``; a run not recorded yet is recorded Pending with it, in one
+        message."""
+        if self.task_run.version == 0:
+            return await self._create(state)
         transition: Transition = await self.driver.ask(
             ProposeState("task", self.task_run.id, state, force)
+        )
+        self._set_run(transition.run)
+        return transition
+
+    async def _create(self, then: State[Any] | None = None) -> Transition:
+        pending = S.Pending(state_details=self._details)
+        transition: Transition = await self.driver.ask(
+            CreateRun("task", self.task_run, pending, then)
         )
         self._set_run(transition.run)
         return transition
@@ -557,6 +577,17 @@ class TaskRunEngine:
         """
         state: State[Any] = self.task_run.state  # type: ignore[assignment]
         return state.result()
+
+
+_ATOMS = (int, float, str, bytes, bool, type(None))
+
+
+def _all_atoms(parameters: dict[str, Any]) -> bool:
+    """Whether no parameter can hold a future or a state (the common case)."""
+    for value in parameters.values():
+        if not isinstance(value, _ATOMS):
+            return False
+    return True
 
 
 def _not_retriable(state: State[Any]) -> State[Any]:
@@ -586,7 +617,9 @@ async def create_task_run(
     *,
     reuse_completed: bool = True,
 ) -> tuple[TaskRun, State[Any] | None]:
-    """Store a new task run in its first state, Pending; return it and None.
+    """Return the task run a run of this task drives, and its final state if there is
+    nothing to run: the new, not yet recorded run (the engine records it Pending with its
+    first proposal) and None.
 
     In a flow run that runs again (resumed after a suspension or a crash), the task run
     with the same task key and dynamic key is found instead: if it completed and its
@@ -612,16 +645,14 @@ async def create_task_run(
                 ProposeState("task", previous.id, S.Pending(), force=True)
             )
             return transition.run, None
-    transition = await driver.ask(CreateRun("task", task_run, S.Pending()))
-    return transition.run, None
+    return task_run, None  # recorded by the engine, with its first proposal
 
 
 class TaskRunActor(Actor):
-    """A submitted task run: a temporary child of its flow run's supervisor.
+    """A submitted task run: a temporary child of its flow run attempt's supervisor, on a
+    task-runner loop (:mod:`runtime.engine._submission`).
 
-    Its work is the engine run; it hands the final state to the run's future. If the
-    future was claimed by a blocking wait on this same loop before the actor started, the
-    run already happened there and the actor has nothing to do.
+    Its work is the engine run; it hands the final state to the run's future.
     """
 
     def __init__(
@@ -631,15 +662,13 @@ class TaskRunActor(Actor):
         self._future = future
 
     async def run(self) -> None:
-        """Run the task run and resolve its future, unless someone else claimed it.
+        """Run the task run and resolve its future.
 
         A body that raised ``KeyboardInterrupt``, ``SystemExit`` or another non-``Exception``
         left the run Crashed and its future holding that state: whoever waits on the future
         gets the exception. It does not go up to the supervisor, where it would tear down
         the whole runtime (the orchestrator with it) and leave the flow run hanging.
         """
-        if not self._future.claim():
-            return
         try:
             await run_submitted(self._engine_factory(), self._future)
         except (Exception, anyio.get_cancelled_exc_class(), EngineSignal):

@@ -36,6 +36,7 @@ from ..core._models import FlowRun, RunKind, TaskRun, evolve
 from ..core._rules import Abort, Accept, Reject, RuleContext, Wait, decide
 from ..core._states import State, StateType, replace, replace_details
 from ..store._backend import Run, RunInputWrite, StaleRun, StoreBackend
+from ._owners import owner_alive, process_owner
 
 __all__ = [
     "CreateRun",
@@ -52,15 +53,21 @@ MAX_CONFLICTS = 20
 """How many times in a row a write may find its run changed before the orchestrator gives up."""
 
 _MICROSECOND = timedelta(microseconds=1)
+_PENDING = StateType.PENDING
+_RUNNING = StateType.RUNNING
+_COMPLETED = StateType.COMPLETED
 
 
 @attrs.frozen
 class CreateRun:
-    """Record ``run`` (a snapshot the store has not seen, version 0) in its first ``state``."""
+    """Record ``run`` (a snapshot the store has not seen, version 0) in its first ``state``;
+    with ``then``, propose that state for it at once (a task run created Pending and
+    started: one message, not two) and answer that proposal."""
 
     kind: RunKind
     run: Run
     state: State[Any]
+    then: State[Any] | None = None
 
 
 @attrs.frozen
@@ -123,6 +130,13 @@ class Transition:
     watch: Any = None
 
 
+def _may_write_task_runs(flow_run: FlowRun) -> bool:
+    """Whether this process may write ``flow_run``'s task runs: it runs the flow run, or
+    the process that did is gone (or the run has no recorded owner)."""
+    owner = flow_run.owner
+    return owner is None or owner == process_owner() or owner_alive(owner) is False
+
+
 def _as_datetime(timestamp: float) -> datetime:
     return datetime.fromtimestamp(timestamp, timezone.utc)
 
@@ -160,7 +174,10 @@ class Orchestrator(Actor):
         if kind is ProposeState:
             return self.propose(message)
         if kind is CreateRun:
-            return self.create(message.kind, message.run, message.state)
+            transition = self.create(message.kind, message.run, message.state)
+            if message.then is None:
+                return transition
+            return self.propose(ProposeState(message.kind, message.run.id, message.then))
         if kind is UpdateRun:
             return self.update(message.kind, message.run_id, message.changes)
         if kind is ReadRun:
@@ -201,6 +218,13 @@ class Orchestrator(Actor):
         proposed = message.state
         for _ in range(MAX_CONFLICTS):
             run = self._current(kind, message.run_id)
+            if self._plainly_accepted(kind, run, message):
+                try:
+                    run, _ = self._write(kind, run, proposed)
+                except StaleRun as stale:
+                    self._refresh(stale.current)
+                    continue
+                return Transition("ACCEPT", run.state, run)  # type: ignore[arg-type]
             ctx = self._rule_context(kind, run, message)
             decision = decide(run.state, proposed, ctx)
             decision_type = type(decision)
@@ -326,6 +350,31 @@ class Orchestrator(Actor):
         )
 
     # -- deciding ---------------------------------------------------------------------
+
+    def _plainly_accepted(self, kind: RunKind, run: Run, message: ProposeState) -> bool:
+        """Whether :func:`~runtime.core._rules.decide` would accept this proposal without
+        needing anything looked up: the hot path of every run, decided without building a
+        rule context. It covers a run finishing Completed from Running, and a run starting
+        from Pending with nothing that could hold it back (no tag limits, no cache key, a
+        top-level flow run or a parent flow run this orchestrator knows to be running).
+        ``test_orchestrator.py`` checks that these answers are ``decide``'s."""
+        current = run.state
+        if current is None or message.force or message.required_types is not None:
+            return False
+        proposed = message.state
+        if proposed.type is _COMPLETED:
+            return current.type is _RUNNING
+        if proposed.type is not _RUNNING or current.type is not _PENDING:
+            return False
+        if kind == "flow":
+            return run.parent_task_run_id is None  # type: ignore[union-attr]
+        if run.tags or proposed.state_details.cache_key is not None:
+            return False
+        parent_id = run.flow_run_id  # type: ignore[union-attr]
+        if parent_id is None:
+            return True
+        parent = self._live.get(parent_id)
+        return parent is not None and parent.state is not None and parent.state.type is _RUNNING
 
     def _rule_context(self, kind: RunKind, run: Run, message: ProposeState) -> RuleContext:
         now = _as_datetime(self._clock.now())
@@ -465,7 +514,10 @@ class Orchestrator(Actor):
 
         - A subflow's state is mirrored onto the task run that stands for it in the parent.
         - A flow run that is being cancelled cancels its unfinished task runs, and asks its
-          running subflows to cancel (their own engines finish them).
+          running subflows to cancel (their own engines finish them). Only the process that
+          runs the flow run (or any process, once that one is gone) writes its task runs,
+          as the store contract says: a cancel from elsewhere reaches them through the flow
+          run's own engine, whose orchestrator cascades when it records Cancelled.
         """
         if flow_run.parent_task_run_id is not None:
             mirror = S.State(
@@ -481,7 +533,7 @@ class Orchestrator(Actor):
                 ),
             )
             self._write_other("task", flow_run.parent_task_run_id, mirror)
-        if state.is_cancelling() or state.is_cancelled():
+        if (state.is_cancelling() or state.is_cancelled()) and _may_write_task_runs(flow_run):
             for task_run in self._backend.read_task_runs(flow_run_id=flow_run.id):
                 task_run = self._live.get(task_run.id, task_run)  # type: ignore[assignment]
                 current = task_run.state

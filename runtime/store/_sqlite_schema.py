@@ -62,7 +62,9 @@ __all__ = [
     "open_connection",
     "parse_datetime",
     "SELECT_VERSION",
+    "STATE_COLUMNS",
     "StateValues",
+    "WRITTEN_COLUMNS",
     "run_values",
     "state_columns",
     "state_from_row",
@@ -329,6 +331,11 @@ _STATE_COLUMNS = (
 _WRITTEN = {
     kind: ("name", *_STATE_COLUMNS, "created", "body", *links) for kind, links in _LINKS.items()
 }
+STATE_COLUMNS = _STATE_COLUMNS
+"""The run columns that change with every state, in the order :func:`state_columns` gives
+their values (a server database's store maps runs to rows with these functions too)."""
+WRITTEN_COLUMNS = _WRITTEN
+"""Per kind, the run columns :func:`run_values` gives values for, in its order."""
 _NOT_IN_BODY = {"state", "version", "run_count", "start_time", "end_time"}
 _NO_DATA = {"data"}
 _MICROSECOND = timedelta(microseconds=1)
@@ -379,9 +386,12 @@ def iso(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
-def parse_datetime(text: str | None) -> datetime | None:
-    """Return the datetime :func:`iso` wrote (None stays None)."""
-    return None if text is None else datetime.fromisoformat(text)
+def parse_datetime(text: str | datetime | None) -> datetime | None:
+    """Return the datetime :func:`iso` wrote (None stays None); a datetime (what a server
+    database's timestamp column reads as) is returned as it is."""
+    if text is None or isinstance(text, datetime):
+        return text
+    return datetime.fromisoformat(text)
 
 
 def _column(value: Any) -> Any:

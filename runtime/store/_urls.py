@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import threading
-from urllib.parse import parse_qs, unquote
+from typing import Any
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from ..core._exceptions import ConfigurationError
 from ..core._settings import stageflow_home
@@ -30,19 +31,27 @@ def open_backend(url: str) -> tuple[StoreBackend, bool]:
     ``memory://`` gives a new private in-memory store (``memory://?max_runs=N``: keep at most
     N finished top-level flow runs; 0 keeps all); ``sqlite:///relative/path.db`` and
     ``sqlite:////absolute/path.db`` (optionally ``?fsync=1``) open an SQLite file, which
-    other processes may use at the same time.
+    other processes may use at the same time; ``postgresql://user:password@host:port/dbname``
+    (or ``postgres://``) opens a PostgreSQL database that processes on any machine share
+    (``pip install 'stageflow[postgres]'``), with the options ``schema=NAME``, ``fsync=1``,
+    ``reconnect_timeout=SECONDS`` and ``pool_size=N`` besides libpq's own (``sslmode``, ...).
 
     Raises:
         ConfigurationError: the URL names no store this build supports, or its options are
-            invalid, or the SQLite file belongs to a newer stageflow or another program.
-        StoreError: the SQLite file cannot be created or read.
+            invalid, or the store belongs to a newer stageflow or another program, or the
+            PostgreSQL driver is not installed.
+        StoreError: the SQLite file cannot be created or read; the PostgreSQL server cannot
+            be reached.
     """
     if url.startswith("memory://"):
         return _open_memory(url), True
     if url.startswith("sqlite:"):
         return _open_sqlite(url), True
+    if url.startswith(("postgresql://", "postgres://")):
+        return _open_postgres(url), True
     raise ConfigurationError(
-        f"Unsupported store URL {url!r}: use 'memory://' or 'sqlite:///path/to/file.db'."
+        f"Unsupported store URL {url!r}: use 'memory://', 'sqlite:///path/to/file.db' or "
+        "'postgresql://user:password@host:port/dbname'."
     )
 
 
@@ -84,6 +93,58 @@ def _open_sqlite(url: str) -> SqliteStore:
             )
         fsync = _FLAGS[value]
     return SqliteStore(unquote(path), fsync=fsync)
+
+
+_POSTGRES_OPTIONS = ("schema", "fsync", "reconnect_timeout", "pool_size")
+
+
+def _open_postgres(url: str) -> StoreBackend:
+    """Open ``postgresql://...``: stageflow's options are taken out of the query, the rest
+    goes to libpq as it is; the URL kept for messages hides the password."""
+    parts = urlsplit(url)
+    ours: dict[str, Any] = {}
+    theirs = []
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if key not in _POSTGRES_OPTIONS:
+            theirs.append((key, value))
+            continue
+        if key == "schema":
+            ours["schema"] = value
+        elif key == "fsync":
+            if value.strip().lower() not in _FLAGS:
+                raise ConfigurationError(
+                    f"Unsupported value fsync={value!r} in the store URL {_hide_password(url)!r}: "
+                    "set it to 1, true, yes or on, or to 0, false, no or off (any case)."
+                )
+            ours["fsync"] = _FLAGS[value.strip().lower()]
+        elif key == "pool_size":
+            if not value.strip().isdigit() or int(value) < 1:
+                raise ConfigurationError(
+                    f"Unsupported value pool_size={value!r} in the store URL "
+                    f"{_hide_password(url)!r}: give a whole number of connections, 1 or more."
+                )
+            ours["pool_size"] = int(value)
+        else:
+            try:
+                ours["reconnect_timeout"] = float(value)
+            except ValueError:
+                raise ConfigurationError(
+                    f"Unsupported value reconnect_timeout={value!r} in the store URL "
+                    f"{_hide_password(url)!r}: give a number of seconds."
+                ) from None
+    conninfo = urlunsplit(parts._replace(query=urlencode(theirs)))
+    from ._postgres import PostgresStore  # imports psycopg: only when asked for
+
+    return PostgresStore(conninfo, url=_hide_password(url), **ours)
+
+
+def _hide_password(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def default_backend() -> StoreBackend:

@@ -564,7 +564,7 @@ class TestControlMessages:
             with pytest.raises(
                 TypeError,
                 match=r"^supervisor 'system' does not understand str; "
-                r"send StartChild, StopChild or WhichChildren$",
+                r"send StartChild, AttachChild, StopChild or WhichChildren$",
             ):
                 await system.root.ask("hello")
             assert await names(system.root) == ["x"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -16,6 +17,7 @@ import pytest
 from runtime import FlowRun, Runtime, State, TaskRun
 
 __all__ = [
+    "StoreUrl",
     "flow_run_named",
     "isolated_home",
     "messages",
@@ -26,6 +28,10 @@ __all__ = [
     "task_runs_of",
     "wait_until",
 ]
+
+StoreUrl = Callable[[Path], str]
+"""Makes the URL of a new shared store, given a directory of the test's (the
+``store_url`` fixture of ``conftest.py``)."""
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -743,13 +743,16 @@ async def test_many_submissions_in_async_flow() -> None:
 
 
 async def test_async_task_waits_on_event_set_by_another_task() -> None:
+    """A submitted run waits while the flow goes on and calls a task that releases it (the
+    submitted run runs on the task runner's loop, as in Prefect: a thread-safe event)."""
+
     @flow
     async def pipeline() -> str:
-        event = anyio.Event()
+        event = threading.Event()
 
         @task
         async def waiter() -> str:
-            await event.wait()
+            assert await anyio.to_thread.run_sync(event.wait, 30)
             return "released"
 
         @task
@@ -785,3 +788,92 @@ def test_states_as_inputs_and_in_wait_for() -> None:
     first, second, tolerated, blocked = pipeline()
     assert (first, second, blocked) == (1, 2, "NotReady")
     assert str(tolerated) == "manual failure"
+
+
+# -- blocking on futures inside an async flow (the work runs on the task runner's loop) ------
+
+
+async def test_blocking_result_after_the_run_started_in_an_async_flow() -> None:
+    @task
+    async def double(x: int) -> int:
+        await anyio.sleep(0)
+        return 2 * x
+
+    @flow
+    async def pipeline() -> int:
+        future = double.submit(1)
+        await anyio.sleep(0)
+        return future.result()  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == 2
+
+
+async def test_a_blocking_map_result_in_an_async_flow_runs_the_tasks_concurrently() -> None:
+    """Five runs that each wait for all five to have started: run one after another, they
+    would never get there."""
+    started = threading.Barrier(5, timeout=30)
+
+    @task
+    async def meet(i: int) -> int:
+        await anyio.to_thread.run_sync(started.wait)
+        return i
+
+    @flow
+    async def pipeline() -> list[int]:
+        return meet.map(range(5)).result()  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == [0, 1, 2, 3, 4]
+
+
+async def test_a_sync_task_takes_an_async_tasks_future_in_an_async_flow() -> None:
+    @task
+    async def produce(x: int) -> int:
+        return x + 1
+
+    @task
+    def consume(x: int) -> int:
+        return x * 10
+
+    @flow
+    async def pipeline() -> tuple[int, int]:
+        called = consume(produce.submit(5))
+        submitted = consume.submit(produce.submit(5)).result()
+        return called, submitted  # type: ignore[return-value]
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == (60, 60)
+
+
+async def test_blocking_waits_in_an_async_flow() -> None:
+    @task
+    async def value(x: int) -> int:
+        return x
+
+    @flow
+    async def pipeline() -> list[int]:
+        futures = [value.submit(i) for i in range(3)]
+        futures[0].wait()
+        done, not_done = wait(futures)
+        assert not not_done and done == set(futures)
+        return sorted(future.result() for future in as_completed(futures))
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == [0, 1, 2]
+
+
+def test_blocking_waits_in_a_sync_flow_on_async_tasks(sync_runtime: Runtime) -> None:
+    started = threading.Barrier(3, timeout=30)
+
+    @task
+    async def meet(i: int) -> int:
+        await anyio.to_thread.run_sync(started.wait)
+        return i
+
+    @flow
+    def pipeline() -> list[int]:
+        futures = meet.map(range(3))
+        return sorted(future.result() for future in as_completed(futures))
+
+    assert pipeline() == [0, 1, 2]

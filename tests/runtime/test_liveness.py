@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import wait_until
+from engine_support import StoreUrl, wait_until
 
 from actors import ChildSpec, FakeClock, Restart, open_actor_system
 from runtime import Runtime, flow, wait_for_flow_run
@@ -39,7 +39,7 @@ from runtime.orchestration._owners import HOST, _start_time, owner_alive, proces
 from runtime.orchestration._ownership import reap_dead_processes
 from runtime.store._memory import MemoryStore
 from runtime.store._records import ProcessLease
-from runtime.store._sqlite import SqliteStore
+from runtime.store._urls import open_backend
 
 START = 1_800_000_000.0
 REPO = Path(__file__).resolve().parents[2]
@@ -247,7 +247,9 @@ async def test_waiting_for_a_run_of_a_live_process_waits(lease: str) -> None:
 # -- the process's own lease ----------------------------------------------------------------
 
 
-async def test_a_process_takes_its_lease_when_it_runs_a_flow(tmp_path: Path) -> None:
+async def test_a_process_takes_its_lease_when_it_runs_a_flow(
+    tmp_path: Path, store_url: StoreUrl
+) -> None:
     """On a shared store, opening a runtime writes nothing; the first flow run takes the
     process's lease (valid 2L/3 s), and closing the runtime that owns the store removes it."""
 
@@ -255,7 +257,7 @@ async def test_a_process_takes_its_lease_when_it_runs_a_flow(tmp_path: Path) -> 
     async def tick() -> int:
         return 1
 
-    url = f"sqlite:///{tmp_path / 'store.db'}"
+    url = store_url(tmp_path)
     async with Runtime(store=url, lease_seconds=6) as rt:
         assert rt.backend is not None
         assert rt.backend.read_leases() == []
@@ -263,7 +265,7 @@ async def test_a_process_takes_its_lease_when_it_runs_a_flow(tmp_path: Path) -> 
         (lease,) = rt.backend.read_leases()
         assert lease.owner == process_owner() and lease.pid == os.getpid()
         assert lease.expires - lease.renewed == timedelta(seconds=4)
-    store = SqliteStore(tmp_path / "store.db")
+    store = open_backend(url)[0]
     try:
         assert store.read_leases() == []
     finally:
@@ -311,9 +313,14 @@ def _python(env: dict[str, str], code: str, *args: str) -> subprocess.Popen[str]
     )
 
 
-def _stop_outside_a_write(pid: int, db: Path) -> None:
-    """SIGSTOP ``pid`` at a moment it does not hold the store's write lock (a process
-    stopped inside a write would block every other writer for the busy timeout)."""
+def _stop_outside_a_write(pid: int, url: str) -> None:
+    """SIGSTOP ``pid`` at a moment it does not hold an SQLite store's write lock (a process
+    stopped inside a write would block every other writer for the busy timeout). A
+    PostgreSQL server finishes a statement it was sent whatever its client does."""
+    if not url.startswith("sqlite:///"):
+        os.kill(pid, signal.SIGSTOP)
+        return
+    db = url.removeprefix("sqlite:///")
     for _ in range(100):
         os.kill(pid, signal.SIGSTOP)
         conn = sqlite3.connect(db, timeout=0.05, isolation_level=None)
@@ -329,15 +336,15 @@ def _stop_outside_a_write(pid: int, db: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["kill -9", "SIGSTOP"])
-def test_a_live_process_notices_a_dead_one(tmp_path: Path, how: str) -> None:
+def test_a_live_process_notices_a_dead_one(tmp_path: Path, store_url: StoreUrl, how: str) -> None:
     """A process opened *before* another died notices it (the kill on this host at its
     next look; a stopped, unresponsive process once its lease expires), marks its run
     Crashed, and a ``wait_for_flow_run`` there returns it Crashed, not after its timeout."""
-    db = tmp_path / "stageflow.db"
+    url = store_url(tmp_path)
     env = {
         **os.environ,
         "STAGEFLOW_HOME": str(tmp_path),
-        "STAGEFLOW_STORE": f"sqlite:///{db}",
+        "STAGEFLOW_STORE": url,
         "STAGEFLOW_LEASE_SECONDS": "1",
         "PYTHONPATH": str(REPO),
     }
@@ -345,7 +352,7 @@ def test_a_live_process_notices_a_dead_one(tmp_path: Path, how: str) -> None:
     watcher = None
     try:
         assert doomed.stdout is not None and doomed.stdout.readline().strip() == "running"
-        store = SqliteStore(db)
+        store = open_backend(url)[0]
         try:
             (run,) = store.read_flow_runs(flow_name="stuck")
         finally:
@@ -355,7 +362,7 @@ def test_a_live_process_notices_a_dead_one(tmp_path: Path, how: str) -> None:
         if how == "kill -9":
             os.kill(doomed.pid, signal.SIGKILL)
         else:
-            _stop_outside_a_write(doomed.pid, db)
+            _stop_outside_a_write(doomed.pid, url)
         out, err = watcher.communicate(timeout=60)
         assert watcher.returncode == 0, err
         assert out.strip() == "Crashed"

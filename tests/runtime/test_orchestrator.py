@@ -11,13 +11,14 @@ from typing import Any
 from uuid import UUID
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from actors import FakeClock
 from runtime import states as S
 from runtime.core._models import FlowRun, FlowRunPolicy, TaskRun, TaskRunPolicy
+from runtime.core._rules import decide
 from runtime.orchestration._orchestrator import (
     CreateRun,
     Orchestrator,
@@ -386,3 +387,63 @@ TestOrchestratorMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+# -- the hot path decides as the rules do -----------------------------------------------------
+
+_STATES = {
+    "Pending": S.Pending,
+    "Running": S.Running,
+    "Completed": S.Completed,
+    "Failed": S.Failed,
+    "Cancelling": S.Cancelling,
+    "Paused": lambda **kw: S.Paused(pause_key="p", **kw),
+    "Scheduled": S.Scheduled,
+    "Crashed": S.Crashed,
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    kind=st.sampled_from(["flow", "task"]),
+    current=st.sampled_from(sorted(_STATES)),
+    proposed=st.sampled_from(sorted(_STATES)),
+    parent=st.sampled_from([None, *sorted(_STATES)]),
+    tags=st.booleans(),
+    cache_key=st.booleans(),
+    force=st.booleans(),
+)
+def test_the_plain_path_accepts_only_what_the_rules_accept(
+    kind: str,
+    current: str,
+    proposed: str,
+    parent: str | None,
+    tags: bool,
+    cache_key: bool,
+    force: bool,
+) -> None:
+    """Whenever the orchestrator takes its shortcut (no rule context), decide() on the full
+    context accepts the same proposal."""
+    store = MemoryStore()
+    orchestrator = Orchestrator(store, FakeClock(START))
+    parent_run = None
+    if parent is not None:
+        parent_run = create_flow_run(orchestrator)
+        if parent != "Pending":
+            propose(orchestrator, "flow", parent_run.id, S.Running())
+            if parent != "Running":
+                propose(orchestrator, "flow", parent_run.id, _STATES[parent](), force=True)
+    if kind == "flow":
+        stand_in = None if parent_run is None else create_task_run(orchestrator, parent_run)
+        run: Any = create_flow_run(
+            orchestrator, parent_task_run_id=None if stand_in is None else stand_in.id
+        )
+    else:
+        run = create_task_run(orchestrator, parent_run, tags=["db"] if tags else [])
+    if current != "Pending":
+        run = propose(orchestrator, kind, run.id, _STATES[current](), force=True).run
+    details = S.StateDetails(cache_key="k" if cache_key else None)
+    message = ProposeState(kind, run.id, _STATES[proposed](state_details=details), force=force)  # type: ignore[arg-type]
+    if orchestrator._plainly_accepted(kind, run, message):  # type: ignore[arg-type]
+        ctx = orchestrator._rule_context(kind, run, message)  # type: ignore[arg-type]
+        assert type(decide(run.state, message.state, ctx)).__name__ == "Accept"

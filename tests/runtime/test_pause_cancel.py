@@ -222,15 +222,16 @@ def test_a_sync_flow_paused_in_one_thread_is_resumed_from_another() -> None:
 async def test_no_new_task_starts_while_paused_but_running_tasks_go_on() -> None:
     ids: list[UUID] = []
     started: list[str] = []
-    slow_started = anyio.Event()
-    release_slow = anyio.Event()
+    # Submitted runs run on the task runner's loop: thread-safe events.
+    slow_started = threading.Event()
+    release_slow = threading.Event()
     results: list[Any] = []
 
     @task
     async def slow() -> str:
         started.append("slow")
         slow_started.set()
-        await release_slow.wait()
+        assert await anyio.to_thread.run_sync(release_slow.wait, 30)
         return "slow done"
 
     @task
@@ -242,7 +243,7 @@ async def test_no_new_task_starts_while_paused_but_running_tasks_go_on() -> None
     async def f() -> Any:
         ids.append(get_run_context().flow_run.id)
         future = slow.submit()
-        await slow_started.wait()
+        assert await anyio.to_thread.run_sync(slow_started.wait, 30)
         await pause_flow_run(timeout=60)
         return await future, await later()
 
@@ -300,7 +301,7 @@ async def test_cancelling_a_running_flow_cancels_its_tasks_and_runs_the_hooks() 
     ids: list[UUID] = []
     hooks: list[str] = []
     results: list[Any] = []
-    task_started = anyio.Event()
+    task_started = threading.Event()  # set on the task runner's loop
 
     @task
     async def forever() -> None:
@@ -319,7 +320,7 @@ async def test_cancelling_a_running_flow_cancels_its_tasks_and_runs_the_hooks() 
     async def f() -> None:
         ids.append(get_run_context().flow_run.id)
         future = forever.submit()
-        await task_started.wait()
+        assert await anyio.to_thread.run_sync(task_started.wait, 30)
         await child()
         await never()
         await future
@@ -332,7 +333,7 @@ async def test_cancelling_a_running_flow_cancels_its_tasks_and_runs_the_hooks() 
 
             tg.start_soon(run)
             run_id = await _wait_until_running(runtime, ids)
-            await task_started.wait()
+            assert await anyio.to_thread.run_sync(task_started.wait, 30)
             await cancel_flow_run(run_id)
         backend = runtime.backend
         assert backend is not None
@@ -394,14 +395,14 @@ def test_a_sync_flow_is_cancelled_from_another_thread() -> None:
 async def test_a_tag_limit_holds_runs_in_awaiting_concurrency_slot() -> None:
     running = 0
     peak = 0
-    gate = anyio.Event()
+    gate = threading.Event()  # submitted runs run on the task runner's loop
 
     @task(tags=["db"])
     async def query(i: int) -> int:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await gate.wait()
+        assert await anyio.to_thread.run_sync(gate.wait, 30)
         running -= 1
         return i
 

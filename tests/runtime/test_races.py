@@ -8,6 +8,9 @@ never leaves a final state.
 
 Another process's progress can only be observed by reading the store, so the tests poll
 it (bounded waits) instead of sleeping.
+
+Every race runs on the SQLite store (one file) and on the PostgreSQL store (one schema
+per trial).
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_support import StoreUrl
 
-from runtime.store._sqlite import SqliteStore
+from runtime.store._backend import StoreBackend
+from runtime.store._urls import open_backend
 
 REPO = Path(__file__).resolve().parents[2]
 TRIALS = 4
@@ -44,13 +49,14 @@ def _wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) 
 class Trial:
     """One trial's directory, store and processes."""
 
-    def __init__(self, root: Path, n: int) -> None:
+    def __init__(self, root: Path, n: int, store_url: StoreUrl) -> None:
         self.dir = root / f"trial-{n}"
         self.dir.mkdir()
+        self.url = store_url(self.dir)
         self.env = {
             **os.environ,
             "STAGEFLOW_HOME": str(self.dir),
-            "STAGEFLOW_STORE": f"sqlite:///{self.dir / 'stageflow.db'}",
+            "STAGEFLOW_STORE": self.url,
             "PYTHONPATH": str(REPO),
         }
 
@@ -82,8 +88,8 @@ class Trial:
             results.append((process.returncode, out + err))
         return results
 
-    def store(self) -> SqliteStore:
-        return SqliteStore(self.dir / "stageflow.db")
+    def store(self) -> StoreBackend:
+        return open_backend(self.url)[0]
 
     def flow_run(self, flow_name: str) -> Any:
         store = self.store()
@@ -162,9 +168,11 @@ print("resumed")
 """
 
 
-def test_two_resumers_of_a_suspended_run_run_its_body_once(tmp_path: Path) -> None:
+def test_two_resumers_of_a_suspended_run_run_its_body_once(
+    tmp_path: Path, store_url: StoreUrl
+) -> None:
     for n in range(TRIALS):
-        trial = Trial(tmp_path, n)
+        trial = Trial(tmp_path, n, store_url)
         first = trial.start("flows", SUSPENDING_FLOW)
         output = first.communicate(timeout=60)
         assert first.returncode == 0, output
@@ -202,9 +210,11 @@ PAUSING_FLOW = """
 """
 
 
-def test_two_resumers_of_a_paused_run_one_wins_and_its_input_is_used(tmp_path: Path) -> None:
+def test_two_resumers_of_a_paused_run_one_wins_and_its_input_is_used(
+    tmp_path: Path, store_url: StoreUrl
+) -> None:
     for n in range(TRIALS):
-        trial = Trial(tmp_path, n)
+        trial = Trial(tmp_path, n, store_url)
         flow_process = trial.start("flows", PAUSING_FLOW)
         run = _wait_until(
             lambda: (r := trial.flow_run("release")) and r.state.is_paused() and r,
@@ -257,10 +267,12 @@ print("state", cancel_flow_run(ARGS[0]).name)
 """
 
 
-def test_a_cancel_racing_a_completion_ends_one_way_only(tmp_path: Path) -> None:
+def test_a_cancel_racing_a_completion_ends_one_way_only(
+    tmp_path: Path, store_url: StoreUrl
+) -> None:
     outcomes = set()
     for n in range(TRIALS):
-        trial = Trial(tmp_path, n)
+        trial = Trial(tmp_path, n, store_url)
         flow_process = trial.start("flows", FINISHING_FLOW)
         run = _wait_until(
             lambda: (r := trial.flow_run("finishing")) and r.state.is_running() and r,
@@ -317,9 +329,9 @@ AWAITING_FLOW = """
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_cancel_from_another_process_ends_an_async_flow_cancelled(
-    tmp_path: Path, backend: str
+    tmp_path: Path, backend: str, store_url: StoreUrl
 ) -> None:
-    trial = Trial(tmp_path, 0)
+    trial = Trial(tmp_path, 0, store_url)
     flow_process = trial.start("flows", AWAITING_FLOW, backend)
     assert flow_process.stdout is not None
     assert flow_process.stdout.readline().strip() == "waiting"

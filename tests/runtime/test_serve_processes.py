@@ -1,5 +1,5 @@
-"""``stageflow serve`` in real processes sharing one SQLite store: two serves fire each
-slot once; a serve killed with ``-9`` leaves a run that the next serve recovers, reusing
+"""``stageflow serve`` in real processes sharing one store (an SQLite file, and PostgreSQL):
+two serves fire each slot once; a serve killed with ``-9`` leaves a run that the next serve recovers, reusing
 its finished task; SIGTERM stops a serve cleanly.
 
 Another process's progress can only be observed by reading the store, so these tests poll
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import wait_until
+from engine_support import StoreUrl, wait_until
 
-from runtime.store._sqlite import SqliteStore
+from runtime.store._backend import StoreBackend
+from runtime.store._urls import open_backend
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,14 +53,14 @@ FLOWS = """
 
 
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    """One store, one results directory; leases of 2 s, so that a dead serve is noticed
-    in about a second."""
+def env(tmp_path: Path, store_url: StoreUrl) -> dict[str, str]:
+    """One store (each shared kind), one results directory; leases of 2 s, so that a dead
+    serve is noticed in about a second."""
     (tmp_path / "flows.py").write_text(textwrap.dedent(FLOWS))
     return {
         **os.environ,
         "STAGEFLOW_HOME": str(tmp_path),
-        "STAGEFLOW_STORE": f"sqlite:///{tmp_path / 'stageflow.db'}",
+        "STAGEFLOW_STORE": store_url(tmp_path),
         "STAGEFLOW_LEASE_SECONDS": "2",
         "PYTHONPATH": str(REPO),
     }
@@ -76,8 +77,8 @@ def _serve(tmp_path: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[
     )
 
 
-def _read(tmp_path: Path, read: Callable[[SqliteStore], Any]) -> Any:
-    store = SqliteStore(tmp_path / "stageflow.db")
+def _read(env: dict[str, str], read: Callable[[StoreBackend], Any]) -> Any:
+    store = open_backend(env["STAGEFLOW_STORE"])[0]
     try:
         return read(store)
     finally:
@@ -100,7 +101,7 @@ def test_two_serves_fire_each_slot_once(tmp_path: Path, env: dict[str, str]) -> 
     try:
         runs = wait_until(
             lambda: (
-                len(found := _read(tmp_path, lambda s: s.read_flow_runs(flow_name="beat"))) >= 8
+                len(found := _read(env, lambda s: s.read_flow_runs(flow_name="beat"))) >= 8
                 and found
             ),
             "eight runs",
@@ -112,13 +113,13 @@ def test_two_serves_fire_each_slot_once(tmp_path: Path, env: dict[str, str]) -> 
         for process in serves:
             process.kill()
             process.communicate(timeout=30)
-    runs = _read(tmp_path, lambda s: s.read_flow_runs(flow_name="beat"))
+    runs = _read(env, lambda s: s.read_flow_runs(flow_name="beat"))
     slots = [tag for run in runs for tag in run.tags if tag.startswith("slot:")]
     assert len(slots) == len(set(slots)) == len(runs) >= 8
     assert {run.state_name for run in runs} == {"Completed"}
-    claims = _read(tmp_path, lambda s: s.read_schedule_slots("beat"))
+    claims = _read(env, lambda s: s.read_schedule_slots("beat"))
     assert len({claim.claimer for claim in claims}) == 2  # both fired some
-    record = _read(tmp_path, lambda s: s.read_schedule("beat"))
+    record = _read(env, lambda s: s.read_schedule("beat"))
     assert record.status == "stopped"
 
 
@@ -133,21 +134,21 @@ def test_the_next_serve_recovers_the_run_of_a_killed_one(
     assert first.stdout is not None and first.stdout.readline().strip() == "blocking"
     os.kill(first.pid, signal.SIGKILL)
     first.communicate(timeout=30)
-    (run,) = _read(tmp_path, lambda s: s.read_flow_runs(flow_name="pipeline"))
+    (run,) = _read(env, lambda s: s.read_flow_runs(flow_name="pipeline"))
     assert run.state_name == "Running"
 
     (tmp_path / "resumed").touch()
     second = _serve(tmp_path, env, target, "--interval", "3600")
     try:
         wait_until(
-            lambda: _read(tmp_path, lambda s: s.read_flow_run(run.id)).state_name == "Completed",
+            lambda: _read(env, lambda s: s.read_flow_run(run.id)).state_name == "Completed",
             "the run to be recovered",
         )
         _stop(second)
     finally:
         second.kill()
         second.communicate(timeout=30)
-    history = _read(tmp_path, lambda s: [x.name for x in s.read_state_history("flow", run.id)])
+    history = _read(env, lambda s: [x.name for x in s.read_state_history("flow", run.id)])
     assert history[-4:] == ["Crashed", "Resuming", "Running", "Completed"]
     assert (tmp_path / "calls.log").read_text().split() == ["prepare"]
-    assert len(_read(tmp_path, lambda s: s.read_flow_runs(flow_name="pipeline"))) == 1
+    assert len(_read(env, lambda s: s.read_flow_runs(flow_name="pipeline"))) == 1

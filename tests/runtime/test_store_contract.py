@@ -1,4 +1,5 @@
-"""The store contract: every :class:`StoreBackend` method, on each backend (memory, SQLite).
+"""The store contract: every :class:`StoreBackend` method, on each backend (memory, SQLite,
+PostgreSQL; what only PostgreSQL does is in ``test_postgres_store.py``).
 
 A new backend (PostgreSQL...) joins the ``store`` fixture and runs every contract test; the
 pipeline methods (schedules, slot claims, process leases) include races between threads,
@@ -11,6 +12,7 @@ the URLs and environment variables that choose it.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -43,12 +45,16 @@ from runtime.store._urls import default_backend, open_backend
 Run = FlowRun | TaskRun
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreBackend]:
     """Each backend, empty."""
-    backend: StoreBackend = (
-        MemoryStore() if request.param == "memory" else SqliteStore(tmp_path / "store.db")
-    )
+    backend: StoreBackend
+    if request.param == "memory":
+        backend = MemoryStore()
+    elif request.param == "sqlite":
+        backend = SqliteStore(tmp_path / "store.db")
+    else:
+        backend = open_backend(request.getfixturevalue("postgres_url"))[0]
     yield backend
     backend.close()
 
@@ -128,11 +134,11 @@ class TestRuns:
         flow_run = new_flow_run(store)
         missing = uuid4()
         with pytest.raises(
-            ObjectNotFound, match=rf"^Flow run {missing} not found in {store.url}\.$"
+            ObjectNotFound, match=rf"^Flow run {missing} not found in {re.escape(store.url)}\.$"
         ):
             store.read_flow_run(missing)
         with pytest.raises(
-            ObjectNotFound, match=rf"^Task run {flow_run.id} not found in {store.url}\.$"
+            ObjectNotFound, match=rf"^Task run {flow_run.id} not found in {re.escape(store.url)}\.$"
         ):
             store.read_task_run(flow_run.id)
         with pytest.raises(ObjectNotFound):
@@ -601,7 +607,7 @@ class TestClose:
         run = new_flow_run(store)
         store.close()
         assert store.closed
-        message = rf"^The store {store.url!r} is closed; open a new Runtime to use it\.$"
+        message = rf"^The store {re.escape(repr(store.url))} is closed; open a new Runtime to use it\.$"
         calls: list[Callable[[], object]] = [
             lambda: store.create_run("flow", evolve(FlowRun(name="x", flow_name="x"), version=1)),
             lambda: store.create_run(

@@ -1,0 +1,222 @@
+"""Where submitted task runs run: a task-runner loop, never the flow body's own loop.
+
+``task.submit()`` and ``task.map()`` hand task runs to the flow run attempt's
+:class:`TaskRunHost`. As with Prefect's ``ThreadPoolTaskRunner``, they do not run on the
+thread of the code that submitted them: the host starts them as children of a
+supervisor on a *task-runner loop* (an event loop on a daemon thread, which is not the
+submitting thread's loop), with the runtime that serves the flow run's store there. Async
+bodies run concurrently on that loop; sync bodies on its worker threads.
+
+So a flow body may block on a future (``future.result()``, ``wait(...)``,
+``as_completed(...)``) even from inside an async flow, whose loop it then blocks: the task
+runs elsewhere and completes. Called tasks (``task(...)``, ``await task(...)``) are not
+affected: they run in the caller.
+
+Submitting only posts the runs to the task-runner loop; nothing waits there. The
+supervisor is started on the first submit of an attempt, and stopped when the attempt
+ends: runs still running are cancelled, and runs that never started end Cancelled.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from functools import partial
+from typing import Any
+
+import anyio
+
+from actors import (
+    ChildSpec,
+    GlobalLoop,
+    LoopWaker,
+    PendingCall,
+    Restart,
+    StartChild,
+    Supervisor,
+    global_loop,
+)
+
+from ..core import _states as S
+from ..orchestration._runtime import Runtime, background_runtime
+from ._body import BodyPlacement, SyncTarget
+from ._drivers import LoopDriver
+from ._task_engine import TaskRunActor, TaskRunEngine
+
+__all__ = ["TaskRunHost", "task_runner_loop"]
+
+NEVER_STARTED = "The flow run attempt ended before this task run started."
+
+_logger = logging.getLogger("stageflow.engine")
+
+
+class _RunSupervisor(Supervisor):
+    """The supervisor of one flow run attempt's submitted task runs (``task.map`` may
+    start thousands at once: the mailbox is sized for that)."""
+
+    mailbox_size = 1_000_000
+
+
+def _report_task_crash(report: Any) -> None:
+    # The task run engine already logged the crash and recorded the Crashed state.
+    _logger.debug("Task run actor crashed: %r", report)
+
+
+_loops: list[GlobalLoop] = []
+_loops_lock = threading.Lock()
+
+
+def task_runner_loop() -> GlobalLoop:
+    """Return a loop for submitted task runs that the calling thread does not run: the
+    global loop, or (on the global loop's own thread) a second loop kept for that."""
+    primary = global_loop()
+    if not primary.is_loop_thread():
+        return primary
+    with _loops_lock:
+        _loops[:] = [loop for loop in _loops if not loop.closed]
+        for loop in _loops:
+            if not loop.is_loop_thread():
+                return loop
+        loop = GlobalLoop(primary.backend, name=f"stageflow-task-runner-{len(_loops)}")
+        _loops.append(loop)
+        return loop
+
+
+class TaskRunHost:
+    """The submitted task runs of one flow run attempt; see the module docstring.
+
+    Args:
+        runtime: the runtime of the flow run (its store and clock are the task runs').
+        name: the attempt's name, for its supervisor.
+        max_workers: how many sync bodies run at once (None: anyio's thread limit).
+    """
+
+    def __init__(self, runtime: Runtime, name: str, max_workers: int | None) -> None:
+        assert runtime.backend is not None
+        self._backend = runtime.backend
+        self._clock = runtime.clock
+        self._name = name
+        self._max_workers = max_workers
+        self._lock = threading.Lock()
+        self._loop: GlobalLoop | None = None
+        self._closed = False
+        self._unfinished = 0
+        self._on_idle: Any = None
+        # On the task-runner loop:
+        self._started: anyio.Lock | None = None
+        self._ref: Any = None
+        self._runtime: Runtime | None = None
+        self._target: SyncTarget | None = None
+        self._stopped = False
+
+    def submit(self, items: list[tuple[Any, ...]]) -> None:
+        """Start task runs: ``items`` of ``(task, parameters, wait_for, future, flow_ctx)``.
+        Any thread; returns at once. After :meth:`stop`, the runs end Cancelled.
+
+        The host counts the runs not finished yet and keeps nothing of the finished ones
+        (a flow submitting 100,000 runs holds only the futures its own code keeps)."""
+        with self._lock:
+            self._unfinished += len(items)
+        for item in items:
+            item[3].add_done_callback(self._finished)
+        with self._lock:
+            if self._closed:
+                loop = None
+            else:
+                loop = self._loop = self._loop or task_runner_loop()
+        if loop is None:
+            _never_started(items)
+            return
+        loop.call_soon(self._start, items)
+
+    async def _start(self, items: list[tuple[Any, ...]]) -> None:
+        if self._started is None:
+            self._started = anyio.Lock()
+        async with self._started:
+            if self._stopped:
+                _never_started(items)
+                return
+            if self._ref is None:
+                runtime = self._runtime = await background_runtime(
+                    self._backend,
+                    self._clock,
+                    self._loop,  # type: ignore[arg-type]
+                )
+                limiter = (
+                    None if self._max_workers is None else anyio.CapacityLimiter(self._max_workers)
+                )
+                self._target = SyncTarget(BodyPlacement.WORKER_THREAD, limiter=limiter)
+                name = self._name
+                self._ref = await runtime.spawn(
+                    ChildSpec(
+                        name,
+                        lambda: _RunSupervisor(name=name, on_crash=_report_task_crash),
+                        restart=Restart.TEMPORARY,
+                    )
+                )
+        runtime = self._runtime
+        assert runtime is not None and self._target is not None
+        home = threading.get_ident()
+        for task, parameters, wait_for, future, flow_ctx in items:
+            engine_factory = partial(
+                TaskRunEngine,
+                task,
+                future.task_run,
+                parameters,
+                wait_for,
+                runtime,
+                flow_ctx,
+                LoopDriver(runtime, self._target),
+                future._transaction,
+                future,
+            )
+            future.set_home_thread(home)
+            spec = ChildSpec(
+                str(future.task_run.id),
+                partial(TaskRunActor, engine_factory, future),
+                restart=Restart.TEMPORARY,
+                shutdown_timeout=0,
+            )
+            self._ref.tell_nowait(StartChild(spec))
+
+    def _finished(self, future: Any) -> None:
+        with self._lock:
+            self._unfinished -= 1
+            on_idle = self._on_idle if self._unfinished == 0 else None
+        if on_idle is not None:
+            on_idle()
+
+    async def wait_idle(self) -> None:
+        """Wait until every task run submitted so far has finished (from the flow run's
+        loop, without blocking it)."""
+        idle = anyio.Event()
+        waker = LoopWaker()
+        with self._lock:
+            if self._unfinished == 0:
+                return
+            self._on_idle = lambda: waker.wake(idle.set)
+        await idle.wait()
+
+    async def stop(self) -> None:
+        """Stop the task runs still running (they end Cancelled or Crashed as their engines
+        decide); those that never started end Cancelled. Call from the flow run's loop."""
+        with self._lock:
+            self._closed = True
+            loop = self._loop
+        if loop is not None:
+            pending: PendingCall[None] = loop.call_soon(self._stop)
+            with anyio.CancelScope(shield=True):
+                await pending.aresult()
+
+    async def _stop(self) -> None:
+        if self._started is None:
+            self._started = anyio.Lock()
+        async with self._started:
+            self._stopped = True
+            if self._ref is not None:
+                await self._ref.stop()
+
+
+def _never_started(items: list[tuple[Any, ...]]) -> None:
+    for item in items:
+        item[3].set_final_state(S.Cancelled(message=NEVER_STARTED))
