@@ -99,12 +99,14 @@ def test_two_serves_fire_each_slot_once(tmp_path: Path, env: dict[str, str]) -> 
     target = f"{tmp_path / 'flows.py'}:beat"
     serves = [_serve(tmp_path, env, target, "--interval", "0.2") for _ in range(2)]
     try:
-        runs = wait_until(
-            lambda: (
-                len(found := _read(env, lambda s: s.read_flow_runs(flow_name="beat"))) >= 8
-                and found
+        # Both serves claim slots (however late the second one starts), and eight ran.
+        wait_until(
+            lambda: _read(
+                env,
+                lambda s: len({claim.claimer for claim in s.read_schedule_slots("beat")}) == 2
+                and len(s.read_flow_runs(flow_name="beat")) >= 8,
             ),
-            "eight runs",
+            "slots claimed by both serves, and eight runs",
         )
         for process in serves:
             out, _ = _stop(process)
