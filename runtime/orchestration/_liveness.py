@@ -12,10 +12,13 @@ seconds later by any live process (on the same host, where the pid can be checke
 flow run there, or a run it takes over, or a schedule it serves), it writes its
 :class:`~runtime.store._records.ProcessLease` under its owner token, the one its runs
 record as their ``owner``. Each :class:`~runtime.orchestration._runtime.Runtime` on such a
-store runs a :class:`LivenessActor`, which renews the lease and looks for dead processes;
-the process's :class:`LeaseKeeper` for the store makes the runtimes of one process share
-that work (one renewal per period, one look per period, whatever their number). Nothing is
-written per run.
+store runs a :class:`LivenessActor`, which renews the lease and looks for dead processes,
+except the implicit runtime of one async call made with no Runtime open: that one leaves
+the work to the background runtime of the process's global loop, which the first such
+call starts and which lives on (no actor started and stopped per call). The process's
+:class:`LeaseKeeper` for the store makes the runtimes of one process share that work (one
+renewal per period, one look per period, whatever their number). Nothing is written per
+run.
 
 **Reaping.** A lease that expired (or whose process, on this host, no longer runs) belongs
 to a process that is gone: its unfinished runs are marked Crashed through the orchestrator

@@ -18,10 +18,11 @@ every run still lands in the same store.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from contextlib import AsyncExitStack
 from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
+from contextvars import Context, ContextVar
 from functools import partial
 from typing import Any
 
@@ -34,8 +35,10 @@ from actors import (
     Clock,
     GlobalLoop,
     LoopClosed,
+    PendingCall,
     Restart,
     SystemClock,
+    global_loop,
     open_actor_system,
 )
 
@@ -54,6 +57,8 @@ __all__ = [
     "private_runtime",
     "set_recovery",
 ]
+
+_logger = logging.getLogger("stageflow")
 
 _current_runtime: ContextVar[Runtime | None] = ContextVar("stageflow_runtime", default=None)
 current_runtime_var = _current_runtime
@@ -135,6 +140,7 @@ class Runtime:
         self._system: Any = None
         self._sync_token: Any = None
         self._serves_loop = True  # False for the runtimes made by private_runtime()
+        self._per_call = False  # True for the implicit runtime of one call
 
     def _open(self) -> StoreBackend:
         if self._stack is not None or self._sync_token is not None:
@@ -201,15 +207,18 @@ class Runtime:
             )
             if keeper is not None:
                 await reap_orphans(self)
-                orchestrator = self.orchestrator
-                await system.spawn(
-                    ChildSpec(
-                        "liveness",
-                        lambda: LivenessActor(backend, orchestrator, keeper),
-                        restart=Restart.TRANSIENT,  # it returns once the store is closed
-                        shutdown_timeout=0,
+                # A runtime of one call leaves liveness to the process's background
+                # runtime on the global loop, which outlives it (see _watch_in_background).
+                if not (self._per_call and _watch_in_background(backend, self.clock)):
+                    orchestrator = self.orchestrator
+                    await system.spawn(
+                        ChildSpec(
+                            "liveness",
+                            lambda: LivenessActor(backend, orchestrator, keeper),
+                            restart=Restart.TRANSIENT,  # it returns once the store is closed
+                            shutdown_timeout=0,
+                        )
                     )
-                )
             if self.recover:
                 await _start_recovery(self)
         except BaseException:
@@ -288,11 +297,61 @@ async def _start_recovery(runtime: Runtime) -> None:
 
 def private_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLoop | None = None) -> Runtime:
     """Return a Runtime that serves only the calls made in its block's context, not every
-    task of its event loop: the implicit runtime of one flow call, a global loop's
-    background runtime."""
+    task of its event loop: without ``loop``, the implicit runtime of one async call made
+    with no Runtime open; with it, a global loop's background runtime.
+
+    The runtime of one call starts no liveness actor of its own (starting and stopping
+    one per call would cost every call): on a store shared between processes, the
+    background runtime of the process's global loop keeps the lease and watches for dead
+    processes, started by the first such call and living on (:func:`_watch_in_background`).
+    """
     runtime = Runtime(backend, clock=clock, loop=loop)
     runtime._serves_loop = False
+    runtime._per_call = loop is None
     return runtime
+
+
+_watch_requests: set[tuple[int, int]] = set()  # (loop, backend) background runtimes asked for
+
+
+def _watch_in_background(backend: StoreBackend, clock: Clock) -> bool:
+    """Have the background runtime of the process's global loop run the liveness actor of
+    ``backend`` (renewing this process's lease there, reaping dead processes), starting it
+    without waiting if it does not run yet; return False if it cannot (the global loop is
+    closed: the caller then runs a liveness actor itself).
+
+    The liveness bound holds: the run that takes the lease writes it at once (valid
+    ``2 L / 3`` seconds), and the background runtime's actor renews it from its start,
+    within moments; unlike a per-call actor, it goes on renewing and watching between
+    calls. Its one cost is the global loop's thread, started once per process.
+    """
+    loop = global_loop()
+    key = (id(loop), id(backend))
+    with _companions_lock:
+        if key in _companions or key in _watch_requests:
+            return True
+        _watch_requests.add(key)
+
+    def done(call: PendingCall[Runtime]) -> None:
+        with _companions_lock:
+            _watch_requests.discard(key)
+        try:
+            call.result()
+        except BaseException as exc:  # noqa: BLE001 - reported, and the next call tries again
+            _logger.warning(
+                "The background runtime keeping this process's lease in %s did not start: %r",
+                backend.url,
+                exc,
+            )
+
+    try:
+        pending = loop.call_soon(background_runtime, backend, clock, loop, context=Context())
+    except LoopClosed:
+        with _companions_lock:
+            _watch_requests.discard(key)
+        return False
+    pending.add_done_callback(done)
+    return True
 
 
 # -- finding the runtime for the current loop ------------------------------------------
