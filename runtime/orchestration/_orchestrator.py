@@ -36,7 +36,7 @@ from ..core._models import FlowRun, RunKind, TaskRun, evolve
 from ..core._rules import Abort, Accept, Reject, RuleContext, Wait, decide
 from ..core._states import State, StateType, replace, replace_details
 from ..store._backend import Run, RunInputWrite, StaleRun, StoreBackend
-from ._owners import owner_alive, process_owner
+from ._owners import owner_gone, process_owner
 
 __all__ = [
     "CreateRun",
@@ -130,11 +130,18 @@ class Transition:
     watch: Any = None
 
 
-def _may_write_task_runs(flow_run: FlowRun) -> bool:
+def _may_write_task_runs(backend: StoreBackend, flow_run: FlowRun) -> bool:
     """Whether this process may write ``flow_run``'s task runs: it runs the flow run, or
-    the process that did is gone (or the run has no recorded owner)."""
+    the process that did is gone (or the run has no recorded owner). Gone: its pid on this
+    host no longer runs, or its lease, still valid when the run was recorded, has expired
+    (:func:`~runtime.orchestration._owners.owner_gone`: one lease read, on this rare path
+    only), as the liveness reaper judges it before it writes such task runs Crashed."""
     owner = flow_run.owner
-    return owner is None or owner == process_owner() or owner_alive(owner) is False
+    return (
+        owner is None
+        or owner == process_owner()
+        or owner_gone(backend, owner, flow_run.created)
+    )
 
 
 def _as_datetime(timestamp: float) -> datetime:
@@ -533,7 +540,7 @@ class Orchestrator(Actor):
                 ),
             )
             self._write_other("task", flow_run.parent_task_run_id, mirror)
-        if (state.is_cancelling() or state.is_cancelled()) and _may_write_task_runs(flow_run):
+        if (state.is_cancelling() or state.is_cancelled()) and _may_write_task_runs(self._backend, flow_run):
             for task_run in self._backend.read_task_runs(flow_run_id=flow_run.id):
                 task_run = self._live.get(task_run.id, task_run)  # type: ignore[assignment]
                 current = task_run.state

@@ -12,8 +12,13 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
-__all__ = ["HOST", "owner_alive", "process_owner"]
+if TYPE_CHECKING:
+    from ..store._backend import StoreBackend
+
+__all__ = ["HOST", "owner_alive", "owner_gone", "process_owner"]
 
 HOST = socket.gethostname()
 """This machine's host name, as owner tokens and leases record it."""
@@ -80,3 +85,19 @@ def owner_alive(owner: str | None) -> bool | None:
     if state in ("Z", "X"):  # killed, not yet reaped by its parent: a zombie runs nothing
         return False
     return start == "?" or started == start
+
+
+def owner_gone(backend: StoreBackend, owner: str | None, since: datetime | None = None) -> bool:
+    """Whether the process behind ``owner`` is gone: it ran on this host and no longer
+    does, or its lease in ``backend`` expired (read on the wall clock). With ``since``
+    (when a run of it was recorded), a lease that expired before then does not count: the
+    process was alive after all, and has let its lease lapse since. An owner with no
+    lease on another host cannot be told gone (False)."""
+    if not owner or owner == process_owner():
+        return False
+    if owner_alive(owner) is False:
+        return True
+    lease = backend.read_lease(owner)
+    if lease is None or (since is not None and since > lease.expires):
+        return False
+    return lease.expires < datetime.now(timezone.utc)

@@ -29,7 +29,7 @@ from ..core._states import StateType
 from ..store._backend import StoreBackend
 from ..store._records import ProcessLease
 from ._orchestrator import ProposeState
-from ._owners import HOST, owner_alive, process_owner
+from ._owners import HOST, owner_alive, owner_gone, process_owner
 
 __all__ = [
     "HOST",
@@ -55,21 +55,6 @@ def _lease_expired(lease: ProcessLease, now: datetime) -> bool:
     """Whether ``lease``'s process is gone: its lease expired, or, on this host, its
     process no longer runs."""
     return lease.expires < now or (lease.host == HOST and owner_alive(lease.owner) is False)
-
-
-def owner_gone(backend: StoreBackend, owner: str | None, since: datetime | None = None) -> bool:
-    """Whether the process behind ``owner`` is gone: its lease in ``backend`` expired, or
-    it ran on this host and no longer does. Leases are read on the wall clock. With
-    ``since`` (when a run of it was recorded), a lease that expired before then does not
-    count: the process was alive after all, and has let its lease lapse since."""
-    if not owner or owner == process_owner():
-        return False
-    if owner_alive(owner) is False:
-        return True
-    lease = backend.read_lease(owner)
-    if lease is None or (since is not None and since > lease.expires):
-        return False
-    return lease.expires < _utcnow()
 
 
 class _ActiveRuns:
