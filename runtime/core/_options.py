@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import inspect
+import types
 from datetime import timedelta
 from typing import Any, Callable, Iterable, Sequence
 
@@ -164,9 +165,22 @@ def code_key(fn: Callable[..., Any]) -> str:
         getattr(target, "__call__", None), "__code__", None
     )
     digest = hashlib.sha256(
-        repr((code.co_code, code.co_consts)).encode() if code is not None else qualname.encode()
+        _code_text(code).encode() if code is not None else qualname.encode()
     ).hexdigest()
     return f"{qualname}-{digest[:8]}"
+
+
+def _code_text(code: types.CodeType) -> str:
+    """The bytecode and constants of ``code``, nested code objects (comprehensions, inner
+    functions, lambdas) spelled out the same way: the same in every process, whereas the
+    ``repr`` of a code object holds its memory address. A task's key must agree across
+    processes (a task worker finds a queued run's task by it; a resumed run finds its
+    finished task runs by it)."""
+    consts = ", ".join(
+        _code_text(const) if isinstance(const, types.CodeType) else repr(const)
+        for const in code.co_consts
+    )
+    return f"{code.co_code!r}({consts})"
 
 
 def merge_hooks(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -379,6 +381,30 @@ def test_task_options_are_validated_once() -> None:
     # A function's own name is not checked: a lambda task is named "<lambda>".
     assert task(lambda: None).name == "<lambda>"
     assert flow(lambda: None).name == "unknown-lambda"
+
+
+KEY_OF_A_TASK = """
+from runtime import task
+
+@task
+def squares(n: int) -> list[int]:
+    return [i * i for i in range(n)] + list(map(lambda x: x, [n]))
+
+print(squares.task_key)
+"""
+
+
+def test_a_task_key_is_the_same_in_every_process() -> None:
+    """A task's key (how a worker finds a queued run's task, and a resumed run its
+    finished task runs) does not depend on the process, even for a body holding nested
+    code (a comprehension, a lambda), whose code objects print their memory address."""
+    keys = {
+        subprocess.run(
+            [sys.executable, "-c", KEY_OF_A_TASK], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
+    }
+    assert len(keys) == 1 and next(iter(keys)).startswith("squares-")
 
 
 def test_task_with_options() -> None:
