@@ -21,6 +21,7 @@ from ..core._ids import new_id
 from ..core._models import TaskRun, TaskRunInput, new_task_run_record
 from ..core._parameters import resolve_run_name
 from ..core._states import (
+    ResultHandle,
     State,
     StateDetails,
     now_utc,
@@ -37,7 +38,12 @@ from ..orchestration._orchestrator import (
     _as_datetime,
 )
 from ..store._backend import CacheRecord
-from ..store._results import ResultSettings, persist_result, refresh_cache_by_default
+from ..store._results import (
+    ResultSettings,
+    keep_result,
+    persist_result,
+    refresh_cache_by_default,
+)
 from ._body import Body
 from ._context import (
     FlowRunContext,
@@ -468,7 +474,7 @@ class TaskRunEngine:
         return failed if verdict else _not_retriable(failed)
 
     async def _finish_attempt(self, terminal: State[Any]) -> State[Any]:
-        await self._propose(terminal)
+        await self._propose(self._kept(terminal))
         state: State[Any] = self.task_run.state  # type: ignore[assignment]
         if terminal.is_failed():
             exc = self._last_exception
@@ -492,6 +498,29 @@ class TaskRunEngine:
                     "Task run failed with exception: %r - Retries are exhausted", exc, exc_info=exc
                 )
         return state
+
+    def _kept(self, terminal: State[Any]) -> State[Any]:
+        """``terminal`` with its data (a result not persisted, a failure's exception) kept
+        in the store, when the store is shared between processes and the task does not
+        say ``persist_result=False``: finished results are durable by default, so a resumed
+        run does not redo this one and a worker's result reaches its submitter
+        (:func:`~runtime.store._results.keep_result`; a value that cannot be serialized
+        stays in memory only)."""
+        data = terminal.data
+        settings = self._settings
+        if (
+            data is None
+            or isinstance(data, ResultHandle)
+            or settings is None
+            or self.task.persist_result is False
+            or not (terminal.is_completed() or isinstance(data, BaseException))
+        ):
+            return terminal
+        backend = self.runtime.backend
+        if backend is None or not backend.shared_across_processes:
+            return terminal
+        kept = keep_result(data, settings)
+        return terminal if kept is None else replace(terminal, data=kept)
 
     async def _call_hooks(self, state: State[Any]) -> None:
         """Run the hooks of the run's final state, at most once per run."""

@@ -41,7 +41,8 @@ thread reports them to this process's subscribers as they happen. While it canno
 
 **States' data.** As in the SQLite store, a state this store wrote reads back as itself
 (data included) while it is among the last ``keep_recent`` it wrote; others carry
-``states.UNAVAILABLE`` unless their data is a persisted result reference.
+``states.UNAVAILABLE`` unless their data is a persisted result reference or a kept
+(inline) result.
 
 (Over 600 lines: this is the whole store contract on a server, one method each; its
 connections and batch, schema and statements, and listener are modules of their own.)

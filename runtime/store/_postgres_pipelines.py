@@ -67,8 +67,7 @@ PIPELINE_TABLES = (
 """The migration step (1 -> 2) that adds the pipeline tables."""
 
 _SCHEDULE_COLUMNS = (
-    'name, flow_name, "interval", cron, timezone, body, anchor, status, message, created, '
-    "updated"
+    'name, flow_name, "interval", cron, timezone, body, anchor, status, message, created, updated'
 )
 _LEASE_COLUMNS = "owner, host, pid, started, renewed, expires, serving"
 _SAME_TRIGGER = (

@@ -27,7 +27,8 @@ is on (``?fsync=1`` in the URL, or ``STAGEFLOW_STORE_FSYNC=1``).
 (an exception, a value that was not persisted) exists only in the process that made it:
 the store remembers the last ``keep_recent`` states it wrote, by id, and a row of one of
 them reads back as that very state, data included; any other state whose data was not a
-persisted result carries ``states.UNAVAILABLE``.
+persisted or kept result (:func:`~runtime.store._results.keep_result`) carries
+``states.UNAVAILABLE``.
 
 **Pipelines.** Schedules, their slots and process leases are in
 :mod:`runtime.store._sqlite_pipelines`.

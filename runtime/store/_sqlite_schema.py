@@ -15,9 +15,10 @@ Tables (``seq`` columns give insertion order; ids are UUIDs as 32 hex digits). `
   expected start, total run time, version, the state itself) are columns; every other
   field is in ``body``, the run's JSON without its state.
 - ``states``: every state of every run, in the order recorded (``seq``). ``body`` is the
-  state's JSON without its data; ``result`` the persisted-result reference when the data
-  is one; ``has_data`` whether there was data at all (kept only in the writing process
-  unless it is a reference); ``writer`` which store instance wrote it.
+  state's JSON without its data; ``result`` the persisted-result reference, or the kept
+  result itself (inline, serialized), when the data is one; ``has_data`` whether there
+  was data at all (kept only in the writing process otherwise); ``writer`` which store
+  instance wrote it.
 - ``run_inputs``: pause inputs, by (flow run, key).
 - ``cache_records``: a completed state per cache key, with its expiration.
 - ``concurrency_limits`` / ``concurrency_slots``: tag limits and who holds their slots.
@@ -45,7 +46,7 @@ from uuid import UUID
 from ..core._exceptions import ConfigurationError, StoreError
 from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._states import UNAVAILABLE, State, replace
-from ._results import ResultRef
+from ._results import result_from_json, stored_result
 
 __all__ = [
     "AUTOCHECKPOINT_PAGES",
@@ -459,11 +460,12 @@ def build_run(
 
 def state_values(state: State[Any]) -> StateValues:
     """Return ``(body, result, has_data)`` for a state: its JSON without its data, the
-    persisted-result reference if its data is one, and whether it had data at all."""
+    persisted-result reference or inline kept result if its data is one, and whether it
+    had data at all."""
     data = state.data
     return (
         state.model_dump_json(exclude=_NO_DATA, exclude_none=True),
-        data.to_json() if isinstance(data, ResultRef) else None,
+        data.to_json() if stored_result(data) else None,
         data is not None,
     )
 
@@ -486,7 +488,7 @@ def state_from_row(
             return known
     state: State[Any] = State.model_validate_json(body)
     if result is not None:
-        return replace(state, data=ResultRef.from_json(result))
+        return replace(state, data=result_from_json(result))
     if has_data:
         return replace(state, data=UNAVAILABLE)
     return state

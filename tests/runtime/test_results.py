@@ -15,14 +15,17 @@ from uuid import UUID
 
 import pydantic
 import pytest
+from engine_support import StoreUrl
 
-from runtime import Flow, Task, states
+from runtime import Flow, Runtime, Task, flow, states, task
 from runtime.cache_policies import DEFAULT, INPUTS, NONE, hash_objects
 from runtime.core._models import FlowRun, TaskRun
 from runtime.engine._context import FlowRunContext, TaskRunContext
 from runtime.exceptions import ConfigurationError, MissingResult, ResultSerializationError
 from runtime.results import (
+    INLINE_RESULT_LIMIT,
     PERSIST_BY_DEFAULT_ENV,
+    InlineResult,
     LocalResultStorage,
     ResultRef,
     ResultSettings,
@@ -41,6 +44,8 @@ from runtime.serializers import (
     Serializer,
     resolve_serializer,
 )
+from runtime.store._results import keep_result, result_from_json
+from runtime.store._urls import open_backend
 
 JSON_VALUES: list[Any] = [
     None,
@@ -469,6 +474,136 @@ class Opaque:
     """A plain class: picklable, but not JSON-encodable."""
 
 
+# -- kept results -----------------------------------------------------------------------
+
+
+class TestKeptResults:
+    def test_small_results_are_inline(self) -> None:
+        """A small result is kept inline, holds the very value, and reads back from its
+        JSON (what a store writes) in another process's shape."""
+        value = {"rows": [1, 2, 3]}
+        kept = keep_result(value, ResultSettings())
+        assert isinstance(kept, InlineResult) and kept.serializer == "pickle"
+        assert kept.load() is value
+        again = result_from_json(kept.to_json())
+        assert isinstance(again, InlineResult) and again == kept
+        assert again.load() == value and again.load() is again.load()
+
+    def test_large_results_go_to_result_storage(self, storage: LocalResultStorage) -> None:
+        """Past INLINE_RESULT_LIMIT serialized bytes, a result is written to result storage
+        under a new key, and its reference is what the store keeps."""
+        value = b"x" * (INLINE_RESULT_LIMIT + 1)
+        kept = keep_result(value, ResultSettings(storage=storage))
+        assert isinstance(kept, ResultRef) and (storage.basepath / kept.key).is_file()
+        again = result_from_json(kept.to_json())
+        assert isinstance(again, ResultRef) and again.load() == value
+
+    def test_a_value_that_cannot_be_serialized_is_not_kept(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A result the serializer refuses stays in memory only, said at DEBUG level."""
+        caplog.set_level("DEBUG", logger="stageflow")
+        assert keep_result(threading.Lock(), ResultSettings()) is None
+        assert [r.getMessage() for r in caplog.records] == [
+            "A result of type '_thread.lock' is kept in memory only: TypeError: cannot "
+            "pickle '_thread.lock' object"
+        ]
+
+    def test_without_memory_each_load_deserializes(self) -> None:
+        """With cache_result_in_memory off, the handle holds no value: each load
+        deserializes it."""
+        value = [1]
+        kept = keep_result(value, ResultSettings(cache_in_memory=False))
+        assert isinstance(kept, InlineResult)
+        assert kept.load() == value and kept.load() is not value
+
+    def test_a_result_this_process_cannot_read(self) -> None:
+        """A kept result whose class does not exist here raises MissingResult."""
+        kept = InlineResult(serializer="pickle", data="bm90IGEgcGlja2xl")
+        with pytest.raises(
+            MissingResult,
+            match=r"^Cannot deserialize the result kept in the store with the 'pickle' "
+            r"serializer: UnpicklingError: ",
+        ):
+            kept.load()
+
+
+class Refused(Exception):
+    """A task's own exception, kept with its failed state."""
+
+
+async def test_finished_task_results_are_kept_in_a_shared_store(
+    tmp_path: Path, store_url: StoreUrl
+) -> None:
+    """On a store shared between processes, finished task results are durable without
+    persist_result: another store on the same data (another process) reads small ones
+    (inline), large ones (result storage) and a failure's exception; a value that cannot
+    be serialized, or a task saying persist_result=False, stays in memory only."""
+
+    @task
+    async def small() -> dict[str, int]:
+        return {"a": 1}
+
+    @task
+    async def large() -> bytes:
+        return b"x" * (INLINE_RESULT_LIMIT + 1)
+
+    @task
+    async def unpicklable() -> Any:
+        return threading.Lock()
+
+    @task(persist_result=False)
+    async def private() -> int:
+        return 7
+
+    @task
+    async def refused() -> None:
+        raise Refused("no")
+
+    @flow
+    async def pipeline() -> None:
+        for each in (small, large, unpicklable, private, refused):
+            await each(return_state=True)
+
+    url = store_url(tmp_path)
+    async with Runtime(store=url) as rt:
+        await pipeline()
+        assert rt.backend is not None
+        here = {run.name.split("-")[0]: run.state for run in rt.backend.read_task_runs()}
+        assert isinstance(here["small"].data, InlineResult)
+        assert here["small"].result() == {"a": 1}
+    other = open_backend(url)[0]
+    try:
+        there = {run.name.split("-")[0]: run.state for run in other.read_task_runs()}
+    finally:
+        other.close()
+    assert there["small"].result() == {"a": 1}
+    assert isinstance(there["large"].data, ResultRef)
+    assert there["large"].result() == b"x" * (INLINE_RESULT_LIMIT + 1)
+    with pytest.raises(Refused, match=r"^no$"):
+        there["refused"].result()
+    for name in ("unpicklable", "private"):
+        assert there[name].data is states.UNAVAILABLE
+
+
+async def test_a_memory_store_keeps_results_as_they_are() -> None:
+    """A store of this process alone keeps the results themselves: nothing is
+    serialized."""
+    value = {"a": [1]}
+
+    @task
+    async def give() -> dict[str, list[int]]:
+        return value
+
+    @flow
+    async def pipeline() -> Any:
+        return await give(return_state=True)
+
+    async with Runtime(store="memory://"):
+        state = await pipeline()
+    assert state.data is value
+
+
 # -- settings ---------------------------------------------------------------------------
 
 
@@ -805,7 +940,9 @@ def test_public_names() -> None:
     import runtime.serializers
 
     assert runtime.results.__all__ == [
+        "INLINE_RESULT_LIMIT",
         "PERSIST_BY_DEFAULT_ENV",
+        "InlineResult",
         "LocalResultStorage",
         "ResultRef",
         "ResultSettings",
