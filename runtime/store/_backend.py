@@ -22,12 +22,12 @@ its flow run (a cancel) or once its process is gone. A backend may rely on this 
 task-run writes (the SQLite store checks their versions in memory and writes them in
 groups).
 
-**Pipelines.** Schedules, the slots they fired and process leases
+**Pipelines.** Schedules, the slots they fired, process leases and the task queue
 (:mod:`runtime.store._records`) are rows like runs. Each method says what must be atomic:
 a slot is claimed by exactly one of any number of processes (a unique key), a schedule's
 registration keeps its anchor when its trigger is unchanged, a reaper removes a lease only
-if it is still the expired one it read. Times are timezone-aware UTC datetimes; a backend
-keeps them to the microsecond.
+if it is still the expired one it read, a queued task run is claimed by exactly one
+worker. Times are timezone-aware UTC datetimes; a backend keeps them to the microsecond.
 
 **Notifications.** A backend is also the in-process hub for state changes: the
 orchestrator calls :meth:`StoreBackend.notify` after each write it commits, and a backend
@@ -44,7 +44,7 @@ import abc
 import threading
 from collections import defaultdict
 from datetime import datetime
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Collection, Iterable
 from uuid import UUID
 
 import attrs
@@ -52,9 +52,20 @@ import attrs
 from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._rules import SLOTS_RELEASED
 from ..core._states import State, StateType
-from ._records import ProcessLease, ScheduleRecord, ScheduleSlot
+from ._records import ProcessLease, QueuedTaskRun, ScheduleRecord, ScheduleSlot
 
-__all__ = ["CacheRecord", "RunInputWrite", "StaleRun", "StateListener", "StoreBackend"]
+__all__ = [
+    "TASK_QUEUED",
+    "CacheRecord",
+    "RunInputWrite",
+    "StaleRun",
+    "StateListener",
+    "StoreBackend",
+]
+
+TASK_QUEUED = "task-run-queued"
+"""The subscription key of task workers: its listeners get (None, None) when a task run
+may be waiting in the queue (queued here, or, on a server database, elsewhere)."""
 
 Run = FlowRun | TaskRun
 
@@ -352,6 +363,63 @@ class StoreBackend(abc.ABC):
         even once the store is closed (a process releases its lease as it exits).
         """
 
+    # -- the task queue -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def enqueue_task_run(self, run: TaskRun, entry: QueuedTaskRun) -> None:
+        """Record ``run`` (a new task run, version 1, in its Scheduled state) and its queue
+        entry ``entry`` (unclaimed), in one transaction committed before this returns: the
+        queue is durable. Then wake the workers waiting in this process (the listeners of
+        :data:`TASK_QUEUED`) and, on a server database, in other processes.
+
+        Raises:
+            ValueError: a run with this id exists already.
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def claim_task_runs(
+        self,
+        task_keys: Collection[str] | None,
+        claimer: str,
+        claimed: datetime,
+        limit: int,
+        *,
+        from_claimer: str | None = None,
+    ) -> list[QueuedTaskRun]:
+        """Claim for ``claimer`` (at ``claimed``) up to ``limit`` entries of the queue whose
+        task key is in ``task_keys`` (None: any), the oldest queued first, and return them
+        as claimed. They are the waiting (unclaimed) entries, or, with ``from_claimer``,
+        the entries that claimer holds (a reaper taking over a dead worker's runs).
+
+        One transaction: of any number of claimers, in any processes, each entry goes to
+        exactly one. A claim retried after a lost connection returns what its first try
+        claimed, if it landed.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def release_task_run(self, task_run_id: UUID, claimer: str, *, done: bool) -> bool:
+        """Give back ``claimer``'s claim on a queued task run: remove the entry if ``done``
+        (its run is over), else put it back in the queue, unclaimed (and wake the waiting
+        workers, as :meth:`enqueue_task_run` does). Only if ``claimer`` still holds it
+        (a checked write); return whether it did.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def read_task_queue(self, task_keys: Collection[str] | None = None) -> list[QueuedTaskRun]:
+        """Return the entries of the queue (of these task keys; None: all), claimed or
+        not, oldest queued first.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
     # -- notifications ----------------------------------------------------------------
 
     def subscribe(self, run_id: Any, listener: StateListener) -> Callable[[], None]:
@@ -393,11 +461,19 @@ class StoreBackend(abc.ABC):
     def notify_slots_released(self) -> None:
         """Wake the task runs of this process waiting for a concurrency slot (they
         subscribed to ``runtime.core._rules.SLOTS_RELEASED``)."""
+        self._notify_key(SLOTS_RELEASED)
+
+    def notify_task_queued(self) -> None:
+        """Wake the task workers of this process (they subscribed to
+        :data:`TASK_QUEUED`): a task run may be waiting in the queue."""
+        self._notify_key(TASK_QUEUED)
+
+    def _notify_key(self, key: str) -> None:
         listeners = self._listeners
-        if SLOTS_RELEASED not in listeners:
+        if key not in listeners:
             return
         with self._listeners_lock:
-            targets = list(listeners.get(SLOTS_RELEASED, ()))
+            targets = list(listeners.get(key, ()))
         for listener in targets:
             listener(None, None)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from datetime import datetime
-from typing import Any, Iterable
+from typing import Any, Collection, Iterable
 from uuid import UUID
 
 import attrs
@@ -26,7 +26,7 @@ from ..core._exceptions import ObjectNotFound, StoreClosed
 from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._states import State, StateType
 from ._backend import CacheRecord, Run, RunInputWrite, StaleRun, StoreBackend
-from ._records import ProcessLease, ScheduleRecord, ScheduleSlot
+from ._records import ProcessLease, QueuedTaskRun, ScheduleRecord, ScheduleSlot
 
 __all__ = ["DEFAULT_MAX_RUNS", "MemoryStore"]
 
@@ -67,6 +67,7 @@ class MemoryStore(StoreBackend):
         self._schedules: dict[str, ScheduleRecord] = {}
         self._slots: dict[str, dict[datetime, ScheduleSlot]] = {}
         self._leases: dict[str, ProcessLease] = {}
+        self._queue: dict[UUID, QueuedTaskRun] = {}  # in the order queued
 
     def _check_open(self) -> None:
         if self._closed:
@@ -354,6 +355,57 @@ class MemoryStore(StoreBackend):
                 return False
             del self._leases[owner]
             return True
+
+
+    # -- the task queue -----------------------------------------------------------------
+
+    def enqueue_task_run(self, run: TaskRun, entry: QueuedTaskRun) -> None:
+        self.create_run("task", run)
+        with self._lock:
+            self._queue[entry.task_run_id] = attrs.evolve(entry, claimer=None, claimed=None)
+        self.notify_task_queued()
+
+    def claim_task_runs(
+        self,
+        task_keys: Collection[str] | None,
+        claimer: str,
+        claimed: datetime,
+        limit: int,
+        *,
+        from_claimer: str | None = None,
+    ) -> list[QueuedTaskRun]:
+        self._check_open()
+        keys = None if task_keys is None else set(task_keys)
+        taken: list[QueuedTaskRun] = []
+        with self._lock:
+            for entry in self._queue.values():
+                if len(taken) >= limit:
+                    break
+                if entry.claimer == from_claimer and (keys is None or entry.task_key in keys):
+                    taken.append(attrs.evolve(entry, claimer=claimer, claimed=claimed))
+            for entry in taken:
+                self._queue[entry.task_run_id] = entry
+        return taken
+
+    def release_task_run(self, task_run_id: UUID, claimer: str, *, done: bool) -> bool:
+        self._check_open()
+        with self._lock:
+            entry = self._queue.get(task_run_id)
+            if entry is None or entry.claimer != claimer:
+                return False
+            if done:
+                del self._queue[task_run_id]
+            else:
+                # Back in the queue, in its place (the oldest queued are claimed first).
+                self._queue[task_run_id] = attrs.evolve(entry, claimer=None, claimed=None)
+        if not done:
+            self.notify_task_queued()
+        return True
+
+    def read_task_queue(self, task_keys: Collection[str] | None = None) -> list[QueuedTaskRun]:
+        self._check_open()
+        with self._lock:
+            return [e for e in self._queue.values() if task_keys is None or e.task_key in task_keys]
 
 
 def _slot_time(slot: ScheduleSlot) -> datetime:

@@ -15,7 +15,9 @@ again asks the store to catch up on what changed meanwhile.
 :class:`Changes` turns payloads into notifications: a run's change (``"flow <id hex>
 <version> <writer>"``) is reported to the run's subscribers with the run as it is then,
 unless this process knows that version already (it wrote it, or reported it); released
-slots (``"slots <writer>"``) wake the task runs waiting for one. Catching up (or polling,
+slots (``"slots <writer>"``) wake the task runs waiting for one; a task run queued or put
+back (``"queue <writer>"``) wakes the task workers; a queued task run's end (``"done <id
+hex> <writer>"``) is reported to its subscribers (a submitter waiting on its future). Catching up (or polling,
 while not listening) compares the versions of the runs someone here waits on with the
 ones it knows.
 """
@@ -178,6 +180,14 @@ class Changes:
             return  # this store's own change: its subscribers heard it already
         if parts[0] == "slots":
             store.notify_slots_released()
+            return
+        if parts[0] == "queue":
+            store.notify_task_queued()
+            return
+        if parts[0] == "done":  # a queued task run is over: wake whoever waits on it here
+            run_id = UUID(parts[1])
+            if store.has_listeners(run_id):
+                self._report("task", run_id)
             return
         kind, run_id, version = parts[0], UUID(parts[1]), int(parts[2])
         if store.has_listeners(run_id) and self._seen.get(run_id, 0) < version:

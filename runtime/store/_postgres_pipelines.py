@@ -1,4 +1,5 @@
-"""The PostgreSQL store's schedules, schedule slots and process leases (schema version 2).
+"""The PostgreSQL store's schedules, schedule slots and process leases (schema version 2),
+and its task queue (version 3).
 
 A mixin of :class:`~runtime.store._postgres.PostgresStore`, as
 :mod:`runtime.store._sqlite_pipelines` is of the SQLite store. Every method is one
@@ -15,25 +16,34 @@ by PostgreSQL itself:
 - a lease renewal is an upsert; a reaper's release is a ``DELETE ... WHERE expires = <the
   expiry it read>``, whose row lock makes the check and the delete one step.
 
+- a task run's claim is one ``UPDATE`` of the entries a ``SELECT ... FOR UPDATE SKIP
+  LOCKED`` picked: concurrent workers take different entries, never one twice, and never
+  wait on each other's rows. Queuing a run, or putting one back, sends a ``NOTIFY``
+  that wakes the workers of other processes; a run's end (its entry removed) wakes
+  whoever waits on its future elsewhere.
+
 A call tried again after a lost connection (:meth:`Database.run
 <runtime.store._postgres_db.Database.run>`) checks whether its first try landed, where
-the answer depends on it (a slot claim).
+the answer depends on it (a slot claim, a task run's claim, a queued run).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from ..core._exceptions import StoreClosed, StoreError
-from ._records import ProcessLease, ScheduleRecord, ScheduleSlot
+from ..core._models import TaskRun
+from . import _sqlite_schema as rows
+from ._records import ProcessLease, QueuedTaskRun, ScheduleRecord, ScheduleSlot
 
 if TYPE_CHECKING:  # the store imports psycopg, saying how to install it if missing
     import psycopg
 
-__all__ = ["PIPELINE_TABLES", "PipelineTables"]
+__all__ = ["PIPELINE_TABLES", "PipelineTables", "TASK_QUEUE_TABLE"]
 
 PIPELINE_TABLES = (
     """CREATE TABLE {s}.schedules (
@@ -66,10 +76,25 @@ PIPELINE_TABLES = (
 )
 """The migration step (1 -> 2) that adds the pipeline tables."""
 
+TASK_QUEUE_TABLE = (
+    """CREATE TABLE {s}.task_queue (
+        seq bigint GENERATED ALWAYS AS IDENTITY,
+        task_run_id uuid PRIMARY KEY,
+        task_key text NOT NULL,
+        call bytea NOT NULL,
+        queued timestamptz NOT NULL,
+        claimer text,
+        claimed timestamptz)""",
+    "CREATE INDEX task_queue_waiting ON {s}.task_queue (task_key, seq) WHERE claimer IS NULL",
+    "CREATE INDEX task_queue_by_claimer ON {s}.task_queue (claimer)",
+)
+"""The migration step (2 -> 3) that adds the task queue."""
+
 _SCHEDULE_COLUMNS = (
     'name, flow_name, "interval", cron, timezone, body, anchor, status, message, created, updated'
 )
 _LEASE_COLUMNS = "owner, host, pid, started, renewed, expires, serving"
+_QUEUE_COLUMNS = "seq, task_run_id, task_key, call, queued, claimer, claimed"
 _SAME_TRIGGER = (
     '(cur."interval", cur.cron, cur.timezone) IS NOT DISTINCT FROM '
     '(excluded."interval", excluded.cron, excluded.timezone)'
@@ -78,10 +103,17 @@ _SAME_TRIGGER = (
 
 class PipelineTables:
     """The pipeline methods of the store contract, for a PostgreSQL schema (see the module
-    docstring); the class using it provides ``_run`` and ``_sql``."""
+    docstring); the class using it provides ``_run``, ``_sql``, ``url``, ``_writer``,
+    ``_state_params``, ``_remember``, ``_saw`` and ``notify_task_queued``."""
 
     _run: Callable[..., Any]
     _sql: Any
+    url: str
+    _writer: int
+    _state_params: Callable[..., list[Any]]
+    _remember: Callable[[Any], None]
+    _saw: Callable[[Any], None]
+    notify_task_queued: Callable[[], None]
 
     def _one(self, sql: str, params: tuple[Any, ...]) -> Any:
         """The first row ``sql`` answers, or None; ``{s}`` in it is the store's schema."""
@@ -205,7 +237,114 @@ class PipelineTables:
             return False
 
 
+    # -- the task queue -----------------------------------------------------------------
+
+    def enqueue_task_run(self, run: TaskRun, entry: QueuedTaskRun) -> None:
+        sql = self._sql
+        state = run.state
+        assert state is not None
+        state_row = rows.state_values(state)
+        statement = (
+            f"{sql.insert_run['task']}, st AS ({sql.insert_state}), "
+            f"q AS (INSERT INTO {sql.schema}.task_queue (task_run_id, task_key, call, queued) "
+            "SELECT id, %s, %s, %s FROM run) SELECT pg_notify(%s, %s) FROM run"
+        )
+        params = [
+            run.id,
+            *rows.run_values("task", run, state_row),
+            *self._state_params("task", state, state_row),
+            entry.task_key,
+            entry.call,
+            entry.queued,
+            sql.channel,
+            f"queue {self._writer}",
+        ]
+
+        import psycopg.errors  # here: importing this module needs no psycopg (its schema)
+
+        def enqueue(conn: psycopg.Connection[Any], retried: bool) -> None:
+            try:
+                conn.execute(statement, params)
+            except psycopg.errors.UniqueViolation:
+                landed = conn.execute(
+                    f"SELECT 1 FROM {sql.schema}.task_queue WHERE task_run_id = %s", (run.id,)
+                ).fetchone()
+                if not (retried and landed):  # else: the first try landed, its answer lost
+                    raise ValueError(f"A run with id {run.id} exists already in {self.url}.") from None
+
+        self._run(enqueue)
+        self._remember(state)
+        self._saw(run)
+        self.notify_task_queued()
+
+    def claim_task_runs(
+        self,
+        task_keys: Collection[str] | None,
+        claimer: str,
+        claimed: datetime,
+        limit: int,
+        *,
+        from_claimer: str | None = None,
+    ) -> list[QueuedTaskRun]:
+        if limit <= 0:
+            return []
+        schema = self._sql.schema
+        where = "claimer IS NULL" if from_claimer is None else "claimer = %s"
+        params: list[Any] = [] if from_claimer is None else [from_claimer]
+        if task_keys is not None:
+            where += " AND task_key = ANY(%s)"
+            params.append(list(task_keys))
+        statement = (
+            f"UPDATE {schema}.task_queue SET claimer = %s, claimed = %s WHERE task_run_id IN "
+            f"(SELECT task_run_id FROM {schema}.task_queue WHERE {where} ORDER BY seq "
+            f"LIMIT %s FOR UPDATE SKIP LOCKED) RETURNING {_QUEUE_COLUMNS}"
+        )
+
+        def claim(conn: psycopg.Connection[Any], retried: bool) -> list[Any]:
+            if retried:  # did the first try land before the connection broke? Then it is ours.
+                mine = conn.execute(
+                    f"SELECT {_QUEUE_COLUMNS} FROM {schema}.task_queue "
+                    "WHERE claimer = %s AND claimed = %s",
+                    (claimer, claimed),
+                ).fetchall()
+                if mine:
+                    return mine  # type: ignore[no-any-return]
+            return conn.execute(statement, (claimer, claimed, *params, limit)).fetchall()  # type: ignore[no-any-return]
+
+        return [_queued(row) for row in sorted(self._run(claim))]
+
+    def release_task_run(self, task_run_id: UUID, claimer: str, *, done: bool) -> bool:
+        schema = self._sql.schema
+        if done:  # wakes whoever waits on the run's future in another process
+            change = f"DELETE FROM {schema}.task_queue"
+            payload = f"done {task_run_id.hex} {self._writer}"
+        else:  # wakes the workers of other processes
+            change = f"UPDATE {schema}.task_queue SET claimer = NULL, claimed = NULL"
+            payload = f"queue {self._writer}"
+        released = self._one(
+            f"WITH r AS ({change} WHERE task_run_id = %s AND claimer = %s RETURNING 1) "
+            "SELECT pg_notify(%s, %s) FROM r",
+            (task_run_id, claimer, self._sql.channel, payload),
+        )
+        if released is not None and not done:
+            self.notify_task_queued()
+        return released is not None
+
+    def read_task_queue(self, task_keys: Collection[str] | None = None) -> list[QueuedTaskRun]:
+        sql = f"SELECT {_QUEUE_COLUMNS} FROM {{s}}.task_queue"
+        params: tuple[Any, ...] = ()
+        if task_keys is not None:
+            sql += " WHERE task_key = ANY(%s)"
+            params = (list(task_keys),)
+        return [_queued(row) for row in self._all(sql + " ORDER BY seq", params)]
+
+
 # -- rows <-> records -------------------------------------------------------------------------
+
+
+def _queued(row: Any) -> QueuedTaskRun:
+    _, task_run_id, task_key, call, queued, claimer, claimed = row
+    return QueuedTaskRun(task_run_id, task_key, bytes(call), queued, claimer, claimed)
 
 
 def _schedule_values(record: ScheduleRecord) -> tuple[Any, ...]:

@@ -21,6 +21,7 @@ the same way. ``seq`` columns (identities) give insertion order.
 - Version 1: runs, state history, pause inputs, cache records, concurrency limits.
 - Version 2, long-running pipelines: ``schedules``, ``schedule_slots`` and
   ``process_leases`` (:mod:`runtime.store._postgres_pipelines`).
+- Version 3: ``task_queue``, the durable task queue (same module).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import re
 from typing import Any
 
 from ..core._exceptions import ConfigurationError
-from ._postgres_pipelines import PIPELINE_TABLES
+from ._postgres_pipelines import PIPELINE_TABLES, TASK_QUEUE_TABLE
 from ._sqlite_schema import STATE_COLUMNS, TABLES, WRITTEN_COLUMNS
 
 __all__ = ["MIGRATIONS", "SCHEMA_NAME", "SCHEMA_VERSION", "Statements", "lock_key", "migrate"]
@@ -108,6 +109,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # 1 -> 2: schedules, the slots they claimed, and process leases.
     PIPELINE_TABLES,
+    # 2 -> 3: the durable task queue.
+    TASK_QUEUE_TABLE,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,5 +1,5 @@
-"""What a store keeps for long-running pipelines: schedules, the slots they fired, and the
-leases of the processes that run flows.
+"""What a store keeps for long-running pipelines: schedules, the slots they fired, the
+leases of the processes that run flows, and the durable task queue.
 
 Immutable rows, like the run snapshots: the store takes and returns them and keeps no
 object anyone changes. Times are timezone-aware UTC datetimes, at microsecond precision.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import attrs
 
@@ -17,6 +18,7 @@ __all__ = [
     "SCHEDULE_SERVING",
     "SCHEDULE_STOPPED",
     "ProcessLease",
+    "QueuedTaskRun",
     "ScheduleRecord",
     "ScheduleSlot",
 ]
@@ -122,3 +124,26 @@ class ProcessLease:
     renewed: datetime
     expires: datetime
     serving: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class QueuedTaskRun:
+    """A task run in the durable task queue (``task.delay()``): waiting for a task worker,
+    or claimed by one.
+
+    Attributes:
+        task_run_id: the task run, recorded Scheduled when it was queued.
+        task_key: the task's key (``Task.task_key``); a worker claims the keys it serves.
+        call: the call's parameters and ``wait_for``, serialized by the queuing process.
+        queued: when it was queued; workers claim the oldest first.
+        claimer: the owner token of the worker process that claimed it
+            (``host:pid:start:nonce``), or None while it waits.
+        claimed: when it was claimed, or None.
+    """
+
+    task_run_id: UUID
+    task_key: str
+    call: bytes = attrs.field(repr=lambda call: f"<{len(call)} bytes>")
+    queued: datetime
+    claimer: str | None = None
+    claimed: datetime | None = None

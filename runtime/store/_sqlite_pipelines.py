@@ -1,22 +1,31 @@
-"""The SQLite store's schedules, schedule slots and process leases (schema version 4).
+"""The SQLite store's schedules, schedule slots and process leases (schema version 4), and
+its task queue (version 5).
 
 A mixin of :class:`~runtime.store._sqlite.SqliteStore`: these tables are never written
 in batches, so every write is one immediate transaction (``BEGIN IMMEDIATE``, the file's
 write lock), which is what makes a slot claim or a lease release atomic across
 processes. Times are stored as ISO 8601 text in UTC; slot times as whole microseconds
 since the epoch, the key that makes a claim unique.
+
+A task run's claim is made in one immediate transaction too, after a plain read that
+finds something to claim: a worker polling an empty queue takes no write lock.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Collection
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from uuid import UUID
 
 import attrs
 
 from ..core._exceptions import StoreClosed, StoreError
-from ._records import ProcessLease, ScheduleRecord, ScheduleSlot
+from ..core._models import TaskRun
+from ..core._states import State
+from . import _sqlite_schema as rows
+from ._records import ProcessLease, QueuedTaskRun, ScheduleRecord, ScheduleSlot
 from ._sqlite_db import Database
 
 __all__ = ["PipelineTables"]
@@ -25,13 +34,19 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _MICROSECOND = timedelta(microseconds=1)
 _SCHEDULE_COLUMNS = "name, flow_name, body, anchor, status, message, created, updated"
 _LEASE_COLUMNS = "owner, host, pid, started, renewed, expires, serving"
+_QUEUE_COLUMNS = "task_run_id, task_key, call, queued, claimer, claimed"
 
 
 class PipelineTables:
     """The pipeline methods of the store contract, for an SQLite file (see the module
-    docstring); the class using it provides ``_db``."""
+    docstring); the class using it provides ``_db``, ``url``, ``_state_params``,
+    ``_remember`` and ``notify_task_queued``."""
 
     _db: Database
+    url: str
+    _state_params: Callable[..., tuple[Any, ...]]
+    _remember: Callable[[State[Any]], None]
+    notify_task_queued: Callable[[], None]
 
     # -- schedules ----------------------------------------------------------------------
 
@@ -143,7 +158,103 @@ class PipelineTables:
             return False
 
 
+    # -- the task queue -----------------------------------------------------------------
+
+    def enqueue_task_run(self, run: TaskRun, entry: QueuedTaskRun) -> None:
+        run_id = run.id.hex
+        state = run.state
+        assert state is not None
+        state_row = rows.state_values(state)
+        with self._db.write() as conn:
+            if conn.execute("SELECT 1 FROM task_runs WHERE id = ?", (run_id,)).fetchone():
+                raise ValueError(f"A run with id {run.id} exists already in {self.url}.")
+            conn.execute(rows.INSERT_RUN["task"], (run_id, *rows.run_values("task", run, state_row)))
+            conn.execute(rows.INSERT_STATE, self._state_params("task", run_id, state, state_row))
+            conn.execute(
+                "INSERT INTO task_queue (task_run_id, task_key, call, queued) VALUES (?, ?, ?, ?)",
+                (run_id, entry.task_key, entry.call, _utc(entry.queued)),
+            )
+        self._remember(state)
+        self.notify_task_queued()
+
+    def claim_task_runs(
+        self,
+        task_keys: Collection[str] | None,
+        claimer: str,
+        claimed: datetime,
+        limit: int,
+        *,
+        from_claimer: str | None = None,
+    ) -> list[QueuedTaskRun]:
+        where, params = _queue_filter(task_keys, from_claimer)
+        with self._db.peek() as conn:
+            if limit <= 0 or not conn.execute(
+                f"SELECT 1 FROM task_queue WHERE {where} LIMIT 1", params
+            ).fetchone():
+                return []
+        with self._db.write() as conn:
+            found = conn.execute(
+                f"SELECT seq, {_QUEUE_COLUMNS} FROM task_queue WHERE {where} ORDER BY seq "
+                f"LIMIT {int(limit)}",
+                params,
+            ).fetchall()
+            conn.executemany(
+                "UPDATE task_queue SET claimer = ?, claimed = ? WHERE seq = ?",
+                [(claimer, _utc(claimed), row[0]) for row in found],
+            )
+        return [
+            attrs.evolve(_queued(row[1:]), claimer=claimer, claimed=claimed) for row in found
+        ]
+
+    def release_task_run(self, task_run_id: UUID, claimer: str, *, done: bool) -> bool:
+        if done:
+            sql = "DELETE FROM task_queue WHERE task_run_id = ? AND claimer = ?"
+        else:
+            sql = (
+                "UPDATE task_queue SET claimer = NULL, claimed = NULL "
+                "WHERE task_run_id = ? AND claimer = ?"
+            )
+        with self._db.write() as conn:
+            released = conn.execute(sql, (task_run_id.hex, claimer)).rowcount == 1
+        if released and not done:
+            self.notify_task_queued()
+        return released
+
+    def read_task_queue(self, task_keys: Collection[str] | None = None) -> list[QueuedTaskRun]:
+        sql = f"SELECT {_QUEUE_COLUMNS} FROM task_queue"
+        params: list[Any] = []
+        if task_keys is not None:
+            keys = list(task_keys)
+            sql += f" WHERE task_key IN ({', '.join('?' * len(keys))})"
+            params = keys
+        with self._db.peek() as conn:
+            found = conn.execute(sql + " ORDER BY seq", params).fetchall()
+        return [_queued(row) for row in found]
+
+
 # -- rows <-> records -------------------------------------------------------------------------
+
+
+def _queue_filter(
+    task_keys: Collection[str] | None, from_claimer: str | None
+) -> tuple[str, list[Any]]:
+    """The ``WHERE`` clause (and its parameters) of the entries a claim may take."""
+    if from_claimer is None:
+        where, params = "claimer IS NULL", []
+    else:
+        where, params = "claimer = ?", [from_claimer]
+    if task_keys is not None:
+        keys = list(task_keys)
+        where += f" AND task_key IN ({', '.join('?' * len(keys))})"
+        params += keys
+    return where, params
+
+
+def _queued(row: Any) -> QueuedTaskRun:
+    task_run_id, task_key, call, queued, claimer, claimed = row
+    return QueuedTaskRun(
+        UUID(task_run_id), task_key, bytes(call), _time(queued), claimer, _optional_time(claimed)
+    )
 
 
 def _utc(value: datetime) -> str:

@@ -32,6 +32,8 @@ Tables (``seq`` columns give insertion order; ids are UUIDs as 32 hex digits). `
   claimed slots, unique by schedule and slot time in microseconds since the epoch) and
   ``process_leases`` (one row per live process: its owner token, host, pid, times and the
   schedules it serves).
+- Version 5, the task queue: ``task_queue`` (one row per queued task run, in the order
+  queued: its task key, its serialized call, and who claimed it when).
 """
 
 from __future__ import annotations
@@ -186,6 +188,18 @@ MIGRATIONS: list[tuple[str, ...]] = [
             expires TEXT NOT NULL,
             serving TEXT NOT NULL DEFAULT '[]')""",
     ),
+    # 4 -> 5: the durable task queue.
+    (
+        """CREATE TABLE task_queue (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            task_run_id TEXT NOT NULL UNIQUE,
+            task_key TEXT NOT NULL,
+            call BLOB NOT NULL,
+            queued TEXT NOT NULL,
+            claimer TEXT,
+            claimed TEXT)""",
+        "CREATE INDEX task_queue_by_claimer ON task_queue (claimer, task_key)",
+    ),
 ]
 
 AUTOCHECKPOINT_PAGES = 10_000
@@ -207,6 +221,7 @@ _OUR_TABLES = frozenset(
         "schedules",
         "schedule_slots",
         "process_leases",
+        "task_queue",
         "sqlite_sequence",
     }
 )

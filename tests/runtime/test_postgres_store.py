@@ -19,17 +19,18 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import psycopg
 import pytest
 from postgres_server import PostgresServer, free_port, start_for_tests
-from test_store_contract import apply, new_flow_run, new_task_run
+from test_store_contract import T0, apply, new_flow_run, new_task_run, queued
 
 from runtime import Runtime, flow, task
 from runtime import states as S
 from runtime.core._exceptions import ConfigurationError, StoreError
 from runtime.core._models import evolve
 from runtime.core._rules import SLOTS_RELEASED
-from runtime.store._backend import StaleRun
+from runtime.store._backend import TASK_QUEUED, StaleRun
 from runtime.store._postgres import PostgresStore
 from runtime.store._postgres_schema import MIGRATIONS, SCHEMA_VERSION
 from runtime.store._urls import open_backend
@@ -230,8 +231,8 @@ class TestSchema:
             again.close()
 
     def test_a_version_1_schema_is_upgraded(self, postgres_url: str) -> None:
-        """A schema made before the pipeline tables (version 1) gains them on opening,
-        its runs kept."""
+        """A schema made before the pipeline tables and the task queue (version 1) gains
+        them on opening, its runs kept."""
         server, schema = split(postgres_url)
         old = PostgresStore(server, schema=schema, migrations=MIGRATIONS[:1])
         run = new_flow_run(old)
@@ -242,6 +243,7 @@ class TestSchema:
             assert schema_version(postgres_url) == SCHEMA_VERSION
             assert store.read_flow_run(run.id).id == run.id
             assert store.read_schedules() == [] and store.read_leases() == []
+            assert store.read_task_queue() == []
         finally:
             store.close()
 
@@ -375,6 +377,27 @@ class TestNotifications:
         two.release_slots(holder)  # nothing held: nothing to tell
         assert heard.wait_for(1) == [None]
         assert one.acquire_slots(["db"], uuid4())
+
+    def test_the_task_queue_wakes_workers_and_waiters_elsewhere(
+        self, two_stores: tuple[PostgresStore, PostgresStore]
+    ) -> None:
+        """A task run queued (or put back) elsewhere wakes this process's task workers; a
+        queued run's end elsewhere reaches the subscribers of its run here."""
+        one, two = two_stores
+        workers, waiter = Heard(), Heard()
+        one.subscribe(TASK_QUEUED, workers)
+        entry = queued(two)
+        assert workers.wait_for(1) == [None]
+        one.subscribe(entry.task_run_id, waiter)
+        assert two.claim_task_runs(None, "w", T0, 1) == [
+            attrs.evolve(entry, claimer="w", claimed=T0)
+        ]
+        assert two.release_task_run(entry.task_run_id, "w", done=False)
+        assert workers.wait_for(2) == [None, None]
+        two.claim_task_runs(None, "w", T0, 1)
+        run = apply(two, "task", two.read_task_run(entry.task_run_id), S.Completed())
+        assert two.release_task_run(entry.task_run_id, "w", done=True)
+        assert waiter.wait_for(1) == [(run.version, "Completed")]
 
     def test_sync_external_polls_while_not_listening(
         self, two_stores: tuple[PostgresStore, PostgresStore]

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID, uuid4
 
+import attrs
 import pydantic
 import pytest
 
@@ -34,9 +35,15 @@ from runtime.core._exceptions import ConfigurationError, ObjectNotFound, StoreCl
 from runtime.core._models import FlowRun, RunKind, TaskRun, evolve
 from runtime.results import ResultRef
 from runtime.states import UNAVAILABLE, State, StateType
-from runtime.store._backend import CacheRecord, RunInputWrite, StaleRun, StoreBackend
+from runtime.store._backend import (
+    TASK_QUEUED,
+    CacheRecord,
+    RunInputWrite,
+    StaleRun,
+    StoreBackend,
+)
 from runtime.store._memory import DEFAULT_MAX_RUNS, MemoryStore
-from runtime.store._records import ProcessLease, ScheduleRecord, ScheduleSlot
+from runtime.store._records import ProcessLease, QueuedTaskRun, ScheduleRecord, ScheduleSlot
 from runtime.store._sqlite import SqliteStore
 from runtime.store._sqlite_db import Database
 from runtime.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -562,6 +569,90 @@ class TestLeases:
         assert released.count(True) == 1
 
 
+def queued(store: StoreBackend, key: str = "send-1234", at: datetime = T0) -> QueuedTaskRun:
+    """Queue a new Scheduled task run of the task ``key``, as ``task.delay()`` does."""
+    run = TaskRun(name=f"{key}-run", task_key=key, dynamic_key=uuid4().hex)
+    run = evolve(run, state=S.Scheduled(), version=1)
+    entry = QueuedTaskRun(run.id, key, b"call of " + run.id.bytes, at)
+    store.enqueue_task_run(run, entry)
+    return entry
+
+
+class TestTaskQueue:
+    def test_a_queued_run_is_recorded_and_workers_are_woken(self, store: StoreBackend) -> None:
+        """Queuing records the task run, Scheduled, and its entry, unclaimed; the workers
+        of this process hear of it; a run id is queued once."""
+        woken: list[Any] = []
+        store.subscribe(TASK_QUEUED, lambda run, state: woken.append((run, state)))
+        entry = queued(store)
+        run = store.read_task_run(entry.task_run_id)
+        assert run.version == 1 and run.state is not None and run.state.is_scheduled()
+        assert store.read_task_queue() == [entry]
+        assert woken == [(None, None)]
+        with pytest.raises(ValueError, match=r"exists already"):
+            store.enqueue_task_run(run, entry)
+
+    def test_claims_take_the_oldest_waiting_runs_of_their_keys(self, store: StoreBackend) -> None:
+        """A claim takes up to ``limit`` waiting entries of its task keys, oldest queued
+        first; a claimed entry is not claimed again."""
+        first, other, second, third = (
+            queued(store, "send"), queued(store, "other"), queued(store, "send"),
+            queued(store, "send"),
+        )  # fmt: skip
+        later = T0 + timedelta(seconds=5)
+        taken = store.claim_task_runs(["send"], "w1", later, 2)
+        assert taken == [
+            attrs.evolve(first, claimer="w1", claimed=later),
+            attrs.evolve(second, claimer="w1", claimed=later),
+        ]
+        assert store.claim_task_runs(["send", "nothing"], "w2", later, 5) == [
+            attrs.evolve(third, claimer="w2", claimed=later)
+        ]
+        assert store.claim_task_runs(["send"], "w2", later, 5) == []
+        assert store.claim_task_runs(None, "w3", later, 0) == []
+        assert store.claim_task_runs(None, "w3", later, 5) == [
+            attrs.evolve(other, claimer="w3", claimed=later)
+        ]
+        assert [e.claimer for e in store.read_task_queue(["send"])] == ["w1", "w1", "w2"]
+
+    def test_release_and_take_over(self, store: StoreBackend) -> None:
+        """A claimer puts an entry back (in its place, waking the workers) or removes it
+        once its run is over; only the claimer that holds it can. A reaper takes over the
+        entries of a dead claimer."""
+        first, second = queued(store), queued(store)
+        store.claim_task_runs(None, "w1", T0, 2)
+        woken: list[Any] = []
+        store.subscribe(TASK_QUEUED, lambda run, state: woken.append(run))
+        assert not store.release_task_run(first.task_run_id, "w2", done=False)
+        assert store.release_task_run(first.task_run_id, "w1", done=False)
+        assert woken == [None]
+        assert store.read_task_queue() == [first, attrs.evolve(second, claimer="w1", claimed=T0)]
+        later = T0 + timedelta(seconds=9)
+        assert store.claim_task_runs(None, "reaper", later, 5, from_claimer="w1") == [
+            attrs.evolve(second, claimer="reaper", claimed=later)
+        ]
+        assert store.release_task_run(second.task_run_id, "reaper", done=True)
+        assert not store.release_task_run(second.task_run_id, "reaper", done=True)
+        assert store.read_task_queue() == [first]
+
+    def test_racing_workers_claim_each_run_once(self, racers: list[StoreBackend]) -> None:
+        """Workers claiming at once (threads; stores on one database where it is shared,
+        as processes would) never claim one entry twice, and claim them all."""
+        entries = [queued(racers[0]) for _ in range(20)]
+
+        def claim_all(i: int, store: StoreBackend) -> list[UUID]:
+            mine: list[UUID] = []
+            while taken := store.claim_task_runs(None, f"w{i}", T0, 3):
+                mine += [entry.task_run_id for entry in taken]
+            return mine
+
+        won = race(racers, claim_all)
+        claimed = [run_id for mine in won for run_id in mine]
+        assert sorted(claimed) == sorted(entry.task_run_id for entry in entries)
+        owners = {e.task_run_id: e.claimer for e in racers[0].read_task_queue()}
+        assert all(owners[run_id] == f"w{i}" for i, mine in enumerate(won) for run_id in mine)
+
+
 # -- notifications, durability, closing ---------------------------------------------------
 
 
@@ -637,6 +728,10 @@ class TestClose:
             lambda: store.renew_lease(lease("me")),
             lambda: store.read_leases(),
             lambda: store.read_lease("me"),
+            lambda: queued(store),
+            lambda: store.claim_task_runs(None, "me", T0, 1),
+            lambda: store.release_task_run(run.id, "me", done=True),
+            lambda: store.read_task_queue(),
         ]
         for call in calls:
             with pytest.raises(StoreClosed, match=message):
@@ -903,10 +998,11 @@ class TestSqliteSchema:
             store.write_run("flow", evolve(read, name="renamed", version=2))
             assert store.read_flow_run(run.id).name == "renamed"
             assert store.read_schedules() == [] and store.read_leases() == []  # version 4
+            assert store.read_task_queue() == []  # version 5
         finally:
             store.close()
         conn = sqlite3.connect(db)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         conn.close()
 
     def test_newer_version_is_refused(self, db: Path) -> None:
