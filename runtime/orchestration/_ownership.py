@@ -15,6 +15,7 @@ owner's lease expired, and when someone waits for it (``wait_for_flow_run``).
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from datetime import datetime, timezone
@@ -45,6 +46,9 @@ __all__ = [
     "reap_orphans",
     "requeue_claimed_task_runs",
 ]
+
+
+_logger = logging.getLogger("stageflow.liveness")
 
 
 def _utcnow() -> datetime:
@@ -117,12 +121,52 @@ async def reap_flow_run(orchestrator: ActorRef, backend: StoreBackend, flow_run:
     await orchestrator.ask(ProposeState("flow", flow_run.id, S.Crashed(message=message)))
 
 
-async def requeue_claimed_task_runs(backend: StoreBackend, gone: list[ProcessLease]) -> int:
-    """Give the task runs that the processes of ``gone`` had claimed from the durable task
-    queue back to the queue; return how many. A hook for task workers (``task.delay``
-    claimed by ``serve_tasks``), which do not exist yet: today no process claims task runs,
-    so there is nothing to give back."""
-    return 0
+async def requeue_claimed_task_runs(
+    orchestrator: ActorRef, backend: StoreBackend, gone: list[str]
+) -> int:
+    """Give the queued task runs that the processes ``gone`` (owner tokens) had claimed
+    back to the queue; return how many.
+
+    Each dead claimer's entries are first taken over by this process, in one store
+    transaction (exactly one reaper gets each): then only this process writes those runs.
+    A run not over yet is recorded Scheduled again (``Requeued``, a forced transition: it
+    may have been Running, even Crashed) and its entry put back in the queue, where a
+    task worker claims it; a run that finished (its worker died before removing its entry)
+    only loses its entry. So a claimed run is never lost; it may run twice (at-least-once
+    delivery).
+    """
+    mine = process_owner()
+    requeued = 0
+    for claimer in gone:
+        now = _utcnow()
+        while taken := backend.claim_task_runs(None, mine, now, 100, from_claimer=claimer):
+            for entry in taken:
+                run = backend.read_task_run(entry.task_run_id)
+                over = run.state is not None and run.state.is_final()
+                if not over:
+                    message = (
+                        "The task worker running it is gone (its process died); it goes back "
+                        "to the queue."
+                    )
+                    await orchestrator.ask(
+                        ProposeState(
+                            "task",
+                            entry.task_run_id,
+                            S.Scheduled(name="Requeued", message=message),
+                            force=True,
+                        )
+                    )
+                    requeued += 1
+                backend.release_task_run(entry.task_run_id, mine, done=over)
+    return requeued
+
+
+def _dead_claimers(backend: StoreBackend, leases: dict[str, ProcessLease]) -> list[str]:
+    """Claimers of queued task runs that hold no lease and ran on this host, but no longer
+    run (a worker that died before it wrote its lease, or whose lease a reaper removed
+    before it could hand its runs back)."""
+    claimers = {entry.claimer for entry in backend.read_task_queue() if entry.claimer}
+    return [c for c in claimers if c not in leases and owner_alive(c) is False]
 
 
 async def reap_dead_processes(
@@ -133,13 +177,13 @@ async def reap_dead_processes(
     now: datetime | None = None,
 ) -> int:
     """Mark Crashed the unfinished flow runs (and their task runs) of every process that is
-    gone, give back their claimed task runs, and remove their leases; return how many flow
-    runs were reaped.
+    gone, give back their claimed task runs (:func:`requeue_claimed_task_runs`), and
+    remove their leases; return how many flow runs were reaped.
 
     A process is gone when its lease expired, or it ran on this host and no longer does.
-    With ``check_local_runs``, runs whose owner has no lease (recorded before leases
-    existed, or by a process that died before it wrote one) are reaped too when their
-    owner ran on this host and no longer does.
+    With ``check_local_runs``, runs and claims whose owner has no lease (recorded before
+    leases existed, or by a process that died before it wrote one) are reaped too when
+    their owner ran on this host and no longer does.
 
     A live process whose lease lapsed (its loop was blocked, it was suspended) and that
     renews it meanwhile keeps its runs: only runs recorded before the lease expired are
@@ -174,7 +218,16 @@ async def reap_dead_processes(
         if _needs_its_process(flow_run) and dead(flow_run):
             await reap_flow_run(orchestrator, backend, flow_run)
             reaped += 1
-    await requeue_claimed_task_runs(backend, list(gone.values()))
+    dead_claimers = list(gone)
+    if check_local_runs:
+        dead_claimers += _dead_claimers(backend, leases)
+    requeued = await requeue_claimed_task_runs(orchestrator, backend, dead_claimers)
+    if requeued:
+        _logger.warning(
+            "Put %d task run(s) claimed by dead task workers back in the queue of %s.",
+            requeued,
+            backend.url,
+        )
     for lease in gone.values():
         backend.release_lease(lease.owner, expires=lease.expires)
     return reaped

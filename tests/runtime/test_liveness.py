@@ -18,6 +18,7 @@ import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from engine_support import StoreUrl, wait_until
@@ -27,6 +28,7 @@ from runtime import Runtime, flow, wait_for_flow_run
 from runtime import states as S
 from runtime.core._exceptions import ConfigurationError, FlowRunWaitTimeout
 from runtime.core._models import FlowRun, TaskRun, evolve
+from runtime.states import State, StateType
 from runtime.orchestration._liveness import (
     DEFAULT_LEASE_SECONDS,
     LEASE_ENV,
@@ -38,7 +40,7 @@ from runtime.orchestration._orchestrator import Orchestrator
 from runtime.orchestration._owners import HOST, _start_time, owner_alive, process_owner
 from runtime.orchestration._ownership import reap_dead_processes
 from runtime.store._memory import MemoryStore
-from runtime.store._records import ProcessLease
+from runtime.store._records import ProcessLease, QueuedTaskRun
 from runtime.store._urls import open_backend
 
 START = 1_800_000_000.0
@@ -210,6 +212,47 @@ async def test_a_process_that_renewed_meanwhile_keeps_its_runs() -> None:
     assert _state_name(store, late) == _state_name(store, early) == "Running"
     assert [lease.owner for lease in store.read_leases()] == ["slow"]  # the renewed one
     assert store.read_lease("slow") == store.renewed
+
+
+def _queued(store: MemoryStore, claimer: str, state: State[Any]) -> UUID:
+    """A queued task run claimed by ``claimer``, whose run is in ``state``."""
+    run = evolve(TaskRun(name="send-1", task_key="send", dynamic_key="1"), state=S.Scheduled())
+    run = evolve(run, version=1)
+    store.enqueue_task_run(run, QueuedTaskRun(run.id, "send", b"call", _at(START - 60)))
+    store.claim_task_runs(None, claimer, _at(START - 30), 1)
+    later = evolve(run, state=state, version=2)
+    store.write_run("task", later, state=later.state)
+    return run.id
+
+
+async def test_the_claimed_task_runs_of_a_dead_worker_go_back_to_the_queue() -> None:
+    """A dead worker's claimed runs: one still Running is recorded Scheduled (Requeued)
+    and put back in the queue, unclaimed, for another worker; one it finished only loses
+    its entry; a live worker's claims are left alone."""
+    store = MemoryStore()
+    clock = FakeClock(START)
+    store.renew_lease(_lease("dead", START - 5))
+    store.renew_lease(_lease("alive", START + 3600))
+    running = _queued(store, "dead", S.Running())
+    finished = _queued(store, "dead", S.Completed())
+    theirs = _queued(store, "alive", S.Running())
+    async with open_actor_system(clock=clock) as system:
+        ref = await system.spawn(ChildSpec("orchestrator", lambda: Orchestrator(store, clock)))
+        await reap_dead_processes(ref, store, now=_at(START))
+    requeued = store.read_task_run(running).state
+    assert requeued is not None and (requeued.type, requeued.name) == (
+        StateType.SCHEDULED,
+        "Requeued",
+    )
+    assert "task worker running it is gone" in (requeued.message or "")
+    assert [(e.task_run_id, e.claimer) for e in store.read_task_queue()] == [
+        (running, None),
+        (theirs, "alive"),
+    ]
+    assert _state_name(store, store.read_task_run(finished)) == "Completed"
+    assert [entry.task_run_id for entry in store.claim_task_runs(None, "w", _at(START), 5)] == [
+        running
+    ]
 
 
 # -- wait_for_flow_run consults liveness --------------------------------------------------
