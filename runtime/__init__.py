@@ -2,7 +2,8 @@
 
 Prefect 3's programming model as a library: ``@flow``, ``@task``, states, retries,
 timeouts, futures, mapping, subflows and hooks, running under asyncio or trio; and
-long-running pipelines: schedules served in-process (``flow.serve``, ``serve``, ``aserve``).
+long-running pipelines: schedules served in-process (``flow.serve``, ``serve``, ``aserve``)
+and background tasks run by task workers (``task.delay``, ``serve_tasks``, ``aserve_tasks``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from .api._serve import aserve as aserve
 from .api._serve import serve as serve
 from .api._task import Task as Task
 from .api._task import task as task
+from .api._task_workers import aserve_tasks as aserve_tasks
+from .api._task_workers import serve_tasks as serve_tasks
 from .core._annotations import allow_failure as allow_failure
 from .core._annotations import quote as quote
 from .core._annotations import unmapped as unmapped
@@ -82,6 +85,7 @@ __all__ = [
     "allow_failure",
     "as_completed",
     "aserve",
+    "aserve_tasks",
     "cancel_flow_run",
     "flow",
     "get_run_context",
@@ -96,6 +100,7 @@ __all__ = [
     "read_task_runs",
     "resume_flow_run",
     "serve",
+    "serve_tasks",
     "suspend_flow_run",
     "tags",
     "task",

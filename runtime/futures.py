@@ -1,9 +1,10 @@
-"""Futures: the eventual outcome of a submitted task run.
+"""Futures: the eventual outcome of a submitted (or queued) task run.
 
-The public face of :mod:`runtime.engine._futures`."""
+The public face of :mod:`runtime.engine._futures` and :mod:`runtime.engine._distributed`."""
 
 from __future__ import annotations
 
+from .engine._distributed import DistributedTaskRunFuture as DistributedTaskRunFuture
 from .engine._futures import DoneAndNotDoneFutures as DoneAndNotDoneFutures
 from .engine._futures import TaskRunFuture as TaskRunFuture
 from .engine._futures import TaskRunFutureList as TaskRunFutureList
@@ -11,6 +12,7 @@ from .engine._futures import as_completed as as_completed
 from .engine._futures import wait as wait
 
 __all__ = [
+    "DistributedTaskRunFuture",
     "DoneAndNotDoneFutures",
     "TaskRunFuture",
     "TaskRunFutureList",

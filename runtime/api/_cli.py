@@ -1,6 +1,6 @@
 """The ``stageflow`` command line: run a flow, list and inspect stored runs, resume and
-cancel them, serve flows on schedules and list the schedules, and manage tag concurrency
-limits.
+cancel them, serve flows on schedules and list the schedules, run task workers, and manage
+tag concurrency limits.
 
 Every command works on one store: ``--store URL``, else ``$STAGEFLOW_STORE``, else the
 default store (see :func:`runtime.store._urls.default_backend`). Commands that run or change
@@ -13,7 +13,7 @@ or the command could not be done (unknown id, run not paused, run already final)
 2 usage error, 3 the run stopped without finishing (paused or suspended), 130 interrupted
 (128 + N after signal N).
 
-Why one module of ~800 lines: it is the whole command line (parser and eleven commands),
+Why one module of ~850 lines: it is the whole command line (parser and twelve commands),
 one job that nothing else imports; its sections follow the commands.
 """
 
@@ -71,6 +71,8 @@ from ._read import (
 )
 from ._rerun import NO_INPUT, import_flow_file, rerun_flow_run
 from ._serve import DEFAULT_GRACE_PERIOD, serve
+from ._task import Task
+from ._task_workers import DEFAULT_LIMIT, serve_tasks
 
 __all__ = ["main"]
 
@@ -207,19 +209,42 @@ def load_flow_target(target: str) -> Flow[..., Any]:
         CommandError: (usage) the target is malformed, the file is missing or fails to
             import, or the name is missing or not a flow.
     """
-    file_text, sep, qualname = target.rpartition(":")
-    if not sep or not file_text or not qualname:
-        raise _usage(f"expected FILE.py:FLOW_FUNCTION, got {target!r}")
+    (flow,) = _load_targets(target, Flow, "a flow: decorate it with @flow", "FLOW_FUNCTION")
+    assert isinstance(flow, Flow)
+    return flow
+
+
+def load_task_targets(target: str) -> list[Task[..., Any]]:
+    """Return the tasks named by ``FILE.py:task_a,task_b``.
+
+    Raises:
+        CommandError: (usage) the target is malformed, the file is missing or fails to
+            import, or a name is missing or not a task.
+    """
+    return _load_targets(target, Task, "a task: decorate it with @task", "TASK[,TASK...]")
+
+
+def _load_targets(target: str, kind: type, what: str, names: str) -> list[Any]:
+    file_text, sep, qualnames = target.rpartition(":")
+    wanted = [name.strip() for name in qualnames.split(",")]
+    if not sep or not file_text or not all(wanted):
+        raise _usage(f"expected FILE.py:{names}, got {target!r}")
+    if kind is Flow and len(wanted) > 1:
+        raise _usage(f"expected FILE.py:{names}, got {target!r}")
     path = Path(file_text).expanduser()
     if not path.is_file():
         raise _usage(f"no such file: {file_text}")
-    found: Any = _import_file(path.resolve())
-    for part in qualname.split("."):
-        found = getattr(found, part, None)
-        if found is None:
-            raise _usage(f"{file_text} has no function {qualname!r}")
-    if not isinstance(found, Flow):
-        raise _usage(f"{qualname!r} in {file_text} is not a flow: decorate it with @flow")
+    module: Any = _import_file(path.resolve())
+    found = []
+    for qualname in wanted:
+        obj = module
+        for part in qualname.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                raise _usage(f"{file_text} has no function {qualname!r}")
+        if not isinstance(obj, kind):
+            raise _usage(f"{qualname!r} in {file_text} is not {what}")
+        found.append(obj)
     return found
 
 
@@ -533,6 +558,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    tasks = load_task_targets(args.target)
+    with _runtime_for_sync_calls(args):
+        serve_tasks(*tasks, limit=args.limit, grace_period=args.grace_period)
+    print(f"Stopped serving task(s) {', '.join(task.name for task in tasks)}.")
+    return EXIT_OK
+
+
 def _cmd_schedules_ls(args: argparse.Namespace) -> int:
     with _store(args):
         views: list[ScheduleView] = read_schedules()
@@ -630,6 +663,16 @@ def _param_option(parser: argparse.ArgumentParser, what: str) -> None:
         action="append",
         default=[],
         help=f"{what}; VALUE is read as JSON if it parses, else as a string",
+    )
+
+
+def _grace_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--grace-period",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_GRACE_PERIOD,
+        help=f"once stopped, seconds in-flight runs get to finish ({DEFAULT_GRACE_PERIOD:g})",
     )
 
 
@@ -741,13 +784,24 @@ def build_parser() -> argparse.ArgumentParser:
         default="latest",
         help="slots missed while not served: one run for the latest (default), all, none",
     )
-    served.add_argument(
-        "--grace-period",
-        metavar="SECONDS",
-        type=float,
-        default=DEFAULT_GRACE_PERIOD,
-        help=f"once stopped, seconds in-flight runs get to finish ({DEFAULT_GRACE_PERIOD:g})",
+    _grace_option(served)
+    worker = command(
+        commands,
+        "worker",
+        _cmd_worker,
+        "Run the queued runs of tasks (task.delay()), in this process, until stopped",
     )
+    worker.add_argument(
+        "target", metavar="FILE.py:TASK[,TASK...]", help="a file and @task functions in it"
+    )
+    worker.add_argument(
+        "--limit",
+        metavar="N",
+        type=_at_least(1),
+        default=DEFAULT_LIMIT,
+        help=f"run at most N task runs at once ({DEFAULT_LIMIT})",
+    )
+    _grace_option(worker)
     schedules = commands.add_parser("schedules", help="List served schedules")
     schedule_commands = schedules.add_subparsers(
         dest="schedules_command", metavar="COMMAND", required=True

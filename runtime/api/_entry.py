@@ -34,7 +34,6 @@ from ..engine._futures import TaskRunFuture, TaskRunFutureList
 from ..engine._generators import END, GeneratorChannel, GeneratorRunActor, generator_body
 from ..engine._signals import capture_sigterm
 from ..engine._task_engine import (
-    TaskRunActor,
     TaskRunEngine,
     create_task_run,
     new_task_run,
@@ -59,7 +58,6 @@ __all__ = [
     "run_flow_sync",
     "run_sync",
     "run_task_async",
-    "run_task_in_background",
     "run_task_sync",
     "runtime_scope",
     "submit_task",
@@ -364,8 +362,10 @@ def map_task(
     flow_ctx = None if deferred else _require_flow_context()
     calls = _mapped_calls(task, args, kwargs)
     futures: TaskRunFutureList[Any] = TaskRunFutureList()
-    if deferred:
-        futures.extend(run_task_in_background(task, parameters, wait_for) for parameters in calls)
+    if deferred:  # one queued run per element, for task workers
+        from ._task_workers import queue_task_run
+
+        futures.extend(queue_task_run(task, parameters, wait_for) for parameters in calls)
         return futures
     assert flow_ctx is not None
     items = []
@@ -440,48 +440,6 @@ def _mapped_calls(
             call.setdefault(name, default)
         calls.append(call)
     return calls
-
-
-def run_task_in_background(
-    task: Task[..., Any], parameters: dict[str, Any], wait_for: Any
-) -> TaskRunFuture[Any]:
-    """Run a task outside any flow, supervised by the background runtime of the global
-    loop; return its future."""
-    future: TaskRunFuture[Any] = TaskRunFuture(new_task_run(task, None, parameters, wait_for))
-    backend, clock = inherited_backend()
-    global_loop().call_soon(_background_task, task, parameters, wait_for, future, backend, clock)
-    return future
-
-
-async def _background_task(
-    task: Task[..., Any],
-    parameters: dict[str, Any],
-    wait_for: Any,
-    future: TaskRunFuture[Any],
-    backend: Any,
-    clock: Any,
-) -> None:
-    loop = global_loop()
-    runtime = await background_runtime(backend, clock, loop)
-    engine_factory = partial(
-        TaskRunEngine,
-        task,
-        future.task_run,
-        parameters,
-        wait_for,
-        runtime,
-        None,
-        LoopDriver(runtime, WORKER_THREADS),
-        future=future,
-    )
-    ref = await runtime.spawn(
-        ChildSpec(
-            str(future.task_run.id),
-            partial(TaskRunActor, engine_factory, future),
-            restart=Restart.TEMPORARY,
-        )
-    )
-    await ref.wait()
 
 
 # -- generator tasks and flows ------------------------------------------------------------

@@ -18,7 +18,7 @@ import signal
 import threading
 from datetime import datetime, timezone
 from functools import partial
-from typing import Any
+from typing import Any, Callable, Protocol
 from uuid import uuid4
 
 import anyio
@@ -46,7 +46,7 @@ from ._entry import ambient_runtime, inherited_backend, runtime_scope
 from ._schedule_actors import ScheduleContext, ServeState, schedule_supervisor
 from ._schedules import Schedule
 
-__all__ = ["DEFAULT_GRACE_PERIOD", "aserve", "serve"]
+__all__ = ["DEFAULT_GRACE_PERIOD", "Server", "aserve", "run_until_stopped", "serve"]
 
 logger = logging.getLogger("stageflow.schedules")
 
@@ -75,24 +75,54 @@ def serve(*schedules: Schedule, grace_period: float = DEFAULT_GRACE_PERIOD) -> N
             its restart policy allows.
     """
     _check(schedules, grace_period)
+    run_until_stopped(
+        partial(_Serve, schedules=schedules, grace_period=grace_period),
+        "serve()",
+        "await aserve(*schedules)",
+    )
+
+
+class Server(Protocol):
+    """What :func:`run_until_stopped` runs: a serve, a task worker."""
+
+    grace_period: float
+    after_grace: str
+    """What happens to in-flight runs at the end of the grace period, for the log."""
+    logger: logging.Logger
+
+    async def run(self) -> None:
+        """Serve until cancelled, then drain (within the grace period)."""
+
+    def hurry(self) -> None:
+        """End the grace period now."""
+
+
+def run_until_stopped(make: Callable[[Runtime], Server], what: str, async_form: str) -> None:
+    """Run ``make(runtime).run()`` in an event loop on this thread, in a Runtime on the
+    store of the ``Runtime`` block around the call (else the default store), until a
+    signal stops it (on the main thread: SIGINT or SIGTERM; a second one hurries it).
+
+    Raises:
+        RuntimeError: called from async code (``what`` blocks; ``async_form`` is the
+            way there).
+        Exception: whatever the server's ``run`` raised.
+    """
     try:
         sniffio.current_async_library()
     except sniffio.AsyncLibraryNotFoundError:
         pass
     else:
         raise RuntimeError(
-            "serve() blocks until it is stopped, so it cannot run in an event loop; from "
-            "async code, use `await aserve(*schedules)` (in a task of your own to stop it "
-            "by cancelling)."
+            f"{what} blocks until it is stopped, so it cannot run in an event loop; from "
+            f"async code, use `{async_form}` (in a task of your own to stop it by "
+            "cancelling)."
         )
     runtime = ambient_runtime()
     backend, clock = inherited_backend()
     loop = runtime.sync_loop if runtime is not None else None
     backend_name = (loop if loop is not None and not loop.closed else global_loop()).backend
     lease_seconds = None if runtime is None else runtime.lease_seconds
-    anyio.run(
-        _serve_here, schedules, grace_period, backend, clock, lease_seconds, backend=backend_name
-    )
+    anyio.run(_serve_here, make, backend, clock, lease_seconds, backend=backend_name)
 
 
 async def aserve(*schedules: Schedule, grace_period: float = DEFAULT_GRACE_PERIOD) -> None:
@@ -141,17 +171,13 @@ def _check(schedules: tuple[Schedule, ...], grace_period: float) -> None:
 
 
 async def _serve_here(
-    schedules: tuple[Schedule, ...],
-    grace_period: float,
-    backend: Any,
-    clock: Any,
-    lease_seconds: float | None,
+    make: Callable[[Runtime], Server], backend: Any, clock: Any, lease_seconds: float | None
 ) -> None:
-    """The body of :func:`serve`: a Runtime, the serve, and (on the main thread) the
-    signals that stop it."""
+    """The body of :func:`run_until_stopped`: a Runtime, the server, and (on the main
+    thread) the signals that stop it."""
     async with Runtime(store=backend, clock=clock, lease_seconds=lease_seconds) as runtime:
-        server = _Serve(runtime, schedules, grace_period)
-        failure: SchedulesFailed | None = None
+        server = make(runtime)
+        failure: Exception | None = None
         async with anyio.create_task_group() as tg:
             serving = anyio.CancelScope()
             if threading.current_thread() is threading.main_thread():
@@ -159,7 +185,7 @@ async def _serve_here(
             with serving:
                 try:
                     await server.run()
-                except SchedulesFailed as exc:  # kept out of the task group, unwrapped
+                except Exception as exc:  # kept out of the task group, unwrapped
                     failure = exc
             tg.cancel_scope.cancel()
     if failure is not None:
@@ -167,7 +193,7 @@ async def _serve_here(
 
 
 async def _stop_on_signals(
-    server: _Serve,
+    server: Server,
     serving: anyio.CancelScope,
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -178,21 +204,25 @@ async def _stop_on_signals(
         async for signum in signals:
             name = signal.Signals(signum).name
             if not serving.cancel_called:
-                logger.warning(
+                server.logger.warning(
                     "%s: stopping. No new run starts; in-flight runs have %g s to finish, then "
-                    "they are cancelled (send %s again to cancel them now).",
+                    "%s (send %s again to do it now).",
                     name,
                     server.grace_period,
+                    server.after_grace,
                     name,
                 )
                 serving.cancel()
             else:
-                logger.warning("%s again: cancelling the in-flight runs now.", name)
+                server.logger.warning("%s again: the in-flight runs are not waited for.", name)
                 server.hurry()
 
 
 class _Serve:
     """One ``serve``: registers its schedules, runs their supervisors, drains at the end."""
+
+    after_grace = "they are cancelled"
+    logger = logger
 
     def __init__(
         self, runtime: Runtime, schedules: tuple[Schedule, ...], grace_period: float

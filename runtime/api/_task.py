@@ -22,8 +22,10 @@ from ..core._options import (
     is_generator_callable,
 )
 from ..core._parameters import CallSignature
+from ..engine._distributed import DistributedTaskRunFuture
 from . import _entry as _entry
 from ._methods import BindsAsMethod, docstring_of, unwrap_method
+from ._task_workers import queue_task_run
 
 __all__ = ["Task", "task"]
 
@@ -37,7 +39,8 @@ class Task(BindsAsMethod, Generic[P, R]):
 
     Build one with :func:`task`. Calling it inside a flow creates a task run and returns
     its result (``return_state=True`` returns the final State instead); ``submit`` runs it
-    concurrently and returns a future; ``map`` submits one run per element.
+    concurrently and returns a future; ``map`` submits one run per element; ``delay``
+    queues a run for a task worker.
 
     Raises:
         TypeError: ``fn`` is not callable, or an option has the wrong type.
@@ -212,21 +215,36 @@ class Task(BindsAsMethod, Generic[P, R]):
         args: tuple[Any, ...] | None = None,
         kwargs: dict[str, Any] | None = None,
         wait_for: Any = None,
-    ) -> Any:
-        """Run the task in the background, outside any flow, and return its future.
+    ) -> DistributedTaskRunFuture[Any]:
+        """Queue a run of the task for a task worker, and return its future (Prefect's
+        ``Task.apply_async``).
 
-        The run is supervised by the process's background runtime (on the global loop);
-        it does not hold up the flow that started it.
+        The run is recorded Scheduled in the store of the Runtime serving the caller (else
+        the default store), with its call (``args``, ``kwargs`` and the ``wait_for``
+        futures, pickled with cloudpickle), committed before this returns: a durable
+        queue. A worker serving this task (``serve_tasks``, ``stageflow worker``), in any
+        process sharing the store, runs it, at least once; nothing runs it until one
+        does. The future's ``result()`` waits for it (see
+        :class:`~runtime.futures.DistributedTaskRunFuture`). Futures among the arguments
+        are resolved by the worker, as in a flow.
 
         Raises:
             ValueError: the task is a generator task.
+            ParameterBindError: the arguments do not fit the function's signature.
+            ResultSerializationError: the arguments cannot be pickled.
         """
         _entry.refuse_generator(self, "task", "run in the background")
         parameters = self.signature.bind(tuple(args or ()), dict(kwargs or {}))
-        return _entry.run_task_in_background(self, parameters, wait_for)
+        return queue_task_run(self, parameters, wait_for)
 
-    def delay(self, *args: Any, **kwargs: Any) -> Any:
-        """``apply_async`` with plain call syntax: ``my_task.delay(1, x=2)``."""
+    def delay(self, *args: Any, **kwargs: Any) -> DistributedTaskRunFuture[Any]:
+        """``apply_async`` with plain call syntax: ``my_task.delay(1, x=2)`` queues a run
+        for a task worker and returns its future (Prefect's ``Task.delay``).
+
+        Raises:
+            ValueError, ParameterBindError, ResultSerializationError: as
+                :meth:`apply_async`.
+        """
         return self.apply_async(args, kwargs)
 
     # -- options ----------------------------------------------------------------------

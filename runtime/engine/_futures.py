@@ -1,7 +1,9 @@
 """Futures: the eventual outcome of a submitted task run.
 
 ``task.submit()`` returns a :class:`TaskRunFuture` and ``task.map()`` a
-:class:`TaskRunFutureList`. Their ``wait()`` and ``result()`` block the calling thread;
+:class:`TaskRunFutureList`; ``task.delay()`` returns a
+:class:`~runtime.engine._distributed.DistributedTaskRunFuture`, which follows its run in
+the store. Their ``wait()`` and ``result()`` block the calling thread;
 in async code, ``await future`` (or ``await future.aresult()``) waits without blocking the
 event loop. :func:`wait` and :func:`as_completed` work on any iterable of futures.
 """
@@ -153,6 +155,13 @@ class TaskRunFuture(Generic[R]):
 
     def __repr__(self) -> str:
         return f"TaskRunFuture({self.task_run.name!r}, state={self.state})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (into a queued task run's call) as a reference to its run, which the
+        # unpickling process follows in its store.
+        from ._distributed import stored_future
+
+        return (stored_future, (self.task_run_id, self.task_run.name))
 
 
 class TaskRunFutureList(list[TaskRunFuture[R]]):

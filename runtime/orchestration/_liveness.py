@@ -9,7 +9,8 @@ seconds later by any live process (on the same host, where the pid can be checke
 ``L / 3``).
 
 **The lease.** Once a process runs a flow on a store shared between processes (its first
-flow run there, or a run it takes over, or a schedule it serves), it writes its
+flow run there, or a run it takes over, a schedule it serves, a task run it claims as a
+task worker), it writes its
 :class:`~runtime.store._records.ProcessLease` under its owner token, the one its runs
 record as their ``owner``. Each :class:`~runtime.orchestration._runtime.Runtime` on such a
 store runs a :class:`LivenessActor`, which renews the lease and looks for dead processes,
@@ -22,8 +23,9 @@ run.
 
 **Reaping.** A lease that expired (or whose process, on this host, no longer runs) belongs
 to a process that is gone: its unfinished runs are marked Crashed through the orchestrator
-(checked writes), its claimed task runs go back to the queue (a hook for task workers),
-and its lease is removed (:func:`~runtime.orchestration._ownership.reap_dead_processes`).
+(checked writes), the task runs it had claimed as a task worker go back to the queue for
+another worker, and its lease is removed
+(:func:`~runtime.orchestration._ownership.reap_dead_processes`).
 
 **Clocks.** Leases are wall-clock times (the renewing process's clock): across hosts the
 bound holds up to the hosts' clock skew. An event loop blocked for longer than ``2 L / 3``

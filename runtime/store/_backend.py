@@ -475,7 +475,7 @@ class StoreBackend(abc.ABC):
         with self._listeners_lock:
             targets = list(listeners.get(key, ()))
         for listener in targets:
-            listener(None, None)
+            listener(None, None)  # type: ignore[arg-type]
 
     # -- durability -------------------------------------------------------------------
 

@@ -236,7 +236,6 @@ class PipelineTables:
         except (StoreClosed, StoreError):  # a release never fails (closed, or unreachable)
             return False
 
-
     # -- the task queue -----------------------------------------------------------------
 
     def enqueue_task_run(self, run: TaskRun, entry: QueuedTaskRun) -> None:
@@ -270,7 +269,9 @@ class PipelineTables:
                     f"SELECT 1 FROM {sql.schema}.task_queue WHERE task_run_id = %s", (run.id,)
                 ).fetchone()
                 if not (retried and landed):  # else: the first try landed, its answer lost
-                    raise ValueError(f"A run with id {run.id} exists already in {self.url}.") from None
+                    raise ValueError(
+                        f"A run with id {run.id} exists already in {self.url}."
+                    ) from None
 
         self._run(enqueue)
         self._remember(state)
@@ -308,8 +309,8 @@ class PipelineTables:
                     (claimer, claimed),
                 ).fetchall()
                 if mine:
-                    return mine  # type: ignore[no-any-return]
-            return conn.execute(statement, (claimer, claimed, *params, limit)).fetchall()  # type: ignore[no-any-return]
+                    return mine
+            return conn.execute(statement, (claimer, claimed, *params, limit)).fetchall()
 
         return [_queued(row) for row in sorted(self._run(claim))]
 

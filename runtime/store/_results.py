@@ -345,7 +345,8 @@ def result_from_json(text: str | bytes) -> ResultRef | InlineResult:
     Raises:
         ValueError: ``text`` is neither (``pydantic.ValidationError`` for a broken ref).
     """
-    if (b'"inline"' if isinstance(text, bytes) else '"inline"') in text:
+    inline = b'"inline"' in text if isinstance(text, bytes) else '"inline"' in text
+    if inline:
         return InlineResult.from_json(text)
     return ResultRef.from_json(text)
 

@@ -748,6 +748,26 @@ def test_serve_refuses_bad_options(
     assert re.search(message, err), err
 
 
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("{flows}", r"expected FILE\.py:TASK\[,TASK\.\.\.\], got"),
+        ("{flows}:double,", r"expected FILE\.py:TASK\[,TASK\.\.\.\], got"),
+        ("{flows}:double,nothing", r"has no function 'nothing'"),
+        ("{flows}:double,greet", r"'greet' in .* is not a task: decorate it with @task"),
+        ("missing.py:double", r"no such file: missing\.py"),
+    ],
+)
+def test_worker_refuses_bad_targets(
+    capsys: pytest.CaptureFixture[str], flows: Path, target: str, message: str
+) -> None:
+    """A ``stageflow worker`` target that names no tasks is a usage error (exit 2) that
+    says what is wrong, before anything is served."""
+    code, _, err = cli(capsys, "worker", target.format(flows=flows), "--limit", "2")
+    assert code == 2
+    assert re.search(message, err), err
+
+
 @needs_sqlite
 def test_schedules_ls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """``schedules ls`` shows each schedule's trigger, status (a failed one with why),
