@@ -170,9 +170,7 @@ async def aserve_tasks(
     lifespan), else in an implicit one on the default store. Run it in a task of your own
     and cancel that task to stop: no new run is claimed, runs in progress get
     ``grace_period`` seconds to finish, the others go back to the queue, then the
-    cancellation goes on.
-
-    Args: as :func:`serve_tasks`.
+    cancellation goes on. It takes the arguments of :func:`serve_tasks`.
 
     Raises:
         ValueError: no task, something that is not a task, or a bad number.

@@ -218,13 +218,7 @@ class ResultRef(BaseModel, ResultHandle):
             data = self.storage.read(self.key)
         except (OSError, ConfigurationError) as exc:
             raise MissingResult(f"Cannot read the persisted result {where}: {exc}") from exc
-        try:
-            value = resolve_serializer(self.serializer).loads(data)
-        except Exception as exc:
-            raise MissingResult(
-                f"Cannot deserialize the persisted result {where} with the "
-                f"{self.serializer!r} serializer: {exc}"
-            ) from exc
+        value = _deserialize(self.serializer, data, f"the persisted result {where}")
         if self.cache_in_memory:
             self._loaded = (value,)
         return value
@@ -252,6 +246,20 @@ class ResultRef(BaseModel, ResultHandle):
             pydantic.ValidationError: ``data`` is not such a JSON document.
         """
         return cls.model_validate_json(data)
+
+
+def _deserialize(serializer: str, data: bytes, what: str) -> Any:
+    """Return the value ``data`` holds, read with the serializer named ``serializer``.
+
+    Raises:
+        MissingResult: it cannot be read (naming ``what``, the serializer and why).
+    """
+    try:
+        return resolve_serializer(serializer).loads(data)
+    except Exception as exc:
+        raise MissingResult(
+            f"Cannot deserialize {what} with the {serializer!r} serializer: {exc}"
+        ) from exc
 
 
 @final
@@ -286,13 +294,8 @@ class InlineResult(ResultHandle):
         """
         if self._loaded is not None:
             return self._loaded[0]
-        try:
-            value = resolve_serializer(self.serializer).loads(base64.b64decode(self.data))
-        except Exception as exc:
-            raise MissingResult(
-                f"Cannot deserialize the result kept in the store with the "
-                f"{self.serializer!r} serializer: {type(exc).__name__}: {exc}"
-            ) from exc
+        data = base64.b64decode(self.data)
+        value = _deserialize(self.serializer, data, "the result kept in the store")
         if self.cache_in_memory:
             self._loaded = (value,)
         return value

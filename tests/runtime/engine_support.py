@@ -6,6 +6,9 @@ Not a test module: the engine test modules import from it.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,10 +20,13 @@ import pytest
 from runtime import FlowRun, Runtime, State, TaskRun
 
 __all__ = [
+    "REPO",
     "StoreUrl",
     "flow_run_named",
     "isolated_home",
     "messages",
+    "process_env",
+    "python_process",
     "only_flow_run",
     "records_of",
     "state_history",
@@ -28,6 +34,8 @@ __all__ = [
     "task_runs_of",
     "wait_until",
 ]
+
+REPO = Path(__file__).resolve().parents[2]
 
 StoreUrl = Callable[[Path], str]
 """Makes the URL of a new shared store, given a directory of the test's (the
@@ -99,3 +107,28 @@ def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
     return value
+
+
+def process_env(directory: Path, store_url: str, lease_seconds: float = 2) -> dict[str, str]:
+    """The environment of a test's real process: stageflow importable, its home in
+    ``directory``, its store ``store_url``, leases of ``lease_seconds`` (so that a dead
+    process is noticed in about a second)."""
+    return {
+        **os.environ,
+        "STAGEFLOW_HOME": str(directory),
+        "STAGEFLOW_STORE": store_url,
+        "STAGEFLOW_LEASE_SECONDS": str(lease_seconds),
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def python_process(directory: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
+    """``python argv...`` in ``directory`` with ``env``, its output piped (as text)."""
+    return subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=directory,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )

@@ -11,19 +11,16 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_support import StoreUrl, wait_until
+from engine_support import StoreUrl, process_env, python_process, wait_until
 
 from runtime.store._backend import StoreBackend
 from runtime.store._urls import open_backend
-
-REPO = Path(__file__).resolve().parents[2]
 
 FLOWS = """
     import pathlib
@@ -57,24 +54,11 @@ def env(tmp_path: Path, store_url: StoreUrl) -> dict[str, str]:
     """One store (each shared kind), one results directory; leases of 2 s, so that a dead
     serve is noticed in about a second."""
     (tmp_path / "flows.py").write_text(textwrap.dedent(FLOWS))
-    return {
-        **os.environ,
-        "STAGEFLOW_HOME": str(tmp_path),
-        "STAGEFLOW_STORE": store_url(tmp_path),
-        "STAGEFLOW_LEASE_SECONDS": "2",
-        "PYTHONPATH": str(REPO),
-    }
+    return process_env(tmp_path, store_url(tmp_path))
 
 
 def _serve(tmp_path: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "runtime", "--log-level", "WARNING", "serve", *argv],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return python_process(tmp_path, env, "-m", "runtime", "--log-level", "WARNING", "serve", *argv)
 
 
 def _read(env: dict[str, str], read: Callable[[StoreBackend], Any]) -> Any:
@@ -103,8 +87,10 @@ def test_two_serves_fire_each_slot_once(tmp_path: Path, env: dict[str, str]) -> 
         wait_until(
             lambda: _read(
                 env,
-                lambda s: len({claim.claimer for claim in s.read_schedule_slots("beat")}) == 2
-                and len(s.read_flow_runs(flow_name="beat")) >= 8,
+                lambda s: (
+                    len({claim.claimer for claim in s.read_schedule_slots("beat")}) == 2
+                    and len(s.read_flow_runs(flow_name="beat")) >= 8
+                ),
             ),
             "slots claimed by both serves, and eight runs",
         )

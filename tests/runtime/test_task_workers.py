@@ -10,13 +10,12 @@ be seen in the store, so those tests poll it (bounded waits), never sleep.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -25,7 +24,7 @@ from uuid import UUID
 
 import anyio
 import pytest
-from engine_support import StoreUrl, wait_until
+from engine_support import StoreUrl, process_env, python_process, wait_until
 
 from runtime import Runtime, aserve_tasks, serve_tasks, task
 from runtime.core._exceptions import ResultSerializationError, UpstreamTaskError
@@ -33,8 +32,6 @@ from runtime.futures import DistributedTaskRunFuture
 from runtime.states import StateType
 from runtime.store._backend import StoreBackend
 from runtime.store._urls import open_backend
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Refused(Exception):
@@ -259,35 +256,16 @@ TASKS = """
 
 
 @pytest.fixture
-def env(tmp_path: Path, store_url: StoreUrl) -> Iterator[dict[str, str]]:
+def env(tmp_path: Path, store_url: StoreUrl) -> dict[str, str]:
     """One store of each shared kind, the tasks' file; leases of 2 s, so that a dead
     worker is noticed in about a second."""
     (tmp_path / "tasks.py").write_text(textwrap.dedent(TASKS))
-    yield {
-        **os.environ,
-        "STAGEFLOW_HOME": str(tmp_path),
-        "STAGEFLOW_STORE": store_url(tmp_path),
-        "STAGEFLOW_LEASE_SECONDS": "2",
-        "PYTHONPATH": str(REPO),
-    }
+    return process_env(tmp_path, store_url(tmp_path))
 
 
-def _process(tmp_path: Path, env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, *argv],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _worker(tmp_path: Path, env: dict[str, str], target: str, limit: int = 4) -> Any:
-    return _process(
-        tmp_path, env, "-m", "runtime", "--log-level", "WARNING", "worker", target,
-        "--limit", str(limit),
-    )  # fmt: skip
+def _worker(tmp_path: Path, env: dict[str, str], target: str) -> subprocess.Popen[str]:
+    argv = ("-m", "runtime", "--log-level", "WARNING", "worker", target, "--limit", "4")
+    return python_process(tmp_path, env, *argv)
 
 
 def _stop(process: subprocess.Popen[str], env: dict[str, str]) -> str:
@@ -323,7 +301,7 @@ def test_runs_queued_before_the_workers_start_are_run_once_each(
     """A process queues 20 runs with no worker running, and waits for their results; two
     worker processes started afterwards run every run exactly once between them, and the
     results reach the submitting process."""
-    submitter = _process(tmp_path, env, "tasks.py", "20")
+    submitter = python_process(tmp_path, env, "tasks.py", "20")
     workers: list[subprocess.Popen[str]] = []
     try:
         assert submitter.stdout is not None and submitter.stdout.readline().strip() == "queued"
