@@ -32,12 +32,14 @@ from ..engine._drivers import Driver, InlineRefused, LoopDriver, ThreadDriver, d
 from ..engine._flow_engine import FlowRunEngine
 from ..engine._futures import TaskRunFuture, TaskRunFutureList
 from ..engine._generators import END, GeneratorChannel, GeneratorRunActor, generator_body
+from ..engine._run_actors import TaskRunActor
 from ..engine._signals import capture_sigterm
 from ..engine._task_engine import (
-    TaskRunActor,
     TaskRunEngine,
     create_task_run,
     new_task_run,
+    run_called,
+    run_submitted,
 )
 from ..engine._transactions import get_transaction
 from ..orchestration._runtime import Runtime, background_runtime, loop_runtime, private_runtime
@@ -241,7 +243,7 @@ async def _run_task_in(
         return done if return_type == "state" else done.result()
     runtime = driver.runtime
     engine = TaskRunEngine(task, task_run, parameters, wait_for, runtime, flow_ctx, driver)
-    state = await engine.run()
+    state = await run_called(engine)
     return state if return_type == "state" else engine.result()
 
 
@@ -476,8 +478,8 @@ async def _background_task(
     )
     ref = await runtime.spawn(
         ChildSpec(
-            str(future.task_run.id),
-            partial(TaskRunActor, engine_factory, future),
+            f"task-run-{future.task_run.id}",
+            partial(TaskRunActor, engine_factory, partial(run_submitted, future=future)),
             restart=Restart.TEMPORARY,
         )
     )

@@ -31,7 +31,7 @@ from actors import SystemClock, global_loop
 
 from ..core._exceptions import TaskRunTimeoutError
 from ..orchestration._waiting import wait_before_proposing_again
-from ._body import TIMEOUT, SyncBody, SyncTarget, call_sync
+from ._body import CANCEL, TIMEOUT, SyncBody, SyncTarget, call_sync
 from ._interrupt import BodyInterrupted, InterruptibleCall, call_interruptibly
 
 if TYPE_CHECKING:
@@ -170,7 +170,17 @@ class ThreadDriver(Driver):
         self.runtime = runtime
         self._orchestrator = runtime.orchestrator
         self._asked = False
+        self._cancelled = False
         self.body: InterruptibleCall | None = None  # the body being called, to interrupt it
+
+    def cancel(self, reason: Any = None) -> None:
+        """Stop the run's body, from any thread (the run actor's ``on_cancel``): interrupt
+        it if it runs, else keep it from starting. A run waiting here (for upstreams, a
+        retry's delay) notices once the wait ends."""
+        self._cancelled = True
+        body = self.body
+        if body is not None:
+            body.interrupt(CANCEL)
 
     async def ask(self, message: Any) -> Any:
         orchestrator = self._orchestrator
@@ -231,6 +241,8 @@ class ThreadDriver(Driver):
             loop = self.runtime.sync_loop or global_loop()
             return loop.call(_with_timeout, fn, args, kwargs, timeout)
         call = self.body = InterruptibleCall()
+        if self._cancelled:
+            call.interrupt(CANCEL)  # the call will not start
         try:
             return call_interruptibly(call, fn, args, kwargs, timeout, TIMEOUT)
         except BodyInterrupted:

@@ -19,7 +19,6 @@ ends: runs still running are cancelled, and runs that never started end Cancelle
 
 from __future__ import annotations
 
-import logging
 import threading
 from functools import partial
 from typing import Any
@@ -38,16 +37,15 @@ from actors import (
 )
 
 from ..core import _states as S
-from ..orchestration._runtime import Runtime, background_runtime
+from ..orchestration._runtime import Runtime, background_runtime, report_crash
 from ._body import BodyPlacement, SyncTarget
 from ._drivers import LoopDriver
-from ._task_engine import TaskRunActor, TaskRunEngine
+from ._run_actors import TaskRunActor
+from ._task_engine import TaskRunEngine, run_submitted
 
 __all__ = ["TaskRunHost", "task_runner_loop"]
 
 NEVER_STARTED = "The flow run attempt ended before this task run started."
-
-_logger = logging.getLogger("stageflow.engine")
 
 
 class _RunSupervisor(Supervisor):
@@ -55,11 +53,6 @@ class _RunSupervisor(Supervisor):
     start thousands at once: the mailbox is sized for that)."""
 
     mailbox_size = 1_000_000
-
-
-def _report_task_crash(report: Any) -> None:
-    # The task run engine already logged the crash and recorded the Crashed state.
-    _logger.debug("Task run actor crashed: %r", report)
 
 
 _loops: list[GlobalLoop] = []
@@ -150,7 +143,7 @@ class TaskRunHost:
                 self._ref = await runtime.spawn(
                     ChildSpec(
                         name,
-                        lambda: _RunSupervisor(name=name, on_crash=_report_task_crash),
+                        lambda: _RunSupervisor(name=name, on_crash=report_crash),
                         restart=Restart.TEMPORARY,
                     )
                 )
@@ -172,8 +165,8 @@ class TaskRunHost:
             )
             future.set_home_thread(home)
             spec = ChildSpec(
-                str(future.task_run.id),
-                partial(TaskRunActor, engine_factory, future),
+                f"task-run-{future.task_run.id}",
+                partial(TaskRunActor, engine_factory, partial(run_submitted, future=future)),
                 restart=Restart.TEMPORARY,
                 shutdown_timeout=0,
             )
