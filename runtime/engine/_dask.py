@@ -394,6 +394,7 @@ class _DaskPlacement(Placement):
 
         Raises:
             WorkerLost: its worker died (Dask gave up on it), or the cluster lost it.
+            RuntimeError: what it returned cannot be pickled to come back.
             BaseException: the body's own exception.
         """
         distributed = _import_distributed()
@@ -406,11 +407,19 @@ class _DaskPlacement(Placement):
                 f"The Dask worker running the body of task run {task_run.name!r} died: {exc}"
             ) from exc
         except Exception as exc:
-            if dask_future.status == "error":
+            status = dask_future.status
+            if status == "error":
                 raise  # the body's own exception
+            if status == "finished" and not isinstance(exc, OSError):
+                (first_line, *_) = str(exc).splitlines() or [""]
+                raise RuntimeError(
+                    f"What the body of task run {task_run.name!r} returned could not be "
+                    f"brought back from its Dask worker ({type(exc).__name__}: {first_line}); "
+                    "return something that can be pickled."
+                ) from exc
             raise WorkerLost(
                 f"The Dask cluster lost the body of task run {task_run.name!r} (its Dask "
-                f"future is {dask_future.status!r}): {exc!r}"
+                f"future is {status!r}): {exc!r}"
             ) from exc
 
     async def aclose(self) -> None:

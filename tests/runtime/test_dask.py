@@ -16,7 +16,7 @@ import textwrap
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,6 +30,7 @@ from runtime import (
     INPUTS,
     Runtime,
     State,
+    TaskRunFuture,
     flow,
     get_run_context,
     get_run_logger,
@@ -37,7 +38,12 @@ from runtime import (
     wait,
 )
 from runtime.exceptions import CrashedRun, TaskRunTimeoutError
-from runtime.task_runners import DaskTaskRunner, ThreadPoolTaskRunner, get_dask_client
+from runtime.task_runners import (
+    DaskTaskRunner,
+    TaskRunner,
+    ThreadPoolTaskRunner,
+    get_dask_client,
+)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +58,23 @@ def cluster() -> Iterator[LocalCluster]:
 @pytest.fixture
 def runner(cluster: LocalCluster) -> DaskTaskRunner:
     return DaskTaskRunner(address=cluster.scheduler_address)
+
+
+def final_state(task_runner: TaskRunner, submit: Callable[[], TaskRunFuture[Any]]) -> State[Any]:
+    """Run a flow on ``task_runner`` that submits one task run (``submit()``), and return
+    the task run's final state."""
+    seen: list[State[Any]] = []
+
+    @flow(task_runner=task_runner)
+    def pipeline() -> None:
+        future = submit()
+        future.wait()
+        seen.append(future.state)
+
+    with Runtime(store="memory://"):
+        pipeline(return_state=True)
+    (state,) = seen
+    return state
 
 
 def _on_worker() -> str:
@@ -298,16 +321,7 @@ def test_a_failed_upstream_stops_the_downstream_as_locally(runner: DaskTaskRunne
     def broken() -> list[int]:
         raise ValueError("upstream broke")
 
-    @flow(task_runner=runner)
-    def pipeline() -> None:
-        downstream = depends_on.submit(broken.submit())
-        downstream.wait()
-        seen.append(downstream.state)
-
-    seen: list[State[Any]] = []
-    with Runtime(store="memory://"):
-        pipeline()
-    (state,) = seen
+    state = final_state(runner, lambda: depends_on.submit(broken.submit()))
     assert state.is_pending() and state.name == "NotReady"
 
 
@@ -355,16 +369,7 @@ def raises_unpicklable() -> None:
 
 
 def test_an_unpicklable_exception_gives_a_clear_failure(runner: DaskTaskRunner) -> None:
-    @flow(task_runner=runner)
-    def pipeline() -> None:
-        future = raises_unpicklable.submit()
-        future.wait()
-        seen.append(future.state)
-
-    seen: list[State[Any]] = []
-    with Runtime(store="memory://"):
-        pipeline()
-    (state,) = seen
+    state = final_state(runner, raises_unpicklable.submit)
     assert state.is_failed()
     error = state.result(raise_on_failure=False)
     assert isinstance(error, RuntimeError)
@@ -377,16 +382,7 @@ def test_an_unpicklable_exception_gives_a_clear_failure(runner: DaskTaskRunner) 
 
 
 def test_arguments_that_cannot_be_sent_fail_the_run(runner: DaskTaskRunner) -> None:
-    @flow(task_runner=runner)
-    def pipeline() -> None:
-        future = depends_on.submit(threading.Lock())
-        future.wait()
-        seen.append(future.state)
-
-    seen: list[State[Any]] = []
-    with Runtime(store="memory://"):
-        pipeline()
-    (state,) = seen
+    state = final_state(runner, lambda: depends_on.submit(threading.Lock()))
     assert state.is_failed()
     assert state.message.startswith(  # type: ignore[union-attr]
         "Task run encountered an exception RuntimeError: The body of task run 'depends_on-0' "
@@ -399,18 +395,8 @@ def test_an_unreachable_scheduler_crashes_the_submitted_runs() -> None:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     runner = DaskTaskRunner(address=f"tcp://127.0.0.1:{port}", client_kwargs={"timeout": 0.5})
-
-    @flow(task_runner=runner)
-    def pipeline() -> None:
-        future = inc.submit(1)
-        future.wait()
-        seen.append(future.state)
-
-    seen: list[State[Any]] = []
-    with Runtime(store="memory://"):
-        flow_state = pipeline(return_state=True)
-    (state,) = seen
-    assert state.is_crashed() and flow_state.is_completed()  # the body ignored the crash
+    state = final_state(runner, lambda: inc.submit(1))
+    assert state.is_crashed()
     assert state.message.startswith(  # type: ignore[union-attr]
         f"The task runner DaskTaskRunner(address='tcp://127.0.0.1:{port}') could not start: "
         f"OSError('Timed out trying to connect to tcp://127.0.0.1:{port} after 0.5 s')"
@@ -513,9 +499,15 @@ def dies() -> None:
     os._exit(1)
 
 
+@task
+def returns_a_lock() -> Any:
+    return threading.Lock()
+
+
 def test_a_process_cluster_computes_and_a_dead_worker_crashes_its_run() -> None:
     """One process cluster (they take seconds to start): a CPU-bound map comes back right,
-    then a body that kills its worker ends Crashed, not Running (Dask allowed no retry)."""
+    a result that cannot be pickled fails its run, and a body that kills its worker ends
+    Crashed, not Running (Dask allowed no retry)."""
     runner = DaskTaskRunner(
         cluster_kwargs={
             "n_workers": 2,
@@ -528,6 +520,9 @@ def test_a_process_cluster_computes_and_a_dead_worker_crashes_its_run() -> None:
     @flow(task_runner=runner)
     def pipeline() -> list[int]:
         sums = busy_sum.map([10, 1000, 20_000]).result()
+        locked = returns_a_lock.submit()
+        locked.wait()
+        seen.append(locked.state)
         doomed = dies.submit()
         doomed.wait()
         seen.append(doomed.state)
@@ -540,7 +535,13 @@ def test_a_process_cluster_computes_and_a_dead_worker_crashes_its_run() -> None:
         (died,) = [run for run in rt.backend.read_task_runs() if run.name == "dies-0"]  # type: ignore[union-attr]
         history = state_names(rt, died)
     assert sums == [sum(i * i for i in range(n)) for n in (10, 1000, 20_000)]
-    (state,) = seen
+    unsendable, state = seen
+    assert unsendable.is_failed()
+    assert unsendable.message == (
+        "Task run encountered an exception RuntimeError: What the body of task run "
+        "'returns_a_lock-0' returned could not be brought back from its Dask worker (TypeError: "
+        "Could not serialize object of type lock); return something that can be pickled."
+    )
     assert state.is_crashed()
     assert state.message.startswith(  # type: ignore[union-attr]
         "The Dask worker running the body of task run 'dies-0' died: "
