@@ -8,8 +8,8 @@ Run: ``python benchmarks/dask_bench.py [--items 64] [--ms 50] [--tasks 1000]``
    ``ThreadPoolTaskRunner`` (one process: the GIL lets one body run at a time) and on a
    ``DaskTaskRunner`` whose ``LocalCluster`` has 2 worker processes of 1 thread. The Dask
    row counts the whole flow call, the cluster's start and stop included; a second Dask
-   row maps on a cluster already running (``address=``). Best of 2; every result is
-   checked.
+   row maps on a cluster already running (``address=``). Best of 3, the three runners
+   taking turns; every result is checked.
 2. **Per-task overhead**: ``--tasks`` trivial task runs (``x + 1``) mapped in one flow on a
    ``DaskTaskRunner(address=...)``, next to the same work as bare ``client.submit`` calls
    gathered at the end; and one task at a time (submit, wait for its result; 200 times)
@@ -154,13 +154,14 @@ def main() -> None:
     spin(n)
     one = time.perf_counter() - start
     print(f"\n1. CPU-bound map: {args.items} items of {one * 1000:.0f} ms (loop of {n:,})")
-    with Runtime(store="memory://"):
-        threads = best(lambda: cpu_map(ThreadPoolTaskRunner(), args.items, n), 2)
-        own = DaskTaskRunner(cluster_kwargs=CLUSTER)
-        dask_own = best(lambda: cpu_map(own, args.items, n), 2)
-        with distributed.LocalCluster(**CLUSTER) as cluster:
-            running = DaskTaskRunner(address=cluster.scheduler_address)
-            dask_running = best(lambda: cpu_map(running, args.items, n), 2)
+    runners = {"threads": ThreadPoolTaskRunner(), "own": DaskTaskRunner(cluster_kwargs=CLUSTER)}
+    times: dict[str, list[float]] = {"threads": [], "own": [], "running": []}
+    with Runtime(store="memory://"), distributed.LocalCluster(**CLUSTER) as cluster:
+        runners["running"] = DaskTaskRunner(address=cluster.scheduler_address)
+        for _ in range(3):  # interleaved, so a change in the machine's load hits all three
+            for name, runner in runners.items():
+                times[name].append(cpu_map(runner, args.items, n))
+    threads, dask_own, dask_running = (min(times[name]) for name in ("threads", "own", "running"))
     print(f"   ThreadPoolTaskRunner:                         {threads:6.2f} s")
     print(
         f"   DaskTaskRunner, its own 2-process cluster:    {dask_own:6.2f} s "
