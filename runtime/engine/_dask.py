@@ -12,9 +12,9 @@ on asyncio or trio), and brings back what the body returned or raised.
   ``get_run_logger()``, ``get_run_context()`` and ``log_prints`` work there; records go to
   the worker process's logging), with the run's timeout enforced from the moment the body
   starts: a sync body is interrupted as on a local worker thread, an async body (run by
-  ``anyio.run`` on the worker's thread) through its cancel scope. An exception the flow's
-  process could not unpickle is replaced by a ``RuntimeError`` that says so and carries
-  its text and traceback.
+  ``anyio.run`` on the worker's thread) through its cancel scope. An exception that
+  cannot be pickled is replaced by a ``RuntimeError`` that says so and carries its text
+  and traceback; a result that cannot come back fails the run with a ``RuntimeError``.
 - A downstream run whose parameters hold an upstream's future is sent the upstream's Dask
   future in place of the value (when that value is not a plain scalar), so the worker
   gets the data from the worker that made it, not from the flow's process.
