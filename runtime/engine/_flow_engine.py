@@ -598,7 +598,7 @@ class FlowRunEngine:
         """The host of the task runs this attempt submits; on the way out, wait for every
         one of them to finish (or, after an interruption, stop them), then stop it."""
         name = f"flow-run-{self.flow_run.id}-{self.flow_run.run_count}"
-        host = TaskRunHost(self.runtime, name, self.flow.task_runner.max_workers)
+        host = TaskRunHost(self.runtime, name, self.flow.task_runner)
         interrupted = False
         self._timed_out = False
         try:
