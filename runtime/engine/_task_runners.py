@@ -105,9 +105,12 @@ class TaskRunner:
 
 class ThreadPoolTaskRunner(TaskRunner):
     """Sync bodies on a pool of at most ``max_workers`` worker threads (default: anyio's
-    thread limit); async bodies in the flow run's event loop. The default runner."""
+    thread limit); async bodies concurrently on the task-runner loop (never the loop of
+    the flow body that submitted them, which may block on their futures). The default
+    runner, as in Prefect 3."""
 
 
 class ConcurrentTaskRunner(TaskRunner):
-    """Async bodies run concurrently in the flow run's event loop; sync bodies on worker
-    threads (anyio's thread limit, or ``max_workers``)."""
+    """Async bodies run concurrently on the task-runner loop; sync bodies on worker
+    threads (anyio's thread limit, or ``max_workers``). Kept for Prefect 2 code: it
+    places bodies as :class:`ThreadPoolTaskRunner` does."""
