@@ -1,7 +1,8 @@
 """stageflow's workflow engine: flows and tasks as supervised actors.
 
 Prefect 3's programming model as a library: ``@flow``, ``@task``, states, retries,
-timeouts, futures, mapping, subflows and hooks, running under asyncio or trio.
+timeouts, futures, mapping, subflows and hooks, running under asyncio or trio; and
+long-running pipelines: schedules served in-process (``flow.serve``, ``serve``, ``aserve``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,10 @@ from .api._read import read_flow_runs as read_flow_runs
 from .api._read import read_state_history as read_state_history
 from .api._read import read_task_run as read_task_run
 from .api._read import read_task_runs as read_task_runs
+from .api._schedules import Restart as Restart
+from .api._schedules import Schedule as Schedule
+from .api._serve import aserve as aserve
+from .api._serve import serve as serve
 from .api._task import Task as Task
 from .api._task import task as task
 from .core._annotations import allow_failure as allow_failure
@@ -62,8 +67,10 @@ __all__ = [
     "ParameterTypeError",
     "RUN_ID",
     "RUN_LOG_FORMAT",
+    "Restart",
     "RunInput",
     "Runtime",
+    "Schedule",
     "State",
     "StateType",
     "TASK_SOURCE",
@@ -74,6 +81,7 @@ __all__ = [
     "Transaction",
     "allow_failure",
     "as_completed",
+    "aserve",
     "cancel_flow_run",
     "flow",
     "get_run_context",
@@ -87,6 +95,7 @@ __all__ = [
     "read_task_run",
     "read_task_runs",
     "resume_flow_run",
+    "serve",
     "suspend_flow_run",
     "tags",
     "task",

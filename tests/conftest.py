@@ -62,3 +62,4 @@ def postgres_url(postgres_server_url: str) -> Iterator[str]:
     yield f"{postgres_server_url}?schema={schema}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
         conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+

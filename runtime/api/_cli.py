@@ -1,5 +1,6 @@
 """The ``stageflow`` command line: run a flow, list and inspect stored runs, resume and
-cancel them, and manage tag concurrency limits.
+cancel them, serve flows on schedules and list the schedules, and manage tag concurrency
+limits.
 
 Every command works on one store: ``--store URL``, else ``$STAGEFLOW_STORE``, else the
 default store (see :func:`runtime.store._urls.default_backend`). Commands that run or change
@@ -12,7 +13,7 @@ or the command could not be done (unknown id, run not paused, run already final)
 2 usage error, 3 the run stopped without finishing (paused or suspended), 130 interrupted
 (128 + N after signal N).
 
-Why one module of ~700 lines: it is the whole command line (parser and nine commands),
+Why one module of ~800 lines: it is the whole command line (parser and eleven commands),
 one job that nothing else imports; its sections follow the commands.
 """
 
@@ -40,6 +41,7 @@ from ..core._exceptions import (
     NotPausedError,
     ObjectNotFound,
     ParameterBindError,
+    SchedulesFailed,
     StageflowError,
     TerminationSignal,
 )
@@ -59,13 +61,16 @@ from ._cli_output import (
 )
 from ._flow import Flow
 from ._read import (
+    ScheduleView,
     read_flow_run,
     read_flow_runs,
+    read_schedules,
     read_state_history,
     read_task_run,
     read_task_runs,
 )
 from ._rerun import NO_INPUT, import_flow_file, rerun_flow_run
+from ._serve import DEFAULT_GRACE_PERIOD, serve
 
 __all__ = ["main"]
 
@@ -500,6 +505,68 @@ def _cmd_runs_cancel(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- stageflow serve, stageflow schedules ---------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    flow = load_flow_target(args.target)
+    params = parse_params(args.param)
+    _check_parameters(flow, args.target, params)
+    try:
+        schedule = flow.to_schedule(
+            args.name,
+            interval=args.interval,
+            cron=args.cron,
+            parameters=params,
+            timezone=args.timezone,
+            overlap=args.overlap,
+            catchup=args.catchup,
+        )
+    except ValueError as exc:
+        raise _usage(f"{args.target}: {_one_line(exc)}") from None
+    with _runtime_for_sync_calls(args):
+        try:
+            serve(schedule, grace_period=args.grace_period)
+        except SchedulesFailed as exc:
+            raise CommandError(_one_line(exc)) from None
+    print(f"Stopped serving schedule {schedule.name!r}.")
+    return EXIT_OK
+
+
+def _cmd_schedules_ls(args: argparse.Namespace) -> int:
+    with _store(args):
+        views: list[ScheduleView] = read_schedules()
+    if not views:
+        print("No schedules.")
+        return EXIT_OK
+    headers = ("NAME", "FLOW", "TRIGGER", "STATUS", "LAST SLOT", "NEXT SLOT", "LAST RUN", "MESSAGE")
+    print_table(headers, [_schedule_row(view) for view in views])
+    return EXIT_OK
+
+
+def _schedule_row(view: ScheduleView) -> tuple[Any, ...]:
+    record = view.record
+    status = view.status
+    if view.servers > 1:
+        status += f" ({view.servers} processes)"
+    last_slot = view.last_slot
+    last = "-" if last_slot is None else _time(last_slot.slot)
+    if last_slot is not None and not last_slot.fired:
+        last += " (skipped)"
+    last_run = "-" if view.last_run is None else view.last_run.state_name
+    message = record.message if view.status == "failed" else None
+    return (
+        record.name,
+        record.flow_name,
+        view.trigger,
+        status,
+        last,
+        _time(view.next_slot),
+        last_run,
+        message,
+    )
+
+
 # -- stageflow limits ----------------------------------------------------------------------
 
 
@@ -556,6 +623,26 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _param_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument(
+        *("-p", "--param"),
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help=f"{what}; VALUE is read as JSON if it parses, else as a string",
+    )
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {text}")
+    return value
+
+
 _LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _ID_HELP = "the flow run id, or a unique prefix of it"
 
@@ -582,7 +669,8 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """Return the ``stageflow`` argument parser."""
     parser = argparse.ArgumentParser(
-        prog="stageflow", description="Run flows; list, inspect, resume and cancel their runs."
+        prog="stageflow",
+        description="Run and serve flows; list, inspect, resume and cancel their runs.",
     )
     parser.add_argument("--version", action="version", version=f"stageflow {_version()}")
     _global_options(parser, top=True)
@@ -596,13 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command(commands, "run", _cmd_run, "Run a flow from a file to its final state")
     run.add_argument("target", metavar="FILE.py:FLOW", help="a file and a @flow function in it")
-    run.add_argument(
-        *("-p", "--param"),
-        metavar="KEY=VALUE",
-        action="append",
-        default=[],
-        help="a flow parameter; VALUE is read as JSON if it parses, else as a string",
-    )
+    _param_option(run, "a flow parameter")
 
     runs = commands.add_parser("runs", help="List, show, resume or cancel flow runs")
     runs_commands = runs.add_subparsers(dest="runs_command", metavar="COMMAND", required=True)
@@ -634,6 +716,48 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--input", metavar="JSON", help="the input the run waits for, as JSON")
     cancel = command(runs_commands, "cancel", _cmd_runs_cancel, "Cancel a flow run")
     cancel.add_argument("id", metavar="ID", help=_ID_HELP)
+
+    served = command(
+        commands, "serve", _cmd_serve, "Run a flow on a schedule, in this process, until stopped"
+    )
+    served.add_argument("target", metavar="FILE.py:FLOW", help="a file and a @flow function in it")
+    when = served.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--interval", metavar="SECONDS", type=_positive, help="run every SECONDS seconds"
+    )
+    when.add_argument("--cron", metavar="EXPR", help="run at the times a cron expression matches")
+    _param_option(served, "a flow parameter of every run")
+    served.add_argument("--name", help="the schedule's name (default: the flow's name)")
+    served.add_argument("--timezone", metavar="TZ", help="the IANA timezone of --cron (UTC)")
+    served.add_argument(
+        "--overlap",
+        choices=("skip", "queue", "allow"),
+        default="skip",
+        help="while the previous run runs: skip the slot (default), queue a run, or allow it",
+    )
+    served.add_argument(
+        "--catchup",
+        choices=("latest", "all", "none"),
+        default="latest",
+        help="slots missed while not served: one run for the latest (default), all, none",
+    )
+    served.add_argument(
+        "--grace-period",
+        metavar="SECONDS",
+        type=float,
+        default=DEFAULT_GRACE_PERIOD,
+        help=f"once stopped, seconds in-flight runs get to finish ({DEFAULT_GRACE_PERIOD:g})",
+    )
+    schedules = commands.add_parser("schedules", help="List served schedules")
+    schedule_commands = schedules.add_subparsers(
+        dest="schedules_command", metavar="COMMAND", required=True
+    )
+    command(
+        schedule_commands,
+        "ls",
+        _cmd_schedules_ls,
+        "List schedules: status, last and next slot, last run",
+    )
 
     limits = commands.add_parser("limits", help="Manage tag concurrency limits")
     limit_commands = limits.add_subparsers(dest="limits_command", metavar="COMMAND", required=True)

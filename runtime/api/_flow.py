@@ -27,6 +27,9 @@ from ..engine._task_runners import TaskRunner, ThreadPoolTaskRunner
 from . import _entry as _entry
 from ._methods import BindsAsMethod, docstring_of, unwrap_method
 from ._registry import register_flow
+from ._schedules import Restart, Schedule, make_schedule
+from ._serve import DEFAULT_GRACE_PERIOD
+from ._serve import serve as serve_schedules
 
 __all__ = ["Flow", "flow"]
 
@@ -189,6 +192,96 @@ class Flow(BindsAsMethod, Generic[P, R]):
         """Return a JSON-compatible copy of ``parameters`` (unencodable values become
         ``"<TypeName>"``)."""
         return serialize_parameters(parameters)
+
+    # -- schedules --------------------------------------------------------------------
+
+    def to_schedule(
+        self,
+        name: str | None = None,
+        *,
+        interval: float | timedelta | None = None,
+        cron: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        timezone: str | None = None,
+        overlap: str = "skip",
+        catchup: str = "latest",
+        restart: Restart | None = None,
+    ) -> Schedule:
+        """Return a schedule of this flow, for ``serve(*schedules)`` or ``await
+        aserve(*schedules)`` (Prefect: ``flow.to_deployment``).
+
+        Args:
+            name: the schedule's name, unique in the store (default: the flow's name);
+                processes serving a schedule of one name share its slots.
+            interval: seconds (or a timedelta) between runs; slots are anchored where the
+                schedule was first served, so the first run is at once.
+            cron: a cron expression instead (five fields: "0 3 * * *" is 03:00 daily).
+            parameters: the flow's parameters for every run.
+            tags: tags of every run, besides ``schedule:<name>`` and ``slot:<time>``.
+            timezone: the IANA timezone ``cron`` is read in (default UTC).
+            overlap: while the previous run still runs, ``"skip"`` the slot (default),
+                ``"queue"`` a run after it, or ``"allow"`` both.
+            catchup: for slots missed while nothing served the schedule: one run for the
+                ``"latest"`` (default), a run for ``"all"``, or ``"none"``.
+            restart: how crashed runs are restarted (default ``Restart()``: up to 3
+                restarts within 60 s).
+
+        Raises:
+            ValueError: not exactly one of ``interval`` and ``cron``, or an invalid
+                option (the message says which).
+            ParameterBindError: ``parameters`` do not fit the flow's signature.
+        """
+        return make_schedule(
+            self,
+            name,
+            interval=interval,
+            cron=cron,
+            parameters=parameters,
+            tags=tags,
+            timezone=timezone,
+            overlap=overlap,
+            catchup=catchup,
+            restart=restart,
+        )
+
+    def serve(
+        self,
+        name: str | None = None,
+        *,
+        interval: float | timedelta | None = None,
+        cron: str | None = None,
+        parameters: dict[str, Any] | None = None,
+        tags: list[str] | None = None,
+        timezone: str | None = None,
+        overlap: str = "skip",
+        catchup: str = "latest",
+        restart: Restart | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+    ) -> None:
+        """Run this flow on a schedule, in this process, until stopped (Ctrl-C or
+        SIGTERM); blocks. The options are those of :meth:`to_schedule`; ``grace_period``
+        is what in-flight runs get to finish once stopped. Same as
+        ``serve(flow.to_schedule(...))``; from async code, ``await aserve(...)``.
+
+        Raises:
+            ValueError, ParameterBindError: as :meth:`to_schedule`.
+            RuntimeError: called from async code.
+            SchedulesFailed: the schedule stopped: its runs crashed more often than
+                ``restart`` allows.
+        """
+        schedule = self.to_schedule(
+            name,
+            interval=interval,
+            cron=cron,
+            parameters=parameters,
+            tags=tags,
+            timezone=timezone,
+            overlap=overlap,
+            catchup=catchup,
+            restart=restart,
+        )
+        serve_schedules(schedule, grace_period=grace_period)
 
     # -- options ----------------------------------------------------------------------
 

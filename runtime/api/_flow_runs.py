@@ -35,8 +35,13 @@ from ..core._states import State, StateDetails, StateType
 from ..engine._context import FlowRunContext, TaskRunContext
 from ..engine._logging import get_run_logger
 from ..orchestration._orchestrator import ProposeState, Transition
-from ..orchestration._owners import owner_alive
-from ..orchestration._ownership import ORPHAN_MESSAGE, active_flow_runs, is_orphan
+from ..orchestration._ownership import (
+    ORPHAN_MESSAGE,
+    active_flow_runs,
+    is_orphan,
+    owner_gone,
+    reap_flow_run,
+)
 from ..orchestration._waiting import wait_for_state_change
 from ..store._backend import RunInputWrite
 from ._calling import as_run_id, run_sync_or_async
@@ -274,7 +279,7 @@ async def _resume(flow_run_id: UUID, run_input: Any) -> None:
             value = validated_input(backend, flow_run_id, keyset, run_input)
             given = RunInputWrite(keyset["response"], value)
         suspended = state.state_details.pause_reschedule
-        if is_orphan(flow_run):
+        if is_orphan(flow_run, backend):
             # Paused, but the process that waits for this resume is gone: the run crashed.
             # Record that (with the input, so the re-run finds it), then run it again here,
             # as a crashed run is resumed; its pause has fired, so it goes on past it.
@@ -350,7 +355,7 @@ async def _cancel(flow_run_id: UUID) -> State[Any]:
         if state is None or state.is_final():
             return state  # type: ignore[return-value]
         executed = flow_run_id in active_flow_runs or (
-            owner_alive(flow_run.owner) is not False
+            not owner_gone(backend, flow_run.owner)
             and not state.state_details.pause_reschedule
             and not state.is_scheduled()
         )
@@ -371,7 +376,9 @@ def wait_for_flow_run(
     """Wait until a flow run is final and return it (a :class:`~runtime.FlowRun`).
 
     A run in this process is noticed at once; one in another process within
-    ``poll_interval`` seconds.
+    ``poll_interval`` seconds. A run whose process is gone (its lease in the store
+    expired, or it ran on this host and died) is marked Crashed and returned as such,
+    within ``poll_interval`` seconds of that being known.
 
     Raises:
         ObjectNotFound: no flow run has this id.
@@ -389,6 +396,9 @@ async def _wait_for(flow_run_id: UUID, timeout: float | None, poll_interval: flo
         while True:
             backend.sync_external()
             flow_run = backend.read_flow_run(flow_run_id)
+            if is_orphan(flow_run, backend):
+                await reap_flow_run(runtime.orchestrator, backend, flow_run)  # type: ignore[arg-type]
+                flow_run = backend.read_flow_run(flow_run_id)
             if flow_run.state is not None and flow_run.state.is_final():
                 return flow_run
             remaining = None if deadline is None else deadline - clock.now()

@@ -1,5 +1,5 @@
 """Reading runs from Python: one flow run, flow runs by flow, state and tags, the task runs
-of a flow run, the state history of a run.
+of a flow run, the state history of a run; and the served schedules, for the CLI.
 
 Each function reads the store of the Runtime serving the caller (see
 :class:`~runtime.Runtime`: an open Runtime of the event loop, or a ``with Runtime(...)``
@@ -13,21 +13,28 @@ This module is the one place the public API reads runs from a store; the CLI use
 from __future__ import annotations
 
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from typing import Any
 from uuid import UUID
+
+import attrs
 
 from ..core._exceptions import ObjectNotFound
 from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._states import STATE_NAMES, State, StateType
+from ..core._triggers import Trigger
 from ..store._backend import StoreBackend
+from ..store._records import SCHEDULE_SERVING, ScheduleRecord, ScheduleSlot
 from ._calling import as_run_id, read_sync_or_async
 from ._entry import inherited_backend
 
 __all__ = [
+    "ScheduleView",
     "StateFilter",
     "parse_state_filter",
     "read_flow_run",
     "read_flow_runs",
+    "read_schedules",
     "read_state_history",
     "read_task_run",
     "read_task_runs",
@@ -130,6 +137,40 @@ def read_state_history(run_id: UUID | str) -> Any:
     return _read(_read_state_history, as_run_id(run_id, "run"))
 
 
+@attrs.frozen
+class ScheduleView:
+    """A served schedule as ``stageflow schedules ls`` shows it.
+
+    Attributes:
+        record: the schedule as stored.
+        trigger: when it fires, as text (``every 60 s``, ``cron '0 3 * * *' (UTC)``).
+        status: ``"serving"`` (a live process serves it), ``"stopped"``, or ``"failed"``;
+            a schedule whose serving process died shows ``"stopped"``.
+        servers: how many live processes serve it.
+        last_slot: its newest claimed slot, or None.
+        next_slot: when it fires next, while served; else None.
+        last_run: its newest run, or None.
+    """
+
+    record: ScheduleRecord
+    trigger: str
+    status: str
+    servers: int
+    last_slot: ScheduleSlot | None
+    next_slot: datetime | None
+    last_run: FlowRun | None
+
+
+def read_schedules() -> Any:
+    """Return the schedules the store knows (served now or before), by name, as
+    :class:`ScheduleView`: each one's status, slots and newest run.
+
+    Returns:
+        A list of :class:`ScheduleView` (from async code: an awaitable of it).
+    """
+    return _read(_read_schedules)
+
+
 def parse_state_filter(state: StateType | str | Iterable[StateType | str]) -> StateFilter:
     """Return the state types and (lower-cased) state names that ``state`` names.
 
@@ -221,3 +262,43 @@ def _read_state_history(backend: StoreBackend, run_id: UUID) -> list[State[Any]]
             continue
         return backend.read_state_history(kind, run_id)
     raise ObjectNotFound(f"No flow run or task run has the id {run_id}.")
+
+
+def _read_schedules(backend: StoreBackend) -> list[ScheduleView]:
+    backend.sync_external()
+    now = datetime.now(timezone.utc)
+    servers: dict[str, int] = {}
+    for lease in backend.read_leases():
+        if lease.expires > now:
+            for name in lease.serving:
+                servers[name] = servers.get(name, 0) + 1
+    views = []
+    for record in backend.read_schedules():
+        tag = f"schedule:{record.name}"
+        last_slot = next(iter(backend.read_schedule_slots(record.name, limit=1)), None)
+        runs = backend.read_flow_runs(flow_name=record.flow_name)
+        last_run = next((run for run in runs if tag in run.tags), None)
+        # A memory store has no leases: a schedule it shows as serving is served here.
+        serving = record.status == SCHEDULE_SERVING and (
+            servers.get(record.name, 0) > 0 or not backend.shared_across_processes
+        )
+        status = (
+            "serving"
+            if serving
+            else "stopped"
+            if record.status == SCHEDULE_SERVING
+            else record.status
+        )
+        trigger = Trigger(record.interval, record.cron, record.timezone, record.anchor)
+        views.append(
+            ScheduleView(
+                record=record,
+                trigger=trigger.describe(),
+                status=status,
+                servers=servers.get(record.name, 0),
+                last_slot=last_slot,
+                next_slot=trigger.next_after(now) if serving else None,
+                last_run=last_run,
+            )
+        )
+    return views

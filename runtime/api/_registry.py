@@ -12,17 +12,28 @@ import weakref
 from typing import Any
 from uuid import UUID
 
-__all__ = ["flow_at", "flow_of_run", "register_flow", "register_run_flow"]
+__all__ = ["flow_at", "flow_of_run", "is_flow", "register_flow", "register_run_flow"]
 
 _flows: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_every_flow: weakref.WeakSet[Any] = weakref.WeakSet()
 _flows_lock = threading.Lock()
 
 
 def register_flow(flow: Any) -> None:
     """Remember ``flow`` under its entrypoint, so a rerun in this process finds it."""
-    if flow.entrypoint is not None:
-        with _flows_lock:
+    with _flows_lock:
+        _every_flow.add(flow)
+        if flow.entrypoint is not None:
             _flows.setdefault(flow.entrypoint, flow)
+
+
+def is_flow(value: Any) -> bool:
+    """Whether ``value`` is a flow (a ``runtime.Flow``) built in this process."""
+    try:
+        with _flows_lock:
+            return value in _every_flow
+    except TypeError:  # not weak-referenceable: not a flow
+        return False
 
 
 _run_flows: weakref.WeakValueDictionary[UUID, Any] = weakref.WeakValueDictionary()

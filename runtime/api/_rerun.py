@@ -21,11 +21,11 @@ from ..core._models import FlowRun
 from ..core._states import State, StateType
 from ..engine._body import WORKER_THREADS
 from ..engine._flow_engine import FlowRunEngine
+from ..engine._specs import FlowSpec
 from ..orchestration._orchestrator import ProposeState, ReadRun, UpdateRun
 from ..store._backend import RunInputWrite
 from ._entry import runtime_scope
-from ._flow import Flow
-from ._registry import flow_at, flow_of_run
+from ._registry import flow_at, flow_of_run, is_flow
 from ._run_input import validated_input
 
 __all__ = ["NO_INPUT", "import_flow_file", "load_flow", "rerun_flow_run", "run_resumed_flow_run"]
@@ -64,14 +64,14 @@ def import_flow_file(path: Path) -> ModuleType:
     return module
 
 
-def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
+def load_flow(flow_run: FlowRun) -> FlowSpec:
     """Return the flow of ``flow_run``: the one defined in this process, else the one its
     entrypoint file defines (imported without running its ``__main__`` block).
 
     Raises:
         ObjectNotFound: the run has no entrypoint, or it no longer names a flow.
     """
-    flow = flow_of_run(flow_run.id)
+    flow: FlowSpec | None = flow_of_run(flow_run.id)
     if flow is not None:
         return flow
     entrypoint = flow_run.entrypoint
@@ -95,9 +95,10 @@ def load_flow(flow_run: FlowRun) -> Flow[..., Any]:
     target: Any = module
     for part in qualname.split("."):
         target = getattr(target, part, None)
-    if not isinstance(target, Flow):
+    if not is_flow(target):
         raise ObjectNotFound(f"{entrypoint} is not a flow (flow run {flow_run.id}).")
-    return target
+    found: FlowSpec = target
+    return found
 
 
 NO_INPUT: Any = object()

@@ -30,6 +30,7 @@ __all__ = [
     "Pause",
     "PausedRun",
     "ResultSerializationError",
+    "SchedulesFailed",
     "StageflowError",
     "StoreClosed",
     "StoreError",
@@ -139,6 +140,11 @@ class CrashedRun(StageflowError):
 
 class CancelledRun(StageflowError):
     """Raised by ``State.result()`` for a Cancelled state."""
+
+
+class SchedulesFailed(StageflowError, RuntimeError):
+    """Raised by ``serve``/``aserve`` when every schedule they serve stopped because its
+    runs crashed more often than its restart policy allows."""
 
 
 class PausedRun(StageflowError):

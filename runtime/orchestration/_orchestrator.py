@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import random
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 from uuid import UUID
 
 import attrs
@@ -36,7 +36,7 @@ from ..core._models import FlowRun, RunKind, TaskRun, evolve
 from ..core._rules import Abort, Accept, Reject, RuleContext, Wait, decide
 from ..core._states import State, StateType, replace, replace_details
 from ..store._backend import Run, RunInputWrite, StaleRun, StoreBackend
-from ._owners import owner_alive, process_owner
+from ._owners import owner_gone, process_owner
 
 __all__ = [
     "CreateRun",
@@ -130,11 +130,18 @@ class Transition:
     watch: Any = None
 
 
-def _may_write_task_runs(flow_run: FlowRun) -> bool:
+def _may_write_task_runs(backend: StoreBackend, flow_run: FlowRun) -> bool:
     """Whether this process may write ``flow_run``'s task runs: it runs the flow run, or
-    the process that did is gone (or the run has no recorded owner)."""
+    the process that did is gone (or the run has no recorded owner). Gone: its pid on this
+    host no longer runs, or its lease, still valid when the run was recorded, has expired
+    (:func:`~runtime.orchestration._owners.owner_gone`: one lease read, on this rare path
+    only), as the liveness reaper judges it before it writes such task runs Crashed."""
     owner = flow_run.owner
-    return owner is None or owner == process_owner() or owner_alive(owner) is False
+    return (
+        owner is None
+        or owner == process_owner()
+        or owner_gone(backend, owner, flow_run.created)
+    )
 
 
 def _as_datetime(timestamp: float) -> datetime:
@@ -147,11 +154,19 @@ class Orchestrator(Actor):
     mailbox_size = 10_000
     dispatch_from_threads = True  # receive touches the store and the clock, nothing loop-bound
 
-    def __init__(self, backend: StoreBackend, clock: Clock) -> None:
+    def __init__(
+        self,
+        backend: StoreBackend,
+        clock: Clock,
+        on_first_flow_run: Callable[[], None] | None = None,
+    ) -> None:
         self._backend = backend
         self._clock = clock
         self._random = random.Random()
         self._live: dict[UUID, Run] = {}
+        # Called once, when this process first runs a flow run here (creates one, or takes
+        # one over): the runtime starts keeping the process's lease in the store then.
+        self._on_first_flow_run = on_first_flow_run
 
     def receive(self, message: Any) -> Any:
         """Handle a :class:`CreateRun`, :class:`ProposeState`, :class:`UpdateRun` or
@@ -180,6 +195,8 @@ class Orchestrator(Actor):
 
     def create(self, kind: RunKind, run: Run, state: State[Any]) -> Transition:
         """Record a new run in its first state."""
+        if kind == "flow" and self._on_first_flow_run is not None:
+            self._first_flow_run()
         new, stamped, _ = self._apply(kind, run, state)
         self._backend.create_run(kind, new)
         self._remember(new)
@@ -188,6 +205,8 @@ class Orchestrator(Actor):
 
     def update(self, kind: RunKind, run_id: UUID, changes: dict[str, Any]) -> Run:
         """Change fields of a run other than its state; return its new snapshot."""
+        if "owner" in changes and self._on_first_flow_run is not None:
+            self._first_flow_run()
         for _ in range(MAX_CONFLICTS):
             run = self._current(kind, run_id)
             new = evolve(run, **changes, version=run.version + 1)
@@ -302,6 +321,11 @@ class Orchestrator(Actor):
                 continue
             return
         raise self._too_many_conflicts(kind, run_id)
+
+    def _first_flow_run(self) -> None:
+        callback, self._on_first_flow_run = self._on_first_flow_run, None
+        assert callback is not None
+        callback()
 
     # -- snapshots --------------------------------------------------------------------
 
@@ -516,7 +540,7 @@ class Orchestrator(Actor):
                 ),
             )
             self._write_other("task", flow_run.parent_task_run_id, mirror)
-        if (state.is_cancelling() or state.is_cancelled()) and _may_write_task_runs(flow_run):
+        if (state.is_cancelling() or state.is_cancelled()) and _may_write_task_runs(self._backend, flow_run):
             for task_run in self._backend.read_task_runs(flow_run_id=flow_run.id):
                 task_run = self._live.get(task_run.id, task_run)  # type: ignore[assignment]
                 current = task_run.state

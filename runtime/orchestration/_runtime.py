@@ -21,7 +21,9 @@ import contextlib
 import logging
 import threading
 from contextlib import AsyncExitStack
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable
+from contextvars import Context, ContextVar
+from functools import partial
 from typing import Any
 
 import anyio
@@ -34,13 +36,16 @@ from actors import (
     CrashReport,
     GlobalLoop,
     LoopClosed,
+    PendingCall,
     Restart,
     SystemClock,
+    global_loop,
     open_actor_system,
 )
 
 from ..store._backend import StoreBackend
 from ..store._urls import default_backend, open_backend
+from ._liveness import LivenessActor, lease_keeper, lease_seconds_setting, release_process_lease
 from ._orchestrator import Orchestrator
 from ._ownership import reap_orphans
 from ._store_actor import StoreActor
@@ -53,7 +58,9 @@ __all__ = [
     "current_runtime_var",
     "loop_runtime",
     "private_runtime",
+    "set_recovery",
 ]
+
 
 _current_runtime: ContextVar[Runtime | None] = ContextVar("stageflow_runtime", default=None)
 current_runtime_var = _current_runtime
@@ -82,11 +89,20 @@ class Runtime:
             :class:`actors.GlobalLoop`, a backend name (``"asyncio"`` or ``"trio"``: a
             global loop of that backend, owned by this runtime and closed with it), or
             None for the process's global loop.
-        clock: the clock the engine reads (retry delays, pause timeouts); tests pass a
-            :class:`actors.FakeClock`.
+        clock: the clock the engine reads (retry delays, pause timeouts, schedules);
+            tests pass a :class:`actors.FakeClock`.
+        lease_seconds: the liveness bound on a store shared between processes: once this
+            process runs a flow there, it keeps a lease renewed, and notices within this
+            many seconds that another process is gone (marking that process's runs
+            Crashed). None: ``$STAGEFLOW_LEASE_SECONDS``, else 15.
+        recover: run again, in this runtime, the crashed runs of served flows whose
+            process is gone (as the next ``serve`` of their schedule would, like DBOS's
+            recovery), reusing their finished task results; checked when the runtime
+            starts and every ``lease_seconds / 3`` seconds. Off by default.
 
     Raises:
-        ValueError: ``loop`` names no backend.
+        ValueError: ``loop`` names no backend, or ``lease_seconds`` is not positive.
+        ConfigurationError: ``$STAGEFLOW_LEASE_SECONDS`` is not a positive number.
 
     Example::
 
@@ -103,6 +119,8 @@ class Runtime:
         *,
         loop: GlobalLoop | str | None = None,
         clock: Clock | None = None,
+        lease_seconds: float | None = None,
+        recover: bool = False,
     ) -> None:
         if isinstance(loop, str) and loop not in ("asyncio", "trio"):
             raise ValueError(f"loop must be 'asyncio', 'trio' or a GlobalLoop, got {loop!r}.")
@@ -112,6 +130,8 @@ class Runtime:
         self._loop_arg = loop
         self.sync_loop: GlobalLoop | None = loop if isinstance(loop, GlobalLoop) else None
         self.clock: Clock = clock if clock is not None else SystemClock()
+        self.lease_seconds = lease_seconds_setting(lease_seconds)
+        self.recover = bool(recover)
         self.backend: StoreBackend | None = None
         self.orchestrator: ActorRef | None = None
         self.store: ActorRef | None = None
@@ -122,6 +142,7 @@ class Runtime:
         self._system: Any = None
         self._sync_token: Any = None
         self._serves_loop = True  # False for the runtimes made by private_runtime()
+        self._per_call = False  # True for the implicit runtime of one call
 
     def _open(self) -> StoreBackend:
         if self._stack is not None or self._sync_token is not None:
@@ -144,6 +165,7 @@ class Runtime:
         if backend is not None and not backend.closed and backend.has_pending_writes():
             backend.commit()
         if self._owns_backend and backend is not None:
+            release_process_lease(backend)
             backend.close()
         if isinstance(self._loop_arg, str) and self.sync_loop is not None:
             self.sync_loop.close()
@@ -170,15 +192,37 @@ class Runtime:
             self.store = await system.spawn(
                 ChildSpec("store", lambda: StoreActor(backend), restart=Restart.PERMANENT)
             )
+            shared = backend.shared_across_processes
+            # On a store other processes share, the process takes its lease there when it
+            # first runs a flow on it (see runtime.orchestration._liveness).
+            keeper = lease_keeper(backend, self.lease_seconds) if shared else None
             self.orchestrator = await system.spawn(
                 ChildSpec(
                     "orchestrator",
-                    lambda: Orchestrator(backend, self.clock),
+                    lambda: Orchestrator(
+                        backend,
+                        self.clock,
+                        None if keeper is None else partial(keeper.take, backend),
+                    ),
                     restart=Restart.PERMANENT,
                 )
             )
-            if backend.shared_across_processes:
+            if keeper is not None:
                 await reap_orphans(self)
+                # A runtime of one call leaves liveness to the process's background
+                # runtime on the global loop, which outlives it (see _watch_in_background).
+                if not (self._per_call and _watch_in_background(backend, self.clock)):
+                    orchestrator = self.orchestrator
+                    await system.spawn(
+                        ChildSpec(
+                            "liveness",
+                            lambda: LivenessActor(backend, orchestrator, keeper),
+                            restart=Restart.TRANSIENT,  # it returns once the store is closed
+                            shutdown_timeout=0,
+                        )
+                    )
+            if self.recover:
+                await _start_recovery(self)
         except BaseException:
             await stack.__aexit__(None, None, None)
             raise
@@ -258,13 +302,85 @@ def report_crash(report: CrashReport) -> None:
         )
 
 
+RecoveryStarter = Callable[[Runtime], Awaitable[None]]
+"""Starts the recovery of crashed served runs in a runtime that asked for it."""
+
+_recovery: list[RecoveryStarter] = []
+
+
+def set_recovery(start: RecoveryStarter) -> None:
+    """Install what ``Runtime(recover=True)`` starts. Running a crashed flow run again
+    needs the flow and the engine, layers above this one: ``runtime.api`` installs its
+    recovery when it is imported (``import runtime`` does)."""
+    _recovery[:] = [start]
+
+
+async def _start_recovery(runtime: Runtime) -> None:
+    if not _recovery:
+        raise RuntimeError(
+            "Runtime(recover=True) needs the flow layer: import runtime (not only "
+            "runtime.orchestration) before opening it."
+        )
+    await _recovery[0](runtime)
+
+
 def private_runtime(backend: StoreBackend, clock: Clock, loop: GlobalLoop | None = None) -> Runtime:
     """Return a Runtime that serves only the calls made in its block's context, not every
-    task of its event loop: the implicit runtime of one flow call, a global loop's
-    background runtime."""
+    task of its event loop: without ``loop``, the implicit runtime of one async call made
+    with no Runtime open; with it, a global loop's background runtime.
+
+    The runtime of one call starts no liveness actor of its own (starting and stopping
+    one per call would cost every call): on a store shared between processes, the
+    background runtime of the process's global loop keeps the lease and watches for dead
+    processes, started by the first such call and living on (:func:`_watch_in_background`).
+    """
     runtime = Runtime(backend, clock=clock, loop=loop)
     runtime._serves_loop = False
+    runtime._per_call = loop is None
     return runtime
+
+
+_watch_requests: set[tuple[int, int]] = set()  # (loop, backend) background runtimes asked for
+
+
+def _watch_in_background(backend: StoreBackend, clock: Clock) -> bool:
+    """Have the background runtime of the process's global loop run the liveness actor of
+    ``backend`` (renewing this process's lease there, reaping dead processes), starting it
+    without waiting if it does not run yet; return False if it cannot (the global loop is
+    closed: the caller then runs a liveness actor itself).
+
+    The liveness bound holds: the run that takes the lease writes it at once (valid
+    ``2 L / 3`` seconds), and the background runtime's actor renews it from its start,
+    within moments; unlike a per-call actor, it goes on renewing and watching between
+    calls. Its one cost is the global loop's thread, started once per process.
+    """
+    loop = global_loop()
+    key = (id(loop), id(backend))
+    with _companions_lock:
+        if key in _companions or key in _watch_requests:
+            return True
+        _watch_requests.add(key)
+
+    def done(call: PendingCall[Runtime]) -> None:
+        with _companions_lock:
+            _watch_requests.discard(key)
+        try:
+            call.result()
+        except BaseException as exc:  # noqa: BLE001 - reported, and the next call tries again
+            _logger.warning(
+                "The background runtime keeping this process's lease in %s did not start: %r",
+                backend.url,
+                exc,
+            )
+
+    try:
+        pending = loop.call_soon(background_runtime, backend, clock, loop, context=Context())
+    except LoopClosed:
+        with _companions_lock:
+            _watch_requests.discard(key)
+        return False
+    pending.add_done_callback(done)
+    return True
 
 
 # -- finding the runtime for the current loop ------------------------------------------

@@ -1,5 +1,5 @@
-"""The store contract: where runs, state history, pause inputs, cache records and
-concurrency slots are kept.
+"""The store contract: where runs, state history, pause inputs, cache records,
+concurrency slots, schedules and process leases are kept.
 
 A store takes and returns *rows*: immutable run snapshots (:class:`~runtime.FlowRun`,
 :class:`~runtime.TaskRun`) and states. It never hands out an object that someone else
@@ -21,6 +21,13 @@ process, or the worker that claimed it): other processes change a task run only 
 its flow run (a cancel) or once its process is gone. A backend may rely on this to batch
 task-run writes (the SQLite store checks their versions in memory and writes them in
 groups).
+
+**Pipelines.** Schedules, the slots they fired and process leases
+(:mod:`runtime.store._records`) are rows like runs. Each method says what must be atomic:
+a slot is claimed by exactly one of any number of processes (a unique key), a schedule's
+registration keeps its anchor when its trigger is unchanged, a reaper removes a lease only
+if it is still the expired one it read. Times are timezone-aware UTC datetimes; a backend
+keeps them to the microsecond.
 
 **Notifications.** A backend is also the in-process hub for state changes: the
 orchestrator calls :meth:`StoreBackend.notify` after each write it commits, and a backend
@@ -45,6 +52,7 @@ import attrs
 from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._rules import SLOTS_RELEASED
 from ..core._states import State, StateType
+from ._records import ProcessLease, ScheduleRecord, ScheduleSlot
 
 __all__ = ["CacheRecord", "RunInputWrite", "StaleRun", "StateListener", "StoreBackend"]
 
@@ -240,6 +248,109 @@ class StoreBackend(abc.ABC):
     @abc.abstractmethod
     def release_slots(self, holder: UUID) -> None:
         """Give back every slot ``holder`` took (never fails, even once closed)."""
+
+    # -- schedules ----------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def register_schedule(self, record: ScheduleRecord) -> ScheduleRecord:
+        """Store ``record`` under its name and return the schedule as it is stored now.
+
+        One transaction: if a schedule of that name exists with the same trigger
+        (:meth:`ScheduleRecord.same_trigger`), it keeps its ``anchor`` and ``created``
+        (so processes that start serving it at different times agree on its slots) and
+        takes every other field from ``record``; otherwise ``record`` is stored as given.
+        Of two processes registering one schedule at once, both get the anchor of the
+        first (read and written under one lock, or ``INSERT ... ON CONFLICT`` in a
+        server database).
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def read_schedules(self) -> list[ScheduleRecord]:
+        """Return every schedule, by name.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def read_schedule(self, name: str) -> ScheduleRecord | None:
+        """Return the schedule called ``name``, if any.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def set_schedule_status(
+        self, name: str, status: str, message: str | None, updated: datetime
+    ) -> None:
+        """Set a schedule's ``status``, ``message`` and ``updated`` (a plain update, last
+        writer wins; nothing happens if there is no such schedule).
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def claim_schedule_slot(self, slot: ScheduleSlot) -> bool:
+        """Record ``slot`` unless its (schedule, slot time) was claimed before; return
+        whether this call recorded it.
+
+        An insert into a unique key, in one transaction: of any number of claimers of one
+        slot, in any processes, exactly one gets True, and a slot claimed once is never
+        claimed again (a restarted ``serve`` does not fire it twice).
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def read_schedule_slots(self, schedule: str, limit: int | None = None) -> list[ScheduleSlot]:
+        """Return the claimed slots of ``schedule``, newest slot first; at most ``limit``.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    # -- process leases -----------------------------------------------------------------
+
+    @abc.abstractmethod
+    def renew_lease(self, lease: ProcessLease) -> None:
+        """Store ``lease``, replacing the lease of ``lease.owner`` if there is one (an
+        upsert in one statement; it never fails because the lease exists or is gone).
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def read_leases(self) -> list[ProcessLease]:
+        """Return every process lease, expired or not, oldest ``started`` first.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def read_lease(self, owner: str) -> ProcessLease | None:
+        """Return the lease of ``owner``, if any.
+
+        Raises:
+            StoreClosed: the store is closed.
+        """
+
+    @abc.abstractmethod
+    def release_lease(self, owner: str, *, expires: datetime | None = None) -> bool:
+        """Remove the lease of ``owner``; return whether one was removed.
+
+        With ``expires``, only if the stored lease still expires at that time, checked
+        and deleted in one transaction (like :meth:`write_run`): a reaper removes the
+        expired lease it read, never one its process renewed meanwhile. Never fails,
+        even once the store is closed (a process releases its lease as it exits).
+        """
 
     # -- notifications ----------------------------------------------------------------
 

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from datetime import datetime
 from typing import Any, Iterable
 from uuid import UUID
+
+import attrs
 
 from ..core._exceptions import ObjectNotFound, StoreClosed
 from ..core._models import FlowRun, RunKind, TaskRun
 from ..core._states import State, StateType
 from ._backend import CacheRecord, Run, RunInputWrite, StaleRun, StoreBackend
+from ._records import ProcessLease, ScheduleRecord, ScheduleSlot
 
 __all__ = ["DEFAULT_MAX_RUNS", "MemoryStore"]
 
@@ -60,6 +64,9 @@ class MemoryStore(StoreBackend):
         self._cache: dict[str, CacheRecord] = {}
         self._limits: dict[str, int] = {}
         self._holders: dict[str, list[UUID]] = {}
+        self._schedules: dict[str, ScheduleRecord] = {}
+        self._slots: dict[str, dict[datetime, ScheduleSlot]] = {}
+        self._leases: dict[str, ProcessLease] = {}
 
     def _check_open(self) -> None:
         if self._closed:
@@ -277,3 +284,77 @@ class MemoryStore(StoreBackend):
             for holders in self._holders.values():
                 if holder in holders:
                     holders.remove(holder)
+
+    # -- schedules ----------------------------------------------------------------------
+
+    def register_schedule(self, record: ScheduleRecord) -> ScheduleRecord:
+        self._check_open()
+        with self._lock:
+            stored = self._schedules.get(record.name)
+            if stored is not None and stored.same_trigger(record):
+                record = attrs.evolve(record, anchor=stored.anchor, created=stored.created)
+            self._schedules[record.name] = record
+            return record
+
+    def read_schedules(self) -> list[ScheduleRecord]:
+        self._check_open()
+        with self._lock:
+            return [self._schedules[name] for name in sorted(self._schedules)]
+
+    def read_schedule(self, name: str) -> ScheduleRecord | None:
+        self._check_open()
+        return self._schedules.get(name)
+
+    def set_schedule_status(
+        self, name: str, status: str, message: str | None, updated: datetime
+    ) -> None:
+        self._check_open()
+        with self._lock:
+            stored = self._schedules.get(name)
+            if stored is not None:
+                self._schedules[name] = attrs.evolve(
+                    stored, status=status, message=message, updated=updated
+                )
+
+    def claim_schedule_slot(self, slot: ScheduleSlot) -> bool:
+        self._check_open()
+        with self._lock:
+            claimed = self._slots.setdefault(slot.schedule, {})
+            if slot.slot in claimed:
+                return False
+            claimed[slot.slot] = slot
+            return True
+
+    def read_schedule_slots(self, schedule: str, limit: int | None = None) -> list[ScheduleSlot]:
+        self._check_open()
+        with self._lock:
+            slots = sorted(self._slots.get(schedule, {}).values(), key=_slot_time, reverse=True)
+        return slots if limit is None else slots[: max(0, limit)]
+
+    # -- process leases -----------------------------------------------------------------
+
+    def renew_lease(self, lease: ProcessLease) -> None:
+        self._check_open()
+        with self._lock:
+            self._leases[lease.owner] = lease
+
+    def read_leases(self) -> list[ProcessLease]:
+        self._check_open()
+        with self._lock:
+            return sorted(self._leases.values(), key=lambda lease: lease.started)
+
+    def read_lease(self, owner: str) -> ProcessLease | None:
+        self._check_open()
+        return self._leases.get(owner)
+
+    def release_lease(self, owner: str, *, expires: datetime | None = None) -> bool:
+        with self._lock:
+            stored = self._leases.get(owner)
+            if stored is None or (expires is not None and stored.expires != expires):
+                return False
+            del self._leases[owner]
+            return True
+
+
+def _slot_time(slot: ScheduleSlot) -> datetime:
+    return slot.slot

@@ -36,6 +36,9 @@ store's channel (``LISTEN/NOTIFY``, :mod:`runtime.store._postgres_listen`): a li
 thread reports them to this process's subscribers as they happen. While it cannot listen,
 :meth:`PostgresStore.sync_external` polls the versions of the runs someone here waits on.
 
+**Pipelines.** Schedules, their slots and process leases are in
+:mod:`runtime.store._postgres_pipelines`.
+
 **States' data.** As in the SQLite store, a state this store wrote reads back as itself
 (data included) while it is among the last ``keep_recent`` it wrote; others carry
 ``states.UNAVAILABLE`` unless their data is a persisted result reference.
@@ -74,6 +77,7 @@ except ImportError as exc:  # pragma: no cover - the tests install the extra
 
 from ._postgres_db import Database, unreachable
 from ._postgres_listen import Changes
+from ._postgres_pipelines import PipelineTables
 
 __all__ = ["DEFAULT_SCHEMA", "PostgresStore"]
 
@@ -84,7 +88,7 @@ _logger = logging.getLogger("stageflow")
 _KEEP_RECORDS = 1000
 
 
-class PostgresStore(StoreBackend):
+class PostgresStore(PipelineTables, StoreBackend):
     """A store in a PostgreSQL database that processes and machines share; see the module
     docstring.
 

@@ -17,6 +17,10 @@ types: ids are ``uuid``, times ``timestamptz``, JSON bodies ``json`` (kept as wr
 read back as text), flags ``boolean``. Runs map to rows with the SQLite store's functions
 (``run_values``, ``state_values``, ``build_run``...), so both stores keep the same fields
 the same way. ``seq`` columns (identities) give insertion order.
+
+- Version 1: runs, state history, pause inputs, cache records, concurrency limits.
+- Version 2, long-running pipelines: ``schedules``, ``schedule_slots`` and
+  ``process_leases`` (:mod:`runtime.store._postgres_pipelines`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import re
 from typing import Any
 
 from ..core._exceptions import ConfigurationError
+from ._postgres_pipelines import PIPELINE_TABLES
 from ._sqlite_schema import STATE_COLUMNS, TABLES, WRITTEN_COLUMNS
 
 __all__ = ["MIGRATIONS", "SCHEMA_NAME", "SCHEMA_VERSION", "Statements", "lock_key", "migrate"]
@@ -101,6 +106,8 @@ MIGRATIONS: list[tuple[str, ...]] = [
             PRIMARY KEY (tag, holder))""",
         "CREATE INDEX concurrency_slots_by_holder ON {s}.concurrency_slots (holder)",
     ),
+    # 1 -> 2: schedules, the slots they claimed, and process leases.
+    PIPELINE_TABLES,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -29,6 +29,9 @@ the store remembers the last ``keep_recent`` states it wrote, by id, and a row o
 them reads back as that very state, data included; any other state whose data was not a
 persisted result carries ``states.UNAVAILABLE``.
 
+**Pipelines.** Schedules, their slots and process leases are in
+:mod:`runtime.store._sqlite_pipelines`.
+
 **Other processes.** :meth:`SqliteStore.sync_external` finds the states other processes
 recorded since the last look (one ``PRAGMA data_version`` when nothing changed) and
 notifies the subscribers of their runs.
@@ -51,6 +54,7 @@ from ..core._states import State, StateType
 from . import _sqlite_schema as rows
 from ._backend import CacheRecord, Run, RunInputWrite, StaleRun, StoreBackend
 from ._sqlite_db import Database, Write
+from ._sqlite_pipelines import PipelineTables
 
 __all__ = ["FSYNC_ENV", "SqliteStore"]
 
@@ -65,7 +69,7 @@ _UPSERT_INPUT = (
 )
 
 
-class SqliteStore(StoreBackend):
+class SqliteStore(PipelineTables, StoreBackend):
     """A store in an SQLite file that several processes may share; see the module docstring.
 
     Args:

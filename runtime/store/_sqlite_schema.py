@@ -26,6 +26,11 @@ Tables (``seq`` columns give insertion order; ids are UUIDs as 32 hex digits). `
 - Version 3: each run row also holds its ``version`` (the store's write count, for checked
   writes) and its current state (``state_body``, ``state_result``, ``state_has_data``, as
   in ``states``), so a run is read with one row.
+- Version 4, long-running pipelines: ``schedules`` (one row per schedule name: its
+  definition as JSON in ``body``, its anchor, status and times), ``schedule_slots`` (the
+  claimed slots, unique by schedule and slot time in microseconds since the epoch) and
+  ``process_leases`` (one row per live process: its owner token, host, pid, times and the
+  schedules it serves).
 """
 
 from __future__ import annotations
@@ -153,6 +158,33 @@ MIGRATIONS: list[tuple[str, ...]] = [
                                            ORDER BY seq DESC LIMIT 1), 0)""",
         )
     ),
+    # 3 -> 4: schedules, the slots they claimed, and process leases.
+    (
+        """CREATE TABLE schedules (
+            name TEXT PRIMARY KEY,
+            flow_name TEXT NOT NULL,
+            body TEXT NOT NULL,
+            anchor TEXT NOT NULL,
+            status TEXT NOT NULL,
+            message TEXT,
+            created TEXT,
+            updated TEXT)""",
+        """CREATE TABLE schedule_slots (
+            schedule TEXT NOT NULL,
+            slot_us INTEGER NOT NULL,
+            claimer TEXT NOT NULL,
+            claimed TEXT NOT NULL,
+            fired INTEGER NOT NULL,
+            PRIMARY KEY (schedule, slot_us))""",
+        """CREATE TABLE process_leases (
+            owner TEXT PRIMARY KEY,
+            host TEXT NOT NULL,
+            pid INTEGER NOT NULL,
+            started TEXT NOT NULL,
+            renewed TEXT NOT NULL,
+            expires TEXT NOT NULL,
+            serving TEXT NOT NULL DEFAULT '[]')""",
+    ),
 ]
 
 AUTOCHECKPOINT_PAGES = 10_000
@@ -171,6 +203,9 @@ _OUR_TABLES = frozenset(
         "concurrency_limits",
         "concurrency_slots",
         "run_updates",
+        "schedules",
+        "schedule_slots",
+        "process_leases",
         "sqlite_sequence",
     }
 )

@@ -6,7 +6,9 @@ Not a test module: the engine test modules import from it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -15,6 +17,7 @@ import pytest
 from runtime import FlowRun, Runtime, State, TaskRun
 
 __all__ = [
+    "StoreUrl",
     "flow_run_named",
     "isolated_home",
     "messages",
@@ -23,7 +26,12 @@ __all__ = [
     "state_history",
     "state_names",
     "task_runs_of",
+    "wait_until",
 ]
+
+StoreUrl = Callable[[Path], str]
+"""Makes the URL of a new shared store, given a directory of the test's (the
+``store_url`` fixture of ``conftest.py``)."""
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -81,3 +89,13 @@ def records_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.Lo
 def messages(caplog: pytest.LogCaptureFixture, logger: str = "stageflow") -> list[str]:
     """Return the formatted messages captured from ``logger`` (and its children)."""
     return [r.getMessage() for r in records_of(caplog, logger)]
+
+
+def wait_until(predicate: Callable[[], Any], what: str, timeout: float = 60.0) -> Any:
+    """Poll ``predicate`` (another process's progress, read from a store) until it returns
+    something true, and return that; fail after ``timeout`` seconds, naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+    return value

@@ -725,6 +725,76 @@ def test_limits_set_ls_rm(capsys: pytest.CaptureFixture[str], store: list[str]) 
     assert table_rows(cli(capsys, *store, "limits", "ls")[1]) == [["db", "5", "0"]]
 
 
+# -- stageflow serve / schedules ls -----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], r"one of the arguments --interval --cron is required"),
+        (["--interval", "0"], r"argument --interval: expected more than 0 seconds, got 0"),
+        (["--cron", "daily"], r"flows.py:greet: cron='daily' is not a cron expression"),
+        (["--cron", "0 3 * * *", "--timezone", "Mars/Base"], r"timezone='Mars/Base'"),
+        (["--interval", "5", "-p", "tabel=1"], r"unexpected keyword argument 'tabel'"),
+    ],
+)
+def test_serve_refuses_bad_options(
+    capsys: pytest.CaptureFixture[str], flows: Path, argv: list[str], message: str
+) -> None:
+    """Bad ``stageflow serve`` options are usage errors (exit 2) that say what is wrong,
+    before anything is served."""
+    code, _, err = cli(capsys, "serve", f"{flows}:greet", "-p", "name=x", *argv)
+    assert code == 2
+    assert re.search(message, err), err
+
+
+@needs_sqlite
+def test_schedules_ls(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """``schedules ls`` shows each schedule's trigger, status (a failed one with why),
+    last and next slot, and last run; a schedule whose process is gone is stopped."""
+    from datetime import datetime, timezone
+
+    from runtime.store._records import ProcessLease, ScheduleRecord, ScheduleSlot
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    assert cli(capsys, "--store", url, "schedules", "ls")[1] == "No schedules.\n"
+    now = datetime.now(timezone.utc)
+    store, _ = open_backend(url)
+    try:
+        for name, status, message in [
+            ("hourly", "serving", None),
+            ("nightly", "failed", "Stopped: gave up after 4 crashes"),
+            ("orphan", "serving", None),
+        ]:
+            cron = "0 3 * * *" if name == "nightly" else None
+            store.register_schedule(
+                ScheduleRecord(
+                    name,
+                    "etl",
+                    None,
+                    None if cron else 3600.0,
+                    cron,
+                    None,
+                    now,
+                    status=status,
+                    message=message,
+                )  # fmt: skip
+            )
+        store.claim_schedule_slot(ScheduleSlot("hourly", now, "me", now, fired=False))
+        later = datetime.fromtimestamp(now.timestamp() + 60, timezone.utc)
+        store.renew_lease(ProcessLease("me", "host", 1, now, now, later, serving=("hourly",)))
+    finally:
+        store.close()
+    code, out, _ = cli(capsys, "--store", url, "schedules", "ls")
+    assert code == 0
+    rows = {row[0]: row for row in table_rows(out)}
+    assert rows["hourly"][1:4] == ["etl", "every 3600 s", "serving"]
+    assert rows["hourly"][4].endswith("(skipped)")
+    assert rows["nightly"][2:4] == ["cron '0 3 * * *' (UTC)", "failed"]
+    assert rows["nightly"][-1] == "Stopped: gave up after 4 crashes"
+    assert rows["orphan"][3] == "stopped"  # no live process serves it
+
+
 # -- stores chosen by option or environment ------------------------------------------
 
 

@@ -7,6 +7,7 @@ event loops) deciding on the same run.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID
 
@@ -30,6 +31,7 @@ from runtime.orchestration._orchestrator import (
 from runtime.states import State, StateType
 from runtime.store._backend import CacheRecord, RunInputWrite
 from runtime.store._memory import MemoryStore
+from runtime.store._records import ProcessLease
 
 START = 1_800_000_000.0
 
@@ -251,6 +253,30 @@ class TestCascades:
         # made on the run as it is, not on the snapshot it holds.
         late = propose(orchestrator, "task", running.id, S.Completed())
         assert (late.status, late.state.type) == ("ABORT", StateType.CANCELLED)
+
+    @pytest.mark.parametrize(
+        ("lease", "cascades"),
+        [("expired", True), ("renewed", False), ("none", False)],
+    )
+    def test_a_cancel_cascades_once_the_owner_on_another_host_is_gone(
+        self, orchestrator: Orchestrator, store: MemoryStore, lease: str, cascades: bool
+    ) -> None:
+        """A flow run owned by a process on another host: its task runs are that process's
+        to write, until its lease (valid when the run was recorded) expires; then a cancel
+        here cancels them. Without a lease, nothing tells it is gone."""
+        owner = "elsewhere:7:1:cafe"
+        now = datetime.now(timezone.utc)
+        if lease != "none":
+            expires = now - timedelta(seconds=60) if lease == "expired" else now + timedelta(hours=1)
+            started = now - timedelta(hours=1)
+            store.renew_lease(ProcessLease(owner, "elsewhere", 7, started, started, expires))
+        flow_run = create_flow_run(orchestrator, owner=owner, created=now - timedelta(seconds=120))
+        propose(orchestrator, "flow", flow_run.id, S.Running())
+        running = create_task_run(orchestrator, flow_run)
+        propose(orchestrator, "task", running.id, S.Running())
+        propose(orchestrator, "flow", flow_run.id, S.Cancelling())
+        state = store.read_task_run(running.id).state
+        assert state is not None and state.is_cancelled() is cascades
 
     def test_a_subflow_state_is_mirrored_on_its_task_run(
         self, orchestrator: Orchestrator, store: MemoryStore

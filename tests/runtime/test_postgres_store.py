@@ -199,7 +199,7 @@ class TestSchema:
     def test_processes_upgrading_at_once_upgrade_once(
         self, postgres_url: str, tmp_path: Path
     ) -> None:
-        """Four processes open a version-1 schema at once with a newer stageflow (one more
+        """Four processes open a current schema at once with a newer stageflow (one more
         step): one of them upgrades it, once; all of them open it; its runs are kept."""
         store = open_store(postgres_url)
         run = new_flow_run(store)
@@ -220,7 +220,7 @@ class TestSchema:
         for racer in racers:
             out, err = racer.communicate(timeout=60)
             assert racer.returncode == 0 and out.strip() == "ok", err
-        assert schema_version(postgres_url) == 2
+        assert schema_version(postgres_url) == SCHEMA_VERSION + 1
         with psycopg.connect(server) as conn:
             assert conn.execute(f"SELECT COUNT(*) FROM {schema}.upgrades").fetchone() == (1,)
         again = PostgresStore(server, schema=schema, migrations=TRACED)
@@ -228,6 +228,22 @@ class TestSchema:
             assert again.read_flow_run(run.id).id == run.id
         finally:
             again.close()
+
+    def test_a_version_1_schema_is_upgraded(self, postgres_url: str) -> None:
+        """A schema made before the pipeline tables (version 1) gains them on opening,
+        its runs kept."""
+        server, schema = split(postgres_url)
+        old = PostgresStore(server, schema=schema, migrations=MIGRATIONS[:1])
+        run = new_flow_run(old)
+        old.close()
+        assert schema_version(postgres_url) == 1
+        store = open_store(postgres_url)
+        try:
+            assert schema_version(postgres_url) == SCHEMA_VERSION
+            assert store.read_flow_run(run.id).id == run.id
+            assert store.read_schedules() == [] and store.read_leases() == []
+        finally:
+            store.close()
 
     def test_stores_in_other_schemas_are_apart(self, postgres_url: str) -> None:
         """Two schemas of one database are two stores."""

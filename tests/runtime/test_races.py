@@ -20,12 +20,12 @@ import subprocess
 import sys
 import textwrap
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_support import StoreUrl
 
 from runtime.store._backend import StoreBackend
 from runtime.store._urls import open_backend
@@ -44,32 +44,6 @@ def _wait_until(predicate: Callable[[], Any], what: str, timeout: float = 30.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
-
-
-StoreUrl = Callable[[Path], str]
-"""Makes the URL of a new store for a trial (given the trial's directory)."""
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def store_url(request: pytest.FixtureRequest) -> Iterator[StoreUrl]:
-    """Each shared store: an SQLite file in the trial's directory, or a new schema of the
-    session's PostgreSQL database (dropped at the end)."""
-    if request.param == "sqlite":
-        yield lambda directory: f"sqlite:///{directory / 'stageflow.db'}"
-        return
-    import psycopg
-
-    server: str = request.getfixturevalue("postgres_server_url")
-    schemas: list[str] = []
-
-    def make(directory: Path) -> str:
-        schemas.append(f"race_{uuid.uuid4().hex[:12]}")
-        return f"{server}?schema={schemas[-1]}"
-
-    yield make
-    with psycopg.connect(server, autocommit=True) as conn:
-        for schema in schemas:
-            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
 
 class Trial:

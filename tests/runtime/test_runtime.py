@@ -13,11 +13,15 @@ from typing import Any
 
 import anyio
 import pytest
-from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
+from engine_support import isolated_home, only_flow_run, task_runs_of, wait_until  # noqa: F401
 
 from runtime import FlowRunContext, Runtime, flow, task
 from runtime.core._exceptions import StoreClosed
 from runtime.store._memory import MemoryStore
+from actors import global_loop
+from runtime.orchestration import _runtime as runtimes
+from runtime.orchestration._owners import process_owner
+from runtime.store import _urls as urls
 from runtime.store._urls import default_backend
 
 
@@ -56,14 +60,41 @@ async def test_async_engine_runs_in_the_callers_thread() -> None:
     assert idents["submitted task"] != me
 
 
-async def test_async_flow_without_runtime_makes_no_thread() -> None:
+async def test_async_flow_without_runtime_makes_no_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without a Runtime, an async flow runs in the caller's thread and starts no thread
+    on a store of this process alone."""
+
+    @flow
+    async def pipeline() -> int:
+        return threading.get_ident()
+
+    monkeypatch.setattr(urls, "_default", MemoryStore())  # the default store, for this test
+    before = set(threading.enumerate())
+    assert await pipeline() == threading.get_ident()
+    assert _new_threads(before) == []
+
+
+async def test_on_a_shared_store_the_global_loop_keeps_the_lease() -> None:
+    """On a store shared between processes, async flows called without a Runtime leave
+    the process's lease to the global loop's background runtime (started by the first
+    call, one thread per process at most), which goes on renewing it between calls; the
+    calls run in the caller's thread and start no liveness actor each."""
+
     @flow
     async def pipeline() -> int:
         return threading.get_ident()
 
     before = set(threading.enumerate())
     assert await pipeline() == threading.get_ident()
+    assert [t.name for t in _new_threads(before)] in ([], ["stageflow-global-loop"])
+    before = set(threading.enumerate())
+    assert await pipeline() == threading.get_ident()
     assert _new_threads(before) == []
+    key = (id(global_loop()), id(default_backend()))
+    wait_until(lambda: key in runtimes._companions, "the background runtime")
+    assert default_backend().read_lease(process_owner()) is not None
 
 
 async def test_submitted_sync_task_in_async_flow_runs_on_a_worker_thread() -> None:

@@ -1,6 +1,10 @@
 """The store contract: every :class:`StoreBackend` method, on each backend (memory, SQLite,
 PostgreSQL; what only PostgreSQL does is in ``test_postgres_store.py``).
 
+A new backend (PostgreSQL...) joins the ``store`` fixture and runs every contract test; the
+pipeline methods (schedules, slot claims, process leases) include races between threads,
+each with its own store on one database where the backend is shared.
+
 Then what only the SQLite store does: a file that outlives the store, schema upgrades,
 several stores (as several processes would) on one file, threads, a real subprocess, and
 the URLs and environment variables that choose it.
@@ -32,6 +36,7 @@ from runtime.results import ResultRef
 from runtime.states import UNAVAILABLE, State, StateType
 from runtime.store._backend import CacheRecord, RunInputWrite, StaleRun, StoreBackend
 from runtime.store._memory import DEFAULT_MAX_RUNS, MemoryStore
+from runtime.store._records import ProcessLease, ScheduleRecord, ScheduleSlot
 from runtime.store._sqlite import SqliteStore
 from runtime.store._sqlite_db import Database
 from runtime.store._sqlite_schema import MIGRATIONS, SCHEMA_VERSION
@@ -371,6 +376,192 @@ class TestConcurrencyLimits:
         assert not store.acquire_slots(["off"], uuid4())
 
 
+# -- schedules, slot claims, process leases ----------------------------------------------
+
+T0 = datetime(2026, 1, 5, 12, 0, tzinfo=timezone.utc)
+
+
+def schedule_record(name: str = "nightly", **fields: Any) -> ScheduleRecord:
+    """A schedule as ``serve`` registers it."""
+    values: dict[str, Any] = dict(
+        flow_name="etl",
+        entrypoint="/srv/etl.py:etl",
+        interval=60.0,
+        cron=None,
+        timezone=None,
+        anchor=T0,
+        parameters={"day": "today", "n": [1, 2]},
+        tags=("prod",),
+        created=T0,
+        updated=T0,
+    )
+    values.update(fields)
+    return ScheduleRecord(name, **values)
+
+
+def lease(owner: str, expires: datetime = T0, **fields: Any) -> ProcessLease:
+    """A process lease expiring at ``expires``."""
+    values: dict[str, Any] = dict(
+        host="host", pid=42, started=T0 - timedelta(hours=1), renewed=expires, expires=expires
+    )
+    values.update(fields)
+    return ProcessLease(owner, **values)
+
+
+def race(stores: list[StoreBackend], call: Callable[[int, StoreBackend], Any]) -> list[Any]:
+    """Call ``call(i, stores[i])`` for each store on its own thread, all at once; return
+    the results in order."""
+    barrier = threading.Barrier(len(stores))
+
+    def go(i: int) -> Any:
+        barrier.wait()
+        return call(i, stores[i])
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        return list(pool.map(go, range(len(stores))))
+
+
+@pytest.fixture
+def racers(store: StoreBackend) -> Iterator[list[StoreBackend]]:
+    """Four handles on the ``store`` fixture's data: the store itself four times in
+    memory; for a store shared between processes, three more stores opened on its URL
+    (as three more processes would)."""
+    if not store.shared_across_processes:
+        yield [store] * 4
+        return
+    others = [open_backend(store.url)[0] for _ in range(3)]
+    yield [store, *others]
+    for other in others:
+        other.close()
+
+
+class TestSchedules:
+    def test_register_read_and_replace(self, store: StoreBackend) -> None:
+        """A schedule reads back as registered; registering it again with another trigger
+        replaces it whole, anchor included."""
+        assert store.read_schedules() == [] and store.read_schedule("nightly") is None
+        record = schedule_record()
+        assert store.register_schedule(record) == record
+        assert store.read_schedule("nightly") == record
+        other = store.register_schedule(schedule_record("hourly", interval=3600.0))
+        assert store.read_schedules() == [other, record]  # by name
+        later = T0 + timedelta(days=1)
+        cron = schedule_record(
+            interval=None, cron="0 3 * * *", timezone="Europe/Paris", anchor=later, created=later
+        )
+        assert store.register_schedule(cron) == cron
+        assert store.read_schedule("nightly") == cron
+
+    def test_same_trigger_keeps_anchor_and_creation(self, store: StoreBackend) -> None:
+        """Registering a schedule again with the same trigger keeps its slots where they
+        were (its anchor) and its creation time; every other field is the new one's."""
+        store.register_schedule(schedule_record())
+        later = T0 + timedelta(hours=5)
+        again = schedule_record(
+            anchor=later, created=later, updated=later, parameters={"day": "tomorrow"},
+            tags=(), overlap="queue", catchup="all", restart="temporary",
+        )  # fmt: skip
+        stored = store.register_schedule(again)
+        assert (stored.anchor, stored.created) == (T0, T0)
+        assert (stored.updated, stored.parameters, stored.overlap) == (
+            later,
+            {"day": "tomorrow"},
+            "queue",
+        )
+        assert store.read_schedule("nightly") == stored
+
+    def test_status(self, store: StoreBackend) -> None:
+        """A status change sets status, message and time; an unknown name is ignored."""
+        store.register_schedule(schedule_record())
+        later = T0 + timedelta(minutes=3)
+        store.set_schedule_status("nightly", "failed", "gave up after 4 crashes", later)
+        read = store.read_schedule("nightly")
+        assert read is not None
+        assert (read.status, read.message, read.updated) == (
+            "failed",
+            "gave up after 4 crashes",
+            later,
+        )
+        store.set_schedule_status("nobody", "stopped", None, later)
+        assert store.read_schedule("nobody") is None
+
+    def test_concurrent_registrations_agree_on_the_anchor(self, racers: list[StoreBackend]) -> None:
+        """Processes that register one schedule at once all get the first one's anchor."""
+        results = race(
+            racers,
+            lambda i, store: store.register_schedule(
+                schedule_record(anchor=T0 + timedelta(seconds=i))
+            ),
+        )
+        assert len({record.anchor for record in results}) == 1
+        stored = racers[0].read_schedule("nightly")
+        assert stored is not None and stored.anchor == results[0].anchor
+
+
+class TestScheduleSlots:
+    def test_a_slot_is_claimed_once(self, store: StoreBackend) -> None:
+        """The first claim of a (schedule, slot time) wins; a second is refused and
+        changes nothing; other schedules and other times are other slots."""
+        first = ScheduleSlot("nightly", T0, "a", T0)
+        assert store.claim_schedule_slot(first)
+        assert not store.claim_schedule_slot(ScheduleSlot("nightly", T0, "b", T0, fired=False))
+        same_instant = T0.astimezone(timezone(timedelta(hours=2)))
+        assert not store.claim_schedule_slot(ScheduleSlot("nightly", same_instant, "b", T0))
+        assert store.claim_schedule_slot(ScheduleSlot("hourly", T0, "b", T0))
+        skipped = ScheduleSlot("nightly", T0 + timedelta(microseconds=1), "b", T0, fired=False)
+        assert store.claim_schedule_slot(skipped)
+        assert store.read_schedule_slots("nightly") == [skipped, first]  # newest first
+        assert store.read_schedule_slots("nightly", limit=1) == [skipped]
+        assert store.read_schedule_slots("nightly", limit=0) == []
+        assert store.read_schedule_slots("weekly") == []
+
+    def test_racing_claimers_get_each_slot_once(self, racers: list[StoreBackend]) -> None:
+        """Claimers racing for the same slots (threads; stores on one file for SQLite, as
+        processes would): exactly one wins each slot."""
+        slots = [T0 + timedelta(minutes=i) for i in range(10)]
+
+        def claim_all(i: int, store: StoreBackend) -> list[datetime]:
+            return [
+                s for s in slots if store.claim_schedule_slot(ScheduleSlot("race", s, f"c{i}", T0))
+            ]
+
+        won = race(racers, claim_all)
+        assert sorted(s for mine in won for s in mine) == slots
+        assert len(racers[0].read_schedule_slots("race")) == len(slots)
+
+
+class TestLeases:
+    def test_renew_read_release(self, store: StoreBackend) -> None:
+        """A lease is replaced by its owner's renewal and read back; release removes it."""
+        assert store.read_leases() == [] and store.read_lease("a") is None
+        first = lease("a", serving=("nightly",))
+        store.renew_lease(first)
+        other = lease("b", started=T0 - timedelta(hours=2))
+        store.renew_lease(other)
+        renewed = lease("a", T0 + timedelta(seconds=10), serving=("nightly", "hourly"))
+        store.renew_lease(renewed)
+        assert store.read_lease("a") == renewed
+        assert store.read_leases() == [other, renewed]  # oldest started first
+        assert store.release_lease("a")
+        assert not store.release_lease("a")
+        assert store.read_leases() == [other]
+
+    def test_a_reaper_releases_only_the_expired_lease_it_read(self, store: StoreBackend) -> None:
+        """A release with ``expires`` removes the lease only if it was not renewed since."""
+        store.renew_lease(lease("a", T0))
+        store.renew_lease(lease("a", T0 + timedelta(seconds=5)))  # renewed meanwhile
+        assert not store.release_lease("a", expires=T0)
+        assert store.read_lease("a") is not None
+        assert store.release_lease("a", expires=T0 + timedelta(seconds=5))
+        assert store.read_lease("a") is None
+
+    def test_racing_reapers_release_once(self, racers: list[StoreBackend]) -> None:
+        """Of reapers releasing one expired lease at once, one removes it."""
+        racers[0].renew_lease(lease("dead", T0))
+        released = race(racers, lambda i, store: store.release_lease("dead", expires=T0))
+        assert released.count(True) == 1
+
+
 # -- notifications, durability, closing ---------------------------------------------------
 
 
@@ -437,11 +628,21 @@ class TestClose:
             lambda: store.set_concurrency_limit("t", 1),
             lambda: store.read_concurrency_limits(),
             lambda: store.acquire_slots(["t"], run.id),
+            lambda: store.register_schedule(schedule_record()),
+            lambda: store.read_schedules(),
+            lambda: store.read_schedule("s"),
+            lambda: store.set_schedule_status("s", "stopped", None, T0),
+            lambda: store.claim_schedule_slot(ScheduleSlot("s", T0, "me", T0)),
+            lambda: store.read_schedule_slots("s"),
+            lambda: store.renew_lease(lease("me")),
+            lambda: store.read_leases(),
+            lambda: store.read_lease("me"),
         ]
         for call in calls:
             with pytest.raises(StoreClosed, match=message):
                 call()
         store.release_slots(run.id)  # never fails, as in a final state's cleanup
+        assert store.release_lease("me") is False  # neither does a lease's, at exit
         store.commit()
         store.close()
         assert not store.has_pending_writes()
@@ -701,10 +902,11 @@ class TestSqliteSchema:
             assert read.version == 1
             store.write_run("flow", evolve(read, name="renamed", version=2))
             assert store.read_flow_run(run.id).name == "renamed"
+            assert store.read_schedules() == [] and store.read_leases() == []  # version 4
         finally:
             store.close()
         conn = sqlite3.connect(db)
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         conn.close()
 
     def test_newer_version_is_refused(self, db: Path) -> None:
