@@ -407,7 +407,17 @@ class _Cell:
                         if reply is not None:
                             reply.send(outcome.Value(result))
             self._current = None
+            if not is_async:
+                with lock:
+                    # Idle again with nothing queued: senders may dispatch directly while
+                    # this task yields, instead of queueing behind the checkpoint (under
+                    # load, one queued message would otherwise keep every later one queued).
+                    if not mailbox and self.signal is None and self.stop_detail is None:
+                        self.direct = direct
             await checkpoint()
+            if not is_async:
+                with lock:
+                    self.direct = None
 
     def resume_direct(self, receive: Callable[[Any], Any] | None) -> None:
         """After an inline call: allow direct dispatch again if the actor is still idle.
