@@ -179,15 +179,7 @@ class Supervisor(Actor):
         return isinstance(message, (AttachChild, _AttachedExited))
 
     def _attach(self, message: AttachChild) -> Attachment:
-        if self._closing:
-            raise ActorStopped(
-                f"supervisor {self.name!r} is shutting down; cannot attach child {message.name!r}"
-            )
-        if message.name in self._children:
-            raise ValueError(
-                f"supervisor {self.name!r} already has a child named {message.name!r}; "
-                "child names must be unique among siblings"
-            )
+        self._check_new_child(message.name, "attach")
         actor = message.actor
         # No grace on a stop: the work is the caller's, stopped by cancelling it (its own
         # cleanup runs as the cancellation unwinds it).
@@ -270,16 +262,19 @@ class Supervisor(Actor):
     # -- starting and stopping children -----------------------------------------------
 
     def _start_child(self, spec: ChildSpec) -> ActorRef:
+        self._check_new_child(spec.name, "start")
+        return self._add(spec, spec.factory()).cell.ref
+
+    def _check_new_child(self, name: str, verb: str) -> None:
         if self._closing:
             raise ActorStopped(
-                f"supervisor {self.name!r} is shutting down; cannot start child {spec.name!r}"
+                f"supervisor {self.name!r} is shutting down; cannot {verb} child {name!r}"
             )
-        if spec.name in self._children:
+        if name in self._children:
             raise ValueError(
-                f"supervisor {self.name!r} already has a child named {spec.name!r}; "
+                f"supervisor {self.name!r} already has a child named {name!r}; "
                 "child names must be unique among siblings"
             )
-        return self._add(spec, spec.factory()).cell.ref
 
     def _add(self, spec: ChildSpec, actor: Actor) -> _Child:
         cell = _Cell(
