@@ -170,6 +170,10 @@ class Actor:
         return type(self).dispatch_from_threads
 
     _actor_async_receive: ClassVar[bool] = False
+    # Whether on_start/on_stop are overridden: an incarnation skips the ones that are not
+    # (on_stop's shield costs a cancel scope per incarnation, felt by short-lived actors).
+    _actor_has_on_start: ClassVar[bool] = False
+    _actor_has_on_stop: ClassVar[bool] = False
     _actor_cell: _Cell | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -178,6 +182,8 @@ class Actor:
         if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ValueError(f"{cls.__qualname__}.mailbox_size must be an int >= 1, got {size!r}")
         cls._actor_async_receive = inspect.iscoroutinefunction(cls.receive)
+        cls._actor_has_on_start = cls.on_start is not Actor.on_start
+        cls._actor_has_on_stop = cls.on_stop is not Actor.on_stop
 
     async def on_start(self) -> None:
         """Run in the actor's own task before it handles its first message.
@@ -438,6 +444,38 @@ class ActorRef(metaclass=_NoPublicConstructor):
                 f"{cell.name!r}; use 'await ref.tell(...)' or 'ref.tell_nowait(...)'"
             )
         cell.from_thread(message, None)
+
+    def tell_soon(self, message: Any) -> None:
+        """Send ``message`` from any thread, even the actor's own loop thread inside a
+        signal handler, without waiting and without ever handling it inline: it is queued
+        through the actor's loop, which handles it soon (a full mailbox drops it).
+
+        This is how a signal handler, which may interrupt the actor's own code between any
+        two bytecodes, reaches an actor safely.
+
+        Raises:
+            ActorStopped: If the actor has stopped.
+        """
+        self._cell.from_thread(message, None, inline=False)
+
+    def cancel(self, detail: str = "cancelled by ActorRef.cancel()") -> None:
+        """Cancel the actor's current incarnation now, without waiting: its task's cancel
+        scope is cancelled (an incarnation on a thread with no loop is asked to stop
+        through its ``on_cancel``, see :class:`~actors.AttachChild`). It exits
+        ``CANCELLED``, with ``detail``; its supervisor does not restart it. Unlike
+        :meth:`stop`, this may be called from the actor's own handlers. Does nothing if
+        the actor is not running.
+
+        Raises:
+            ForeignThreadError: If called from a thread other than the actor's loop thread
+                for an incarnation that runs in a task (cancel scopes are not thread-safe).
+        """
+        cell = self._cell
+        if not cell.running:
+            return
+        if not cell.on_thread and threading.get_ident() != cell.thread:
+            raise cell.foreign_thread_error()
+        cell.cancel(ExitReason(ExitKind.CANCELLED, None, detail))
 
     async def stop(self) -> ExitReason:
         """Stop the actor for good, gracefully, and wait until it has exited.

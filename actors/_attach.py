@@ -10,6 +10,7 @@ where it is awaited. The child is supervised like any other temporary child: lis
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar, final
 
@@ -101,14 +102,20 @@ class Attachment(metaclass=_NoPublicConstructor):
         try:
             return fn()
         except BaseException as exc:
-            reason = ExitReason(ExitKind.CRASHED, exc, repr(exc))
+            # Raised after a cancel (its on_cancel interrupted fn): the exit is that cancel.
+            reason = cell.cancel_reason or ExitReason(ExitKind.CRASHED, exc, repr(exc))
             raise
         finally:
             with cell.dispatch_lock:
                 cell.direct = None
                 cell.running = False
             cell.last_reason = reason
+            supervisor = self._supervisor
+            exited = _AttachedExited(cell, reason)
             try:
-                self._supervisor.tell_from_thread(_AttachedExited(cell, reason))
+                if threading.get_ident() == supervisor._cell.thread:
+                    supervisor.tell_nowait(exited)  # a sync call made on the loop's thread
+                else:
+                    supervisor.tell_from_thread(exited)
             except Exception:  # noqa: BLE001 - the supervisor stopped: nobody to tell
                 cell.finish(reason)

@@ -22,6 +22,7 @@ import logging
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 import outcome
@@ -31,13 +32,25 @@ from ._exceptions import LoopClosed
 if TYPE_CHECKING:
     import trio
 
-__all__ = ["BACKENDS", "LoopHandle", "LoopWaker", "Waiter", "start_loop"]
+__all__ = ["BACKENDS", "LoopHandle", "LoopWaker", "Waiter", "current_task", "start_loop"]
 
 BACKENDS = ("asyncio", "trio")
 
 _logger = logging.getLogger("actors")
 
 AsyncFn = Callable[..., Awaitable[object]]
+
+
+def current_task() -> object:
+    """The running task (asyncio's or trio's own object), compared by identity; cheaper
+    than ``anyio.get_current_task()``, which builds a record of it."""
+    import sniffio
+
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.current_task()
+    return asyncio.current_task()
 
 
 class Waiter(Protocol):
@@ -322,6 +335,12 @@ class _TrioWaiter:
 # ------------------------------------------------------------------------------- LoopWaker
 
 
+def _call_soon_threadsafe(
+    call_soon_threadsafe: Callable[..., Any], context: contextvars.Context, fn: Callable[[], object]
+) -> None:
+    call_soon_threadsafe(fn, context=context.copy())
+
+
 class LoopWaker:
     """Runs callbacks on the event loop that was running where the waker was created.
 
@@ -347,11 +366,19 @@ class LoopWaker:
             self._run_sync_soon = trio.lowlevel.current_trio_token().run_sync_soon
             self._run_finished: type[BaseException] = trio.RunFinishedError
         else:
-            self._run_sync_soon = asyncio.get_running_loop().call_soon_threadsafe
+            # A bare asyncio callback runs outside any task, where sniffio (so anyio) cannot
+            # tell which library runs: callbacks get a context that says it.
+            context = contextvars.copy_context()
+            context.run(sniffio.current_async_library_cvar.set, "asyncio")
+            self._run_sync_soon = partial(
+                _call_soon_threadsafe, asyncio.get_running_loop().call_soon_threadsafe, context
+            )
             self._run_finished = RuntimeError
 
     def wake(self, fn: Callable[[], object]) -> bool:
-        """Run ``fn()`` on the loop: now if this is the loop's thread, else soon.
+        """Run ``fn()`` on the loop: now if this is the loop's thread, else soon (where
+        anyio calls that need no task work: ``anyio.current_time()``, cancelling a scope,
+        setting an event).
 
         ``fn`` must not raise. Returns False (and drops ``fn``) if the loop has stopped.
         """

@@ -31,7 +31,7 @@ import outcome
 from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._actor import ActorRef, Envelope, ExitKind, ExitReason, _Reply, _ThreadReply
-from ._backend import LoopWaker
+from ._backend import LoopWaker, current_task
 from ._exceptions import ActorStopped, ForeignThreadError
 from ._mailbox import Mailbox
 
@@ -43,6 +43,7 @@ __all__ = ["_Cell"]
 
 logger = logging.getLogger("actors")
 
+_RETURNED = ExitReason(ExitKind.NORMAL, None, "run() returned")
 _CANCELLED_FROM_OUTSIDE = ExitReason(
     ExitKind.CANCELLED, None, "cancelled from outside its supervisor"
 )
@@ -125,7 +126,7 @@ class _Cell:
         self._scope: anyio.CancelScope | None = None
         self._cancel: ExitReason | None = None
         self._current: Envelope | None = None
-        self._task: int | None = None
+        self._task: object = None
 
     async def run(self, actor: Actor | None) -> None:
         """Run one incarnation: ``actor`` (or a fresh one from the factory) to its exit."""
@@ -134,7 +135,7 @@ class _Cell:
         try:
             with anyio.CancelScope() as scope:
                 self._scope = scope
-                self._task = anyio.get_current_task().id
+                self._task = current_task()
                 if self._cancel is not None:
                     scope.cancel()
                 try:
@@ -147,7 +148,8 @@ class _Cell:
                         )
                     actor._actor_cell = self
                     self.actor = actor
-                    await actor.on_start()
+                    if actor._actor_has_on_start:
+                        await actor.on_start()
                     on_start_returned = True
                     if type(actor).receives_while_running and not actor._actor_async_receive:
                         if self.waker is None:
@@ -167,14 +169,25 @@ class _Cell:
             if scope.cancelled_caught:
                 reason = self._cancel or ExitReason(ExitKind.CANCELLED, None, "cancelled")
         finally:
-            if on_start_returned and actor is not None:
+            if on_start_returned and actor is not None and actor._actor_has_on_stop:
                 reason = await self._call_on_stop(actor, reason)
             self._end(reason)
+
+    @property
+    def cancel_reason(self) -> ExitReason | None:
+        """Why the current incarnation was cancelled, if it was."""
+        return self._cancel
+
+    @property
+    def on_thread(self) -> bool:
+        """Whether the incarnation runs on a thread with no loop (an attached child's
+        ``run_on_thread``), which only its ``canceller`` can ask to stop."""
+        return self.running and self._scope is None and self.canceller is not None
 
     def _returned_reason(self) -> ExitReason:
         if self.stop_detail is not None:
             return ExitReason(ExitKind.SHUTDOWN, None, self.stop_detail)
-        return ExitReason(ExitKind.NORMAL, None, "run() returned")
+        return _RETURNED
 
     async def _call_on_stop(self, actor: Actor, reason: ExitReason) -> ExitReason:
         with anyio.CancelScope(shield=True):
@@ -211,7 +224,9 @@ class _Cell:
         if self.exit_reason is not None:
             return
         self.exit_reason = reason
-        _fail_asks(self.name, self.mailbox.close(), str(reason))
+        queued = self.mailbox.close()
+        if queued:
+            _fail_asks(self.name, queued, str(reason))
         if self._exit_event is not None:
             self._exit_event.set()
 
@@ -392,7 +407,17 @@ class _Cell:
                         if reply is not None:
                             reply.send(outcome.Value(result))
             self._current = None
+            if not is_async:
+                with lock:
+                    # Idle again with nothing queued: senders may dispatch directly while
+                    # this task yields, instead of queueing behind the checkpoint (under
+                    # load, one queued message would otherwise keep every later one queued).
+                    if not mailbox and self.signal is None and self.stop_detail is None:
+                        self.direct = direct
             await checkpoint()
+            if not is_async:
+                with lock:
+                    self.direct = None
 
     def resume_direct(self, receive: Callable[[Any], Any] | None) -> None:
         """After an inline call: allow direct dispatch again if the actor is still idle.
@@ -509,12 +534,19 @@ class _Cell:
 
     # -- sending from other threads -----------------------------------------------------
 
-    def from_thread(self, message: Any, reply: _ThreadReply | None) -> None:
+    def from_thread(
+        self, message: Any, reply: _ThreadReply | None, *, inline: bool = True
+    ) -> None:
         """From a thread other than the loop's: handle ``message`` inline if the actor is
-        idle, else queue it through the loop (without waiting for room)."""
+        idle (and ``inline``), else queue it through the loop (without waiting for room)."""
         receive = self.direct
         actor = self.actor
-        if receive is not None and actor is not None and actor.thread_dispatchable(message):
+        if (
+            inline
+            and receive is not None
+            and actor is not None
+            and actor.thread_dispatchable(message)
+        ):
             if reply is None:
                 if self.dispatch_tell(receive, message):
                     return
@@ -529,14 +561,16 @@ class _Cell:
         envelope = Envelope(message, reply)  # type: ignore[arg-type]
 
         def post() -> None:
-            try:
-                self.post_nowait(envelope)
-            except (ActorStopped, anyio.WouldBlock) as exc:
-                if reply is not None:
-                    reply.send(outcome.Error(exc))
-                return
-            if self._dispatches_while_running():
-                with self.dispatch_lock:
+            with self.dispatch_lock:
+                idle = self.direct  # queueing clears it; an idle actor gets it back below
+                try:
+                    self.post_nowait(envelope)
+                except (ActorStopped, anyio.WouldBlock) as exc:
+                    if reply is not None:
+                        reply.send(outcome.Error(exc))
+                    return
+                if idle is not None and self._dispatches_while_running():
+                    self.direct = idle
                     self._drain()
 
         if not waker.schedule(post):
@@ -576,7 +610,7 @@ class _Cell:
         return ActorStopped(f"cannot send {what} to actor {self.name!r}: {why}")
 
     def _refuse_own_task(self, method: str) -> None:
-        if self.running and self._task == anyio.get_current_task().id:
+        if self.running and self._task is current_task():
             raise RuntimeError(
                 f"ActorRef.{method}() of actor {self.name!r} was awaited in that actor's own "
                 "task, where it would wait for itself forever; a process actor stops by "

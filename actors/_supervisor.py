@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import attrs
@@ -85,10 +85,18 @@ class Supervisor(Actor):
             the ``"actors"`` logger.
         clock: Time source for intensity, backoff and shutdown timeouts.
 
+    Attributes:
+        attach_only: A subclass whose children are all attached (:class:`AttachChild`)
+            sets this: it then opens no task groups (it costs no more to start than a
+            plain actor), refuses :class:`StartChild`, and takes no initial children.
+            Its ``run()`` may be the subclass's own work, children attaching meanwhile.
+
     Raises:
         ValueError: If two initial children share a name, ``max_restarts`` is negative or
             ``period`` is not positive.
     """
+
+    attach_only: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -106,6 +114,8 @@ class Supervisor(Actor):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"supervisor {name!r}: duplicate child names {duplicates}")
+        if children and self.attach_only:
+            raise ValueError(f"supervisor {name!r} only attaches children; it starts none")
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be >= 0, got {max_restarts!r}")
         if not period > 0:
@@ -142,6 +152,11 @@ class Supervisor(Actor):
             TypeError: Any other message.
         """
         if isinstance(message, StartChild):
+            if self.attach_only:
+                raise TypeError(
+                    f"supervisor {self.name!r} only attaches children (AttachChild); it "
+                    "cannot start one in a task of its own"
+                )
             return self._start_child(message.spec)
         if isinstance(message, AttachChild):
             return self._attach(message)
@@ -164,15 +179,7 @@ class Supervisor(Actor):
         return isinstance(message, (AttachChild, _AttachedExited))
 
     def _attach(self, message: AttachChild) -> Attachment:
-        if self._closing:
-            raise ActorStopped(
-                f"supervisor {self.name!r} is shutting down; cannot attach child {message.name!r}"
-            )
-        if message.name in self._children:
-            raise ValueError(
-                f"supervisor {self.name!r} already has a child named {message.name!r}; "
-                "child names must be unique among siblings"
-            )
+        self._check_new_child(message.name, "attach")
         actor = message.actor
         # No grace on a stop: the work is the caller's, stopped by cancelling it (its own
         # cleanup runs as the cancellation unwinds it).
@@ -192,6 +199,16 @@ class Supervisor(Actor):
         return Attachment._create(cell, actor, own.ref)
 
     async def _actor_main(self, started: Callable[[], None]) -> None:
+        if self.attach_only:
+            try:
+                started()
+                await self.run()
+            finally:
+                self._closing = True
+                if self._children:
+                    with anyio.CancelScope(shield=True):
+                        await self._release_attached()
+            return
         self._context = contextvars.copy_context()
         failure: Exception | None = None
         # Exceptions are kept out of the task groups, which would wrap them in groups.
@@ -212,6 +229,20 @@ class Supervisor(Actor):
         if failure is not None:
             raise failure
 
+    async def _release_attached(self) -> None:
+        """Stop the children still attached as an attach-only supervisor ends. A task
+        incarnation is cancelled and awaited; one on a thread can only be asked to stop
+        (its ``on_cancel``), and is not awaited: a thread stuck in user code must not
+        hold its supervisor up. Its exit is noted when its thread returns."""
+        detail = f"supervisor {self.name!r} ended"
+        for child in reversed(list(self._children.values())):
+            cell = child.cell
+            if cell.on_thread:
+                cell.request_final_stop(detail)
+                cell.cancel(ExitReason(ExitKind.CANCELLED, None, f"cancelled: {detail}"))
+            else:
+                await cell.stop(detail)
+
     async def _start_initial(self) -> None:
         for spec in self._initial:
             child = self._add(spec, spec.factory())
@@ -231,16 +262,19 @@ class Supervisor(Actor):
     # -- starting and stopping children -----------------------------------------------
 
     def _start_child(self, spec: ChildSpec) -> ActorRef:
+        self._check_new_child(spec.name, "start")
+        return self._add(spec, spec.factory()).cell.ref
+
+    def _check_new_child(self, name: str, verb: str) -> None:
         if self._closing:
             raise ActorStopped(
-                f"supervisor {self.name!r} is shutting down; cannot start child {spec.name!r}"
+                f"supervisor {self.name!r} is shutting down; cannot {verb} child {name!r}"
             )
-        if spec.name in self._children:
+        if name in self._children:
             raise ValueError(
-                f"supervisor {self.name!r} already has a child named {spec.name!r}; "
+                f"supervisor {self.name!r} already has a child named {name!r}; "
                 "child names must be unique among siblings"
             )
-        return self._add(spec, spec.factory()).cell.ref
 
     def _add(self, spec: ChildSpec, actor: Actor) -> _Child:
         cell = _Cell(
@@ -287,6 +321,9 @@ class Supervisor(Actor):
         child = self._children.get(cell.name)
         if child is None or child.cell is not cell:
             cell.finish(reason)
+            return
+        if child.spec.restart is Restart.TEMPORARY and reason.kind is not ExitKind.CRASHED:
+            self._remove(child, reason)  # nothing to decide, nobody to tell
             return
         # Busy while deciding: on_crash may send to this supervisor.
         own = self._bound_cell()

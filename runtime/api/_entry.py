@@ -37,6 +37,7 @@ from ..engine._task_engine import (
     TaskRunEngine,
     create_task_run,
     new_task_run,
+    run_called,
 )
 from ..engine._transactions import get_transaction
 from ..orchestration._runtime import Runtime, background_runtime, loop_runtime, private_runtime
@@ -239,7 +240,7 @@ async def _run_task_in(
         return done if return_type == "state" else done.result()
     runtime = driver.runtime
     engine = TaskRunEngine(task, task_run, parameters, wait_for, runtime, flow_ctx, driver)
-    state = await engine.run()
+    state = await run_called(engine)
     return state if return_type == "state" else engine.result()
 
 

@@ -171,6 +171,12 @@ class Abort(EngineSignal):
     """Raised when the orchestrator aborts a proposed transition."""
 
 
+class WorkerLost(BaseException):
+    """Raised out of a task run's body call when the worker running the body elsewhere (a
+    Dask worker) died or was lost: the run ends Crashed, with this message; its result
+    raises :class:`CrashedRun`. Not an ``Exception``, so the run is not retried as a failure."""
+
+
 class TerminationSignal(BaseException):
     """Raised in a flow process that received SIGTERM."""
 

@@ -53,7 +53,10 @@ class FlowRunContext:
     result_settings: Any = attrs.field(repr=False, default=None)
     dynamic_keys: dict[str, int] = attrs.field(repr=False, factory=dict)
     observed_pauses: int = attrs.field(repr=False, default=0)
-    inbox: Any = attrs.field(repr=False, default=None)
+    # The flow run's actor (a FlowRunActor) and the thread of its loop: the runs it calls
+    # on that thread attach to it.
+    actor: Any = attrs.field(repr=False, default=None)
+    actor_thread: int | None = attrs.field(repr=False, default=None)
     # Set when the engine stopped waiting for this attempt's body (timeout, cancellation):
     # a sync body that runs on regardless gets this error from its next task or subflow
     # call, instead of starting runs in a flow run that is over.

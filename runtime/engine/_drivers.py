@@ -7,7 +7,8 @@ upstream futures, calling the body and the hooks, shielding cleanup from cancell
 - :class:`LoopDriver` runs the engine as a task of an event loop (an async flow's loop,
   the loop of a submitted task run). Async bodies are awaited there, with timeouts as
   cancel scopes; sync bodies go where the run's :class:`~runtime.engine._body.SyncTarget`
-  says (a worker thread, or the thread waiting on a global-loop call).
+  says (a worker thread, or the thread waiting on a global-loop call). A submitted run's
+  task runner may call its body elsewhere instead (a ``remote`` body: a Dask worker).
 - :class:`ThreadDriver` runs the engine right on the calling thread, with no event loop
   of its own (a sync task called from a sync flow's body, on the caller's thread).
   Every effect completes without suspending: the orchestrator is asked with a direct
@@ -31,12 +32,13 @@ from actors import SystemClock, global_loop
 
 from ..core._exceptions import TaskRunTimeoutError
 from ..orchestration._waiting import wait_before_proposing_again
-from ._body import TIMEOUT, SyncBody, SyncTarget, call_sync
+from ._body import CANCEL, TIMEOUT, SyncBody, SyncTarget, call_sync
 from ._interrupt import BodyInterrupted, InterruptibleCall, call_interruptibly
 
 if TYPE_CHECKING:
     from ..orchestration._orchestrator import Transition
     from ..orchestration._runtime import Runtime
+    from ._task_runners import RemoteBody
 
 __all__ = ["Driver", "InlineRefused", "LoopDriver", "ThreadDriver", "drive"]
 
@@ -97,13 +99,17 @@ class LoopDriver(Driver):
     Args:
         runtime: the runtime whose orchestrator decides the run's states.
         target: where sync bodies and sync hooks run.
+        remote: calls the body elsewhere, sync or async (hooks still run here).
     """
 
-    __slots__ = ("_ask", "body", "runtime", "target")
+    __slots__ = ("_ask", "body", "remote", "runtime", "target")
 
-    def __init__(self, runtime: Runtime, target: SyncTarget) -> None:
+    def __init__(
+        self, runtime: Runtime, target: SyncTarget, remote: RemoteBody | None = None
+    ) -> None:
         self.runtime = runtime
         self.target = target
+        self.remote = remote
         self._ask = runtime.orchestrator.ask  # type: ignore[union-attr]
         self.body: SyncBody | None = None  # the sync body being called, to interrupt it
 
@@ -125,6 +131,8 @@ class LoopDriver(Driver):
         kwargs: dict[str, Any],
         timeout: float | None,
     ) -> Any:
+        if self.remote is not None:
+            return await self.remote(fn, is_async, args, kwargs, timeout)
         if not is_async:
             body = self.body = SyncBody(self.target, "A task run")
             try:
@@ -170,7 +178,17 @@ class ThreadDriver(Driver):
         self.runtime = runtime
         self._orchestrator = runtime.orchestrator
         self._asked = False
+        self._cancelled = False
         self.body: InterruptibleCall | None = None  # the body being called, to interrupt it
+
+    def cancel(self, reason: Any = None) -> None:
+        """Stop the run's body, from any thread (the run actor's ``on_cancel``): interrupt
+        it if it runs, else keep it from starting. A run waiting here (for upstreams, a
+        retry's delay) notices once the wait ends."""
+        self._cancelled = True
+        body = self.body
+        if body is not None:
+            body.interrupt(CANCEL)
 
     async def ask(self, message: Any) -> Any:
         orchestrator = self._orchestrator
@@ -231,6 +249,8 @@ class ThreadDriver(Driver):
             loop = self.runtime.sync_loop or global_loop()
             return loop.call(_with_timeout, fn, args, kwargs, timeout)
         call = self.body = InterruptibleCall()
+        if self._cancelled:
+            call.interrupt(CANCEL)  # the call will not start
         try:
             return call_interruptibly(call, fn, args, kwargs, timeout, TIMEOUT)
         except BodyInterrupted:

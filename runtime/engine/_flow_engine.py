@@ -14,11 +14,13 @@ makes it Crashed before it propagates.
 from __future__ import annotations
 
 import logging
+import threading
 from contextlib import asynccontextmanager
-from functools import partial
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 import anyio
+
+from actors import ActorRef
 
 from ..core import _states as S
 from ..core._exceptions import (
@@ -43,12 +45,13 @@ from ._body import CANCEL, TIMEOUT, Body, SyncBody, SyncTarget
 from ._context import FlowRunContext, _flow_run_context, _task_run_context, current_tags
 from ._drivers import LoopDriver
 from ._hooks import run_hooks
-from ._inbox import LoopInbox, run_beside
+from ._beside import run_beside
 from ._interrupt import BodyInterrupted
 from ._logging import _log_prints, flow_run_logger, install_print_patch
 from ._outcomes import exception_to_crashed_state, exception_to_failed_state, return_value_to_state
 from ._resolve import resolve_futures_to_states, resolve_parameters, wait_for_upstreams
 from ._result_settings import result_settings_for_flow
+from ._run_actors import FlowRunActor, RunChanged, attach, tell
 from ._signals import interruptible
 from ._specs import FlowSpec
 from ._submission import TaskRunHost
@@ -124,7 +127,9 @@ class FlowRunEngine:
         self._sync_body: SyncBody | None = None
         self._interrupt: BaseException | None = None
         self._timed_out = False  # this attempt's body hit the flow's timeout
-        self.inbox: LoopInbox | None = None
+        self.ref: ActorRef | None = None  # the run's actor, once it runs
+        self._thread: int | None = None  # the thread of its loop
+        self._cancel_message: str | None = None
         self._settings: ResultSettings | None = None
         self._body = body
         self._context: FlowRunContext | None = None
@@ -142,22 +147,42 @@ class FlowRunEngine:
     # -- the run ----------------------------------------------------------------------
 
     async def run(self) -> State[Any]:
-        """Run the flow run to a final (or paused/suspended) state and return it.
+        """Run the flow run to a final (or paused/suspended) state and return it, as a
+        :class:`~runtime.engine._run_actors.FlowRunActor` attached to the calling flow
+        run's actor (a subflow on the same loop) or to the runtime's root supervisor.
 
         Raises:
             TerminationSignal: the process received SIGTERM (after the run was recorded).
             BaseException: anything that is not an ``Exception`` (an interrupt, a foreign
                 cancellation, ``SystemExit``...) after the run was marked Crashed.
         """
+        parent = self.parent
+        if (
+            parent is not None
+            and parent.actor is not None
+            and parent.actor_thread == threading.get_ident()
+        ):
+            supervisor = parent.actor
+        else:
+            supervisor = self.runtime.root
+        actor = FlowRunActor(self)
+        await attach(supervisor, actor.name, actor)
+        if actor.state is None:  # its supervisor stopped it: the run ended as _crash said
+            return self.flow_run.state  # type: ignore[return-value]
+        return actor.state  # type: ignore[no-any-return]
+
+    async def work(self, ref: ActorRef) -> State[Any]:
+        """The flow run's work, as its actor ``ref`` (see :meth:`run`)."""
+        self.ref = ref
+        self._thread = threading.get_ident()
         await self._create()
         active_flow_runs.add(self.flow_run.id)
-        self.inbox = inbox = LoopInbox()
         backend = self.runtime.backend
         assert backend is not None
         unsubscribe = backend.subscribe(self.flow_run.id, self._on_own_state)
         try:
             with interruptible(self):
-                state = await run_beside(inbox.serve, self._run, inbox.close)
+                state = await self._run()
         except (Exception, EngineSignal):
             raise
         except BaseException as exc:
@@ -267,7 +292,8 @@ class FlowRunEngine:
                 runtime=self.runtime,
                 task_runner=task_runner,
                 task_host=task_host,
-                inbox=self.inbox,
+                actor=self.ref,
+                actor_thread=self._thread,
                 result_settings=self._settings,
             )
             flow_token = _flow_run_context.set(ctx)
@@ -385,16 +411,22 @@ class FlowRunEngine:
     # -- stopping the body from outside -----------------------------------------------
 
     def _on_own_state(self, run: Any, state: State[Any]) -> None:
-        """Store notification (any thread, or this process polling others' changes): follow
-        the run; a cancel request stops the body."""
-        if self.inbox is not None:
-            self.inbox.post(partial(self._observe, run))
+        """Store notification (any thread, or this process polling others' changes): tell
+        the run's actor."""
+        tell(self.ref, self._thread, RunChanged(run))
 
-    def _observe(self, run: FlowRun) -> None:
+    def observe(self, run: FlowRun) -> None:
+        """:class:`RunChanged`: follow the run; a cancel request stops the body."""
         self._set_run(run)
         state = self.flow_run.state
         if state is not None and state.is_cancelling():
             self.interrupt(None)
+
+    def cancel(self, message: str | None) -> None:
+        """:class:`CancelRun`: stop the body; the run ends Cancelled with ``message``."""
+        if self._cancel_message is None:
+            self._cancel_message = message or "The flow run was cancelled."
+        self.interrupt(None)
 
     async def _watch_other_processes(self) -> None:
         """For a store shared between processes, notice a cancel another process made."""
@@ -440,11 +472,11 @@ class FlowRunEngine:
                 message="Execution was aborted by a termination signal.", data=self._interrupt
             )
         self.logger.info("Flow run was cancelled.")
-        return S.Cancelled(
-            message=(
-                state.message if cancelling and state.message else "The flow run was cancelled."
-            )
-        )
+        if cancelling and state.message:  # type: ignore[union-attr]
+            message = state.message  # type: ignore[union-attr]
+        else:
+            message = self._cancel_message or "The flow run was cancelled."
+        return S.Cancelled(message=message)
 
     # -- finishing --------------------------------------------------------------------
 
@@ -566,7 +598,7 @@ class FlowRunEngine:
         """The host of the task runs this attempt submits; on the way out, wait for every
         one of them to finish (or, after an interruption, stop them), then stop it."""
         name = f"flow-run-{self.flow_run.id}-{self.flow_run.run_count}"
-        host = TaskRunHost(self.runtime, name, self.flow.task_runner.max_workers)
+        host = TaskRunHost(self.runtime, name, self.flow.task_runner)
         interrupted = False
         self._timed_out = False
         try:

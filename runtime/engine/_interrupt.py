@@ -70,22 +70,25 @@ class InterruptibleCall:
         self._on_interrupt = on_interrupt
         self._lock = threading.Lock()
         self._armed = False
+        self._done = False  # the call returned: later interruptions are ignored
         self._pending = False  # an exception was raised into the thread, not yet seen
         self._alarm = False  # interrupt through SIGALRM (main thread, handler installed)
 
     def interrupt(self, reason: Any) -> bool:
         """Raise :class:`BodyInterrupted` in the call's thread, once; any thread may call.
 
-        Returns whether the interruption was sent (False: the call is not running, or was
-        interrupted already).
+        Returns whether the interruption was sent (False: the call has returned, or was
+        interrupted already). One sent before the call started stops it from starting.
         """
         with self._lock:
-            if not self._armed or self.reason is not None:
+            if self._done or self.reason is not None:
                 return False
             self.reason = reason
-            self._pending = True
             if self._on_interrupt is not None:
                 self._on_interrupt(reason)
+            if not self._armed:
+                return True  # before the call: _arm raises instead
+            self._pending = True
             if self._alarm:
                 signal.pthread_kill(self.thread_id, signal.SIGALRM)
             else:
@@ -93,6 +96,10 @@ class InterruptibleCall:
             return True
 
     def _arm(self) -> None:
+        with self._lock:
+            if self.reason is not None:  # interrupted before the call started
+                self._done = True
+                raise BodyInterrupted
         self._alarm = self.thread_id == _MAIN and _alarms.install(self)
         with self._lock:
             self._armed = True
@@ -100,6 +107,7 @@ class InterruptibleCall:
     def _disarm(self) -> None:
         with self._lock:
             self._armed = False
+            self._done = True
             if self._pending and not self._alarm:
                 _raise_in(self.thread_id, None)  # clear one not raised yet
             self._pending = False

@@ -8,7 +8,7 @@ from typing import Any
 import anyio
 
 from ..core import _states as S
-from ..core._exceptions import TerminationSignal
+from ..core._exceptions import CrashedRun, TerminationSignal, WorkerLost
 from ..core._states import State, StateDetails, StateType
 from ._interrupt import BodyInterrupted
 
@@ -54,6 +54,8 @@ def exception_to_crashed_state(exc: BaseException) -> State[Any]:
         message = (
             "Execution was interrupted by the run that called it (its timeout or its cancellation)."
         )
+    elif isinstance(exc, WorkerLost):
+        return S.Crashed(message=str(exc), data=CrashedRun(str(exc)))
     elif isinstance(exc, SystemExit):
         message = "Execution was aborted by Python system exit call."
     else:

@@ -11,22 +11,23 @@ while it has its default action (terminate without cleanup).
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any, Protocol
 
+from actors import ActorStopped
+
 from ..core._exceptions import TerminationSignal
+from ._run_actors import Terminate
 
 __all__ = ["capture_sigterm", "interruptible"]
 
 
 class _Interruptible(Protocol):
-    inbox: Any
-
-    def interrupt(self, signal: TerminationSignal | None) -> None: ...
+    ref: Any  # the run's actor (ActorRef), None until it runs
 
 
 _engines: set[Any] = set()
@@ -46,8 +47,9 @@ def interruptible(engine: _Interruptible) -> Iterator[None]:
 def _on_sigterm(signum: int, frame: Any) -> None:
     exc = TerminationSignal(signum)
     for engine in list(_engines):
-        if engine.inbox is not None:
-            engine.inbox.post_from_signal_handler(partial(engine.interrupt, exc))
+        if engine.ref is not None:
+            with contextlib.suppress(ActorStopped):
+                engine.ref.tell_soon(Terminate(exc))
     if _raise_in_main and _raise_in_main[-1]:
         # A sync flow body (or a sync task body) may be running right here, on the main
         # thread, where no cancel scope can reach it.

@@ -4,8 +4,11 @@
 :class:`TaskRunHost`. As with Prefect's ``ThreadPoolTaskRunner``, they do not run on the
 thread of the code that submitted them: the host starts them as children of a
 supervisor on a *task-runner loop* (an event loop on a daemon thread, which is not the
-submitting thread's loop), with the runtime that serves the flow run's store there. Async
-bodies run concurrently on that loop; sync bodies on its worker threads.
+submitting thread's loop), with the runtime that serves the flow run's store there. Where
+their bodies run is the flow's task runner's choice (its :class:`Placement`, opened at the
+first submit and closed when the attempt ends): by default async bodies run concurrently
+on that loop and sync bodies on its worker threads; a ``DaskTaskRunner`` sends them to a
+Dask cluster.
 
 So a flow body may block on a future (``future.result()``, ``wait(...)``,
 ``as_completed(...)``) even from inside an async flow, whose loop it then blocks: the task
@@ -38,10 +41,11 @@ from actors import (
 )
 
 from ..core import _states as S
-from ..orchestration._runtime import Runtime, background_runtime
-from ._body import BodyPlacement, SyncTarget
+from ..orchestration._runtime import Runtime, background_runtime, report_crash
 from ._drivers import LoopDriver
-from ._task_engine import TaskRunActor, TaskRunEngine
+from ._run_actors import TaskRunActor
+from ._task_engine import TaskRunEngine, run_submitted
+from ._task_runners import Placement, TaskRunner
 
 __all__ = ["TaskRunHost", "task_runner_loop"]
 
@@ -55,11 +59,6 @@ class _RunSupervisor(Supervisor):
     start thousands at once: the mailbox is sized for that)."""
 
     mailbox_size = 1_000_000
-
-
-def _report_task_crash(report: Any) -> None:
-    # The task run engine already logged the crash and recorded the Crashed state.
-    _logger.debug("Task run actor crashed: %r", report)
 
 
 _loops: list[GlobalLoop] = []
@@ -88,15 +87,15 @@ class TaskRunHost:
     Args:
         runtime: the runtime of the flow run (its store and clock are the task runs').
         name: the attempt's name, for its supervisor.
-        max_workers: how many sync bodies run at once (None: anyio's thread limit).
+        task_runner: the flow's task runner, which places the bodies.
     """
 
-    def __init__(self, runtime: Runtime, name: str, max_workers: int | None) -> None:
+    def __init__(self, runtime: Runtime, name: str, task_runner: TaskRunner) -> None:
         assert runtime.backend is not None
         self._backend = runtime.backend
         self._clock = runtime.clock
         self._name = name
-        self._max_workers = max_workers
+        self._task_runner = task_runner
         self._lock = threading.Lock()
         self._loop: GlobalLoop | None = None
         self._closed = False
@@ -106,7 +105,8 @@ class TaskRunHost:
         self._started: anyio.Lock | None = None
         self._ref: Any = None
         self._runtime: Runtime | None = None
-        self._target: SyncTarget | None = None
+        self._placement: Placement | None = None
+        self._not_started: S.State[Any] | None = None  # why runs cannot start (no placement)
         self._stopped = False
 
     def submit(self, items: list[tuple[Any, ...]]) -> None:
@@ -136,26 +136,15 @@ class TaskRunHost:
             if self._stopped:
                 _never_started(items)
                 return
-            if self._ref is None:
-                runtime = self._runtime = await background_runtime(
-                    self._backend,
-                    self._clock,
-                    self._loop,  # type: ignore[arg-type]
-                )
-                limiter = (
-                    None if self._max_workers is None else anyio.CapacityLimiter(self._max_workers)
-                )
-                self._target = SyncTarget(BodyPlacement.WORKER_THREAD, limiter=limiter)
-                name = self._name
-                self._ref = await runtime.spawn(
-                    ChildSpec(
-                        name,
-                        lambda: _RunSupervisor(name=name, on_crash=_report_task_crash),
-                        restart=Restart.TEMPORARY,
-                    )
-                )
+            if self._ref is None and self._not_started is None:
+                await self._open()
+            if self._not_started is not None:
+                for item in items:
+                    item[3].set_final_state(self._not_started)
+                return
         runtime = self._runtime
-        assert runtime is not None and self._target is not None
+        placement = self._placement
+        assert runtime is not None and placement is not None
         home = threading.get_ident()
         for task, parameters, wait_for, future, flow_ctx in items:
             engine_factory = partial(
@@ -166,18 +155,44 @@ class TaskRunHost:
                 wait_for,
                 runtime,
                 flow_ctx,
-                LoopDriver(runtime, self._target),
+                LoopDriver(runtime, placement.target, placement.remote_body(parameters, future)),
                 future._transaction,
                 future,
             )
             future.set_home_thread(home)
             spec = ChildSpec(
-                str(future.task_run.id),
-                partial(TaskRunActor, engine_factory, future),
+                f"task-run-{future.task_run.id}",
+                partial(TaskRunActor, engine_factory, partial(run_submitted, future=future)),
                 restart=Restart.TEMPORARY,
                 shutdown_timeout=0,
             )
             self._ref.tell_nowait(StartChild(spec))
+
+    async def _open(self) -> None:
+        """Open the task runner's placement, then the supervisor of the task runs; a runner
+        that cannot start leaves every run of the attempt Crashed, saying why."""
+        try:
+            self._placement = await self._task_runner.open()
+        except Exception as exc:
+            _logger.error("The task runner %r could not start: %r", self._task_runner, exc)
+            self._not_started = S.Crashed(
+                message=f"The task runner {self._task_runner!r} could not start: {exc!r}",
+                data=exc,
+            )
+            return
+        runtime = self._runtime = await background_runtime(
+            self._backend,
+            self._clock,
+            self._loop,  # type: ignore[arg-type]
+        )
+        name = self._name
+        self._ref = await runtime.spawn(
+            ChildSpec(
+                name,
+                lambda: _RunSupervisor(name=name, on_crash=report_crash),
+                restart=Restart.TEMPORARY,
+            )
+        )
 
     def _finished(self, future: Any) -> None:
         with self._lock:
@@ -215,6 +230,12 @@ class TaskRunHost:
             self._stopped = True
             if self._ref is not None:
                 await self._ref.stop()
+            placement, self._placement = self._placement, None
+            if placement is not None:
+                try:
+                    await placement.aclose()
+                except Exception as exc:
+                    _logger.warning("The task runner %r did not close: %r", self._task_runner, exc)
 
 
 def _never_started(items: list[tuple[Any, ...]]) -> None:

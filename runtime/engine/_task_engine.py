@@ -1,19 +1,19 @@
 """The task run engine: one task run, from its inputs to its final state.
 
-Written once, async. It runs in the caller's task for a called task, and as the body of a
-:class:`TaskRunActor` (a temporary child of the flow run's supervisor) for a submitted
-one. It only *proposes* states; the orchestrator decides.
+Written once, async. Every task run is a :class:`~runtime.engine._run_actors.TaskRunActor`:
+a called one attached to its flow run's actor and run in the caller (:func:`run_called`),
+a submitted one spawned under its flow run attempt's supervisor (:func:`run_submitted`).
+It only *proposes* states; the orchestrator decides.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from functools import partial
 from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
-
-from actors import Actor
 
 from ..core import _states as S
 from ..core._exceptions import EngineSignal, TaskRunTimeoutError, UpstreamTaskError
@@ -52,7 +52,8 @@ from ._context import (
     _task_run_context,
     current_tags,
 )
-from ._drivers import Driver
+from ._drivers import Driver, InlineRefused, ThreadDriver, drive
+from ._interrupt import BodyInterrupted
 from ._hooks import run_hooks
 from ._logging import RunLogger, _log_prints, install_print_patch, task_run_logger
 from ._outcomes import (
@@ -63,6 +64,7 @@ from ._outcomes import (
 )
 from ._resolve import collect_upstreams, resolve_parameters, wait_for_upstreams
 from ._result_settings import result_settings_for_task, task_cache_key
+from ._run_actors import TaskRunActor, attach, attach_from_thread
 from ._specs import TaskSpec
 from ._transactions import Transaction, get_transaction
 
@@ -70,7 +72,7 @@ if TYPE_CHECKING:
     from ..orchestration._runtime import Runtime
     from ._futures import TaskRunFuture
 
-__all__ = ["TaskRunActor", "TaskRunEngine", "create_task_run", "new_task_run", "run_submitted"]
+__all__ = ["TaskRunEngine", "create_task_run", "new_task_run", "run_called", "run_submitted"]
 
 _RECORD_ROLLBACK_TIMEOUT = 30.0  # seconds a rollback in another thread waits for the record
 _task_runs_logger = logging.getLogger("stageflow.task_runs")  # what every run logger wraps
@@ -171,6 +173,13 @@ class TaskRunEngine:
         self._future = future
         self._hooks_ran = False
         self._body = body
+        self.cancel_requested: str | None = None  # the message of a CancelRun
+
+    def request_cancel(self, message: str | None) -> None:
+        """The run is being cancelled (a :class:`CancelRun` to its actor, which then
+        cancels its incarnation): it ends Cancelled, with ``message``."""
+        if self.cancel_requested is None:
+            self.cancel_requested = message or "The task run was cancelled."
 
     def use_run(self, task_run: TaskRun) -> None:
         """Drive ``task_run`` (an earlier run found for a resumed flow) instead."""
@@ -545,7 +554,10 @@ class TaskRunEngine:
             current = self.task_run.state
             if current is not None and current.is_final():
                 return
-            if is_cancellation(exc) and self._cancelled_by_flow():
+            if self.cancel_requested is not None:
+                self.logger.info("Task run was cancelled.")
+                await self._propose(S.Cancelled(message=self.cancel_requested))
+            elif is_cancellation(exc) and self._cancelled_by_flow():
                 await self._propose(S.Cancelled(message="The parent flow run was cancelled."))
             else:
                 state = exception_to_crashed_state(exc)
@@ -677,47 +689,73 @@ async def create_task_run(
     return task_run, None  # recorded by the engine, with its first proposal
 
 
-class TaskRunActor(Actor):
-    """A submitted task run: a temporary child of its flow run attempt's supervisor, on a
-    task-runner loop (:mod:`runtime.engine._submission`).
+async def run_submitted(engine: TaskRunEngine, future: TaskRunFuture[Any]) -> State[Any] | None:
+    """Store and run a submitted task run (the work of its :class:`TaskRunActor`); its
+    future gets a final state even on a crash.
 
-    Its work is the engine run; it hands the final state to the run's future.
+    A body that raised ``KeyboardInterrupt``, ``SystemExit`` or another non-``Exception``
+    left the run Crashed and its future holding that state: whoever waits on the future
+    gets the exception. It does not go up to the supervisor, where it would tear down the
+    whole runtime (the orchestrator with it) and leave the flow run hanging.
     """
-
-    def __init__(
-        self, engine_factory: Callable[[], TaskRunEngine], future: TaskRunFuture[Any]
-    ) -> None:
-        self._engine_factory = engine_factory
-        self._future = future
-
-    async def run(self) -> None:
-        """Run the task run and resolve its future.
-
-        A body that raised ``KeyboardInterrupt``, ``SystemExit`` or another non-``Exception``
-        left the run Crashed and its future holding that state: whoever waits on the future
-        gets the exception. It does not go up to the supervisor, where it would tear down
-        the whole runtime (the orchestrator with it) and leave the flow run hanging.
-        """
-        try:
-            await run_submitted(self._engine_factory(), self._future)
-        except (Exception, anyio.get_cancelled_exc_class(), EngineSignal):
-            raise
-        except BaseException as exc:
-            self._future.set_final_state(exception_to_crashed_state(exc))  # if not set yet
-
-
-async def run_submitted(engine: TaskRunEngine, future: TaskRunFuture[Any]) -> None:
-    """Store and run a submitted task run; its future gets a final state even on a crash."""
     try:
         task_run, done = await create_task_run(engine.driver, engine.task_run, engine.flow_ctx)
         engine.use_run(task_run)
         if done is not None:
             future.set_final_state(done)
-            return
+            return done
         state = await engine.run()
-    except BaseException:
+    except BaseException as exc:
         future.set_final_state(
             engine.task_run.state or S.Crashed(message="The task run never started.")
         )
-        raise
+        if isinstance(exc, (Exception, anyio.get_cancelled_exc_class(), EngineSignal)):
+            raise
+        future.set_final_state(exception_to_crashed_state(exc))  # if not set yet
+        return None
     future.set_final_state(state)
+    return state
+
+
+async def run_called(engine: TaskRunEngine) -> State[Any]:
+    """Run a called task run as a :class:`TaskRunActor` attached to its flow run's actor
+    (outside a flow run, or from another loop, to its runtime's root), in the caller: in
+    its task, or on its thread for a :class:`ThreadDriver`. Return its final state.
+
+    Raises:
+        InlineRefused: (a ThreadDriver) the flow run's actor is busy on this very thread;
+            nothing was recorded.
+        BaseException: what the engine raised (see :meth:`TaskRunEngine.run`).
+    """
+    actor = TaskRunActor(partial(_same, engine), TaskRunEngine.run)
+    name = f"task-run-{engine.task_run.id}"
+    driver = engine.driver
+    flow_ctx = engine.flow_ctx
+    thread = threading.get_ident()
+    if isinstance(driver, ThreadDriver):
+        assert flow_ctx is not None and flow_ctx.actor is not None
+        try:
+            attachment = attach_from_thread(flow_ctx.actor, name, actor, driver.cancel)
+        except anyio.WouldBlock:
+            raise InlineRefused from None
+        actor.engine = engine
+        try:
+            return attachment.run_on_thread(partial(_drive_run, engine))  # type: ignore[no-any-return]
+        except BodyInterrupted:
+            if engine.cancel_requested:
+                return engine.task_run.state  # type: ignore[return-value]
+            raise
+    if flow_ctx is not None and flow_ctx.actor is not None and flow_ctx.actor_thread == thread:
+        supervisor = flow_ctx.actor
+    else:
+        supervisor = engine.runtime.root
+    await attach(supervisor, name, actor)
+    return actor.state or engine.task_run.state  # type: ignore[no-any-return]
+
+
+def _same(engine: TaskRunEngine) -> TaskRunEngine:
+    return engine
+
+
+def _drive_run(engine: TaskRunEngine) -> State[Any]:
+    return drive(engine.run())

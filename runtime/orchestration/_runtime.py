@@ -33,6 +33,7 @@ from actors import (
     ActorRef,
     ChildSpec,
     Clock,
+    CrashReport,
     GlobalLoop,
     LoopClosed,
     PendingCall,
@@ -49,6 +50,8 @@ from ._orchestrator import Orchestrator
 from ._ownership import reap_orphans
 from ._store_actor import StoreActor
 
+_logger = logging.getLogger("stageflow.engine")
+
 __all__ = [
     "Runtime",
     "background_runtime",
@@ -58,7 +61,6 @@ __all__ = [
     "set_recovery",
 ]
 
-_logger = logging.getLogger("stageflow")
 
 _current_runtime: ContextVar[Runtime | None] = ContextVar("stageflow_runtime", default=None)
 current_runtime_var = _current_runtime
@@ -185,7 +187,7 @@ class Runtime:
         await stack.__aenter__()
         try:
             self._system = system = await stack.enter_async_context(
-                open_actor_system("stageflow", clock=self.clock)
+                open_actor_system("stageflow", on_crash=report_crash, clock=self.clock)
             )
             self.store = await system.spawn(
                 ChildSpec("store", lambda: StoreActor(backend), restart=Restart.PERMANENT)
@@ -264,6 +266,17 @@ class Runtime:
         """Whether this runtime runs on the calling thread's event loop."""
         return self._thread == threading.get_ident() and self._stack is not None
 
+    @property
+    def root(self) -> ActorRef:
+        """The runtime's root supervisor (top-level flow runs attach to it).
+
+        Raises:
+            RuntimeError: the runtime is not running (``async with`` it first).
+        """
+        if self._system is None:
+            raise RuntimeError(f"{self!r} is not running: enter it with 'async with' first.")
+        return self._system.root  # type: ignore[no-any-return]
+
     async def spawn(self, spec: ChildSpec) -> ActorRef:
         """Start a child actor under the runtime's root supervisor."""
         return await self._system.spawn(spec)  # type: ignore[no-any-return]
@@ -271,6 +284,22 @@ class Runtime:
     def __repr__(self) -> str:
         url = None if self.backend is None else self.backend.url
         return f"<Runtime store={url!r} running={self.running}>"
+
+
+def report_crash(report: CrashReport) -> None:
+    """The crash handler of the runtime's supervisors. A run actor's crash (its children
+    are named ``flow-run-<id>`` and ``task-run-<id>``) goes to DEBUG: its engine has logged
+    it and recorded the run Crashed already. Any other actor's crash is an error in
+    stageflow: ERROR, with its traceback."""
+    if report.child.startswith(("flow-run-", "task-run-")):
+        _logger.debug("Run actor %r crashed: %r", report.child, report.exception)
+    else:
+        _logger.error(
+            "Actor %r of supervisor %r crashed",
+            report.child,
+            report.supervisor,
+            exc_info=report.exception,
+        )
 
 
 RecoveryStarter = Callable[[Runtime], Awaitable[None]]

@@ -55,6 +55,23 @@ class Recorder(Actor):
         return message
 
 
+class QueueOnce(Actor):
+    """Sync receive; "queue one" queues a message to itself, whose handling sets
+    ``handled``."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, int]] = []
+        self.handled = anyio.Event()
+
+    def receive(self, message: Any) -> Any:
+        self.calls.append((message, current_task_id()))
+        if message == "queue one":
+            self.ref.tell_nowait("queued")
+        if message == "queued":
+            self.handled.set()
+        return message
+
+
 class AsyncRecorder(Recorder):
     """Async receive: always goes through the mailbox."""
 
@@ -287,6 +304,27 @@ class TestDirectDispatch:
                 await ref.ask("a")
             assert scope.cancelled_caught
             assert await ref.ask("dump") == []
+
+    async def test_after_a_queued_message_it_is_direct_again_at_once(self) -> None:
+        """Once the receive loop has handled the queued messages, the next sender is
+        dispatched directly, even before the loop's task has parked again: under load,
+        one queued message must not keep every later one queued."""
+        actors: list[QueueOnce] = []
+
+        def make() -> QueueOnce:
+            actors.append(QueueOnce())
+            return actors[-1]
+
+        async with open_actor_system(clock=FakeClock()) as system:
+            ref = await system.spawn(ChildSpec("q", make))
+            await anyio.wait_all_tasks_blocked()
+            me = current_task_id()
+            await ref.ask("queue one")  # handled here; it queues "queued" for the loop
+            await actors[0].handled.wait()
+            await ref.ask("next")
+            tasks = dict(actors[0].calls)
+            assert tasks["queue one"] == me and tasks["queued"] != me
+            assert tasks["next"] == me
 
     async def test_busy_actor_falls_back_to_the_mailbox(self) -> None:
         """A message sent from inside a direct handler queues, and is handled after it."""

@@ -80,3 +80,24 @@ def test_a_call_from_a_task_of_another_loop_runs_on_the_global_loops_backend(bac
         assert anyio.run(caller, backend=backend) == "asyncio"
     finally:
         loop.close()
+
+
+async def test_callbacks_from_other_threads_can_use_anyio() -> None:
+    """A callback scheduled from another thread runs outside any task; anyio calls that
+    need no task (the loop's time, cancelling a scope) still work there, on both
+    backends."""
+    waker = LoopWaker()
+    seen: list[float] = []
+    done = anyio.Event()
+    with anyio.CancelScope() as scope:
+
+        def callback() -> None:
+            seen.append(anyio.current_time())
+            scope.cancel()
+            done.set()
+
+        await anyio.to_thread.run_sync(waker.wake, callback)
+        await done.wait()
+        await anyio.sleep_forever()
+    assert scope.cancelled_caught
+    assert len(seen) == 1

@@ -53,7 +53,6 @@ async def test_async_engine_runs_in_the_callers_thread() -> None:
         await anyio.wait_all_tasks_blocked()
 
     async with Runtime(store="memory://"):
-        before = set(threading.enumerate())
         await pipeline()
     me = threading.get_ident()
     assert idents["flow"] == idents["called task"] == me
