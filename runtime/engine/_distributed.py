@@ -96,19 +96,19 @@ class DistributedTaskRunFuture(TaskRunFuture[R]):
 
     def _look(self, backend: StoreBackend) -> bool:
         """Read the run; finish the future if it is over. Return whether it is done."""
-        if self._done.is_set():
+        if self.done():
             return True
         backend.sync_external()
         run = backend.read_task_run(self.task_run_id)
         self.task_run = run
         if _over(run.state):
             self.set_final_state(run.state)  # type: ignore[arg-type]
-        return self._done.is_set()
+        return self.done()
 
     @property
     def state(self) -> State[R]:
         """The run's final state once done, else its current state in the store."""
-        if not self._done.is_set():
+        if not self.done():
             try:
                 self._look(self._backend())
             except StageflowError:  # the store is gone: the last state known here
@@ -122,7 +122,7 @@ class DistributedTaskRunFuture(TaskRunFuture[R]):
             ObjectNotFound: the run is not in the store.
             StoreClosed, StoreError: the store cannot be read.
         """
-        if self._done.is_set():
+        if self.done():
             return
         backend = self._backend()
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -156,7 +156,7 @@ class DistributedTaskRunFuture(TaskRunFuture[R]):
         watches the store for it meanwhile (one per future)."""
         super().add_done_callback(fn)
         with self._lock:
-            if self._done.is_set() or self._watching:
+            if self.done() or self._watching:
                 return
             self._watching = True
         threading.Thread(

@@ -52,14 +52,28 @@ class TaskRunFuture(Generic[R]):
         task_run: the task run record (id, name, current state, ...).
     """
 
+    __slots__ = (
+        "task_run",
+        "_final",
+        "_waiter",
+        "_lock",
+        "_callbacks",
+        "_home_thread",
+        "_transaction",
+        "__dict__",  # subclasses and users may add attributes
+        "__weakref__",
+    )
+
     def __init__(self, task_run: TaskRun) -> None:
         self.task_run = task_run
-        self._final: State[R] | None = None
-        self._done = threading.Event()
+        self._final: State[R] | None = None  # set once: the future is done
+        # Made only when a thread blocks on the future: most futures are awaited, or
+        # done before anyone asks, and a threading.Event costs ~1 KiB per future.
+        self._waiter: threading.Event | None = None
         self._lock = threading.Lock()
-        self._callbacks: list[Callable[[TaskRunFuture[R]], Any]] = []
+        self._callbacks: list[Callable[[TaskRunFuture[R]], Any]] | None = None
         self._home_thread: int | None = None
-        self._transaction: Any = None  # the transaction it was submitted in
+        self._transaction: Any = None  # the transaction it was submitted in, until done
 
     @property
     def task_run_id(self) -> Any:
@@ -75,14 +89,20 @@ class TaskRunFuture(Generic[R]):
 
     def done(self) -> bool:
         """Whether the task run reached its final outcome."""
-        return self._done.is_set()
+        return self._final is not None
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until the task run is done, or ``timeout`` seconds passed."""
-        if self._done.is_set():
+        if self._final is not None:
             return
         self._avoid_self_deadlock()
-        self._done.wait(timeout)
+        with self._lock:
+            if self._final is not None:
+                return
+            if self._waiter is None:
+                self._waiter = threading.Event()
+            waiter = self._waiter
+        waiter.wait(timeout)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """Block until done and return the task run's result.
@@ -93,7 +113,7 @@ class TaskRunFuture(Generic[R]):
                 ``raise_on_failure=True``.
         """
         self.wait(timeout)
-        if not self._done.is_set():
+        if self._final is None:
             raise TimeoutError(
                 f"Task run {self.task_run_id} did not complete within {timeout} seconds"
             )
@@ -101,7 +121,7 @@ class TaskRunFuture(Generic[R]):
 
     async def wait_async(self) -> None:
         """Wait until the task run is done, without blocking the event loop."""
-        if self._done.is_set():
+        if self._final is not None:
             return
         event = anyio.Event()
         waker = LoopWaker()
@@ -122,7 +142,9 @@ class TaskRunFuture(Generic[R]):
         The callback runs on the thread that finishes the run; keep it quick.
         """
         with self._lock:
-            if not self._done.is_set():
+            if self._final is None:
+                if self._callbacks is None:
+                    self._callbacks = []
                 self._callbacks.append(fn)
                 return
         fn(self)
@@ -132,11 +154,14 @@ class TaskRunFuture(Generic[R]):
     def set_final_state(self, state: State[R]) -> None:
         """Record the run's final state and wake every waiter (the engine calls this once)."""
         with self._lock:
-            if self._done.is_set():
+            if self._final is not None:
                 return
             self._final = state
-            self._done.set()
-            callbacks, self._callbacks = self._callbacks, []
+            self._transaction = None
+            waiter, self._waiter = self._waiter, None
+            callbacks, self._callbacks = self._callbacks or (), None
+        if waiter is not None:
+            waiter.set()
         for callback in callbacks:
             callback(self)
 
@@ -146,7 +171,7 @@ class TaskRunFuture(Generic[R]):
         self._home_thread = thread_id
 
     def _avoid_self_deadlock(self) -> None:
-        if self._home_thread == threading.get_ident() and not self._done.is_set():
+        if self._home_thread == threading.get_ident() and self._final is None:
             raise RuntimeError(
                 f"Blocking on task run {self.task_run.name!r} from the event loop that runs it "
                 "would deadlock (a task body waiting for a run it submitted). In async code, "

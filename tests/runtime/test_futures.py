@@ -134,6 +134,36 @@ def test_add_done_callback() -> None:
     assert seen == [5, "late"]
 
 
+def test_one_final_state_wakes_every_blocked_thread_and_callback_once() -> None:
+    import weakref
+
+    from runtime.states import Completed
+    from runtime.core._models import TaskRun
+
+    future: TaskRunFuture[int] = TaskRunFuture(TaskRun(name="t-0", task_key="t", dynamic_key="0"))
+    assert weakref.ref(future)() is future
+    calls: list[int] = []
+    future.add_done_callback(lambda f: calls.append(f.result()))
+    results: list[int] = []
+    waiting = threading.Barrier(4)
+
+    def blocked() -> None:
+        waiting.wait(timeout=10)
+        results.append(future.result(timeout=10))
+
+    threads = [threading.Thread(target=blocked) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    waiting.wait(timeout=10)
+    assert not future.done()
+    future.set_final_state(Completed(data=7))
+    future.set_final_state(Completed(data=8))  # a second final state is ignored
+    for thread in threads:
+        thread.join(timeout=10)
+    assert results == [7, 7, 7] and calls == [7]
+    assert future.done() and future.result(timeout=0) == 7
+
+
 def test_future_passed_to_a_task_is_resolved() -> None:
     @flow
     def pipeline() -> int:
