@@ -877,3 +877,44 @@ def test_blocking_waits_in_a_sync_flow_on_async_tasks(sync_runtime: Runtime) -> 
         return sorted(future.result() for future in as_completed(futures))
 
     assert pipeline() == [0, 1, 2]
+
+
+# -- a submitted async task that blocks on runs it submitted itself ----------------------
+
+
+@task
+async def _leaf(x: int) -> int:
+    await anyio.sleep(0)
+    return 2 * x
+
+
+@task
+async def _fan_out_and_block(n: int) -> list[int]:
+    """An async task body that submits runs and blocks on them: it runs on the task
+    runner's loop, so its own submissions must run elsewhere (as with Prefect, where each
+    submitted async task has a loop of its own)."""
+    futures = _leaf.map(range(n))
+    first = futures[0].result()
+    wait(futures)
+    rest = sorted(future.result() for future in as_completed(futures))
+    return [first, *rest]
+
+
+async def test_a_submitted_async_task_may_block_on_runs_it_submitted() -> None:
+    @flow
+    async def pipeline() -> list[list[int]]:
+        return [_fan_out_and_block.submit(3).result(), *_fan_out_and_block.map([2, 2]).result()]
+
+    async with Runtime(store="memory://"):
+        with anyio.fail_after(30):
+            assert await pipeline() == [[0, 0, 2, 4], [0, 0, 2], [0, 0, 2]]
+
+
+def test_a_submitted_async_task_may_block_on_runs_it_submitted_in_a_sync_flow(
+    sync_runtime: Runtime,
+) -> None:
+    @flow
+    def pipeline() -> list[int]:
+        return _fan_out_and_block.submit(3).result()  # type: ignore[no-any-return]
+
+    assert pipeline() == [0, 0, 2, 4]
