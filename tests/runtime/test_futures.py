@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from typing import Any
 
 import anyio
+import pydantic
 import pytest
 from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
 
@@ -918,3 +920,50 @@ def test_a_submitted_async_task_may_block_on_runs_it_submitted_in_a_sync_flow(
         return _fan_out_and_block.submit(3).result()  # type: ignore[no-any-return]
 
     assert pipeline() == [0, 0, 2, 4]
+
+
+# -- futures inside dataclasses and pydantic models (Prefect's visit_collection) ---------
+
+
+@dataclasses.dataclass
+class _Pair:
+    left: Any
+    right: Any
+
+
+class _Order(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    id: int
+    items: Any
+
+
+@task
+def _unpack(value: Any) -> Any:
+    if isinstance(value, _Pair):
+        return ("pair", value.left, value.right)
+    return ("order", value.id, value.items)
+
+
+def test_futures_inside_dataclasses_and_models_are_resolved(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> tuple[Any, Any]:
+        pair = _Pair(add.submit(1), [add.submit(2)])
+        order = _Order(id=7, items={"n": add.submit(3)})
+        return _unpack(pair), _unpack.submit(order).result()
+
+    assert pipeline() == (("pair", 1, [2]), ("order", 7, {"n": 3}))
+
+
+async def test_a_failed_future_inside_a_dataclass_or_model_blocks_the_run() -> None:
+    @flow
+    async def pipeline() -> list[str]:
+        names = []
+        for value in (_Pair(1, explode.submit()), _Order(id=1, items=[explode.submit()])):
+            state = _unpack(value, return_state=True)
+            assert isinstance(state.data, UpstreamTaskError)
+            names.append(state.name)
+        return names
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == ["NotReady", "NotReady"]
