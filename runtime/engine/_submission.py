@@ -255,12 +255,13 @@ class TaskRunHost:
             self._closed = True
             loop = self._loop
             nested = self._nested
+        if nested is not None:
+            # First: a body of this host may be blocking this host's loop on their futures.
+            await nested.stop()
         if loop is not None:
             pending: PendingCall[None] = loop.call_soon(self._stop)
             with anyio.CancelScope(shield=True):
                 await pending.aresult()
-        if nested is not None:
-            await nested.stop()
 
     async def _stop(self) -> None:
         if self._started is None:

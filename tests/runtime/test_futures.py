@@ -967,3 +967,32 @@ async def test_a_failed_future_inside_a_dataclass_or_model_blocks_the_run() -> N
 
     async with Runtime(store="memory://"):
         assert await pipeline() == ["NotReady", "NotReady"]
+
+
+async def test_a_flow_timeout_stops_a_submitted_task_blocked_on_its_own_runs() -> None:
+    """The flow run times out while a submitted async task blocks its loop on runs it
+    submitted (which never end): those runs are stopped first, so the blocked body wakes,
+    its loop is free and the flow call returns TimedOut instead of hanging."""
+
+    @task
+    async def forever(x: int) -> int:
+        await anyio.sleep_forever()
+        return x
+
+    @task
+    async def fan_out() -> list[int]:
+        return [future.result() for future in forever.map(range(2))]
+
+    @flow(timeout_seconds=0.5)
+    async def pipeline() -> list[int]:
+        return await fan_out.submit()  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://") as rt:
+        with anyio.fail_after(30):
+            state = await pipeline(return_state=True)
+        assert state.name == "TimedOut"
+        names = {
+            run.name: run.state_type for run in task_runs_of(rt, state.state_details.flow_run_id)
+        }
+        assert set(names) == {"fan_out-0", "forever-0", "forever-1"}
+        assert not any(state_type.value == "COMPLETED" for state_type in names.values())
