@@ -11,7 +11,7 @@ Tables and the live progress line are drawn by :mod:`runtime.api._cli_output`.
 Exit codes: 0 success (or the run Completed), 1 the run ended Failed/Crashed/Cancelled
 or the command could not be done (unknown id, run not paused, run already final),
 2 usage error, 3 the run stopped without finishing (paused or suspended), 130 interrupted
-(128 + N after signal N).
+(128 + N after signal N), 141 stdout was closed by its reader (`| head`).
 
 Why one module of ~850 lines: it is the whole command line (parser and twelve commands),
 one job that nothing else imports; its sections follow the commands.
@@ -23,6 +23,7 @@ import argparse
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -81,6 +82,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_FINISHED = 3
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a Unix tool killed by it
 
 
 class CommandError(Exception):
@@ -866,6 +868,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stageflow: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`stageflow runs ls | head -1`): stop quietly, as
+        # Unix tools do, and keep the interpreter's last flush from failing again.
+        with suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except TerminationSignal as exc:
         print(f"stageflow: {exc}", file=sys.stderr)
         return 128 + exc.signal

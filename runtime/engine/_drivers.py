@@ -33,6 +33,7 @@ from actors import SystemClock, global_loop
 from ..core._exceptions import TaskRunTimeoutError
 from ..orchestration._waiting import wait_before_proposing_again
 from ._body import CANCEL, TIMEOUT, SyncBody, SyncTarget, call_sync
+from ._context import TaskRunContext
 from ._interrupt import BodyInterrupted, InterruptibleCall, call_interruptibly
 
 if TYPE_CHECKING:
@@ -93,6 +94,12 @@ class Driver:
         raise NotImplementedError
 
 
+def _task_run_label() -> str:
+    """``Task run 'name'`` for the task run whose body is called (for warnings)."""
+    context = TaskRunContext.get()
+    return "A task run" if context is None else f"Task run {context.task_run.name!r}"
+
+
 class LoopDriver(Driver):
     """Runs an engine as a task of the current event loop; see the module docstring.
 
@@ -134,7 +141,7 @@ class LoopDriver(Driver):
         if self.remote is not None:
             return await self.remote(fn, is_async, args, kwargs, timeout)
         if not is_async:
-            body = self.body = SyncBody(self.target, "A task run")
+            body = self.body = SyncBody(self.target, _task_run_label())
             try:
                 return await body.run(fn, args, kwargs, timeout)
             except BodyInterrupted:

@@ -1,13 +1,18 @@
 """Finding futures and states inside task arguments, and replacing them with results.
 
-Arguments are searched recursively through lists, tuples, sets, dicts and the
-annotations of :mod:`runtime.annotations`; :class:`~runtime.annotations.quote` stops the
+Arguments are searched recursively through lists, tuples, sets, dicts, dataclass
+instances, pydantic models (as Prefect's ``visit_collection`` does) and the annotations of
+:mod:`runtime.annotations`; :class:`~runtime.annotations.quote` stops the
 search. Plain scalars, the common case, are passed through without a look inside.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from typing import Any, Awaitable, Callable
+
+import pydantic
 
 from ..core._annotations import BaseAnnotation, allow_failure, quote
 from ..core._exceptions import UpstreamTaskError
@@ -43,7 +48,38 @@ def _visit(value: Any, fn: Callable[[Any], Any]) -> Any:
         return kind(_visit(item, fn) for item in value)
     if kind is dict:
         return {_visit(k, fn): _visit(v, fn) for k, v in value.items()}
+    if isinstance(value, pydantic.BaseModel):
+        return _visit_model(value, fn)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _visit_dataclass(value, fn)
     return value
+
+
+def _visit_dataclass(value: Any, fn: Callable[[Any], Any]) -> Any:
+    """A dataclass instance, rebuilt through its ``__init__`` when a field changed (as
+    Prefect does; one whose ``__init__`` was not generated is left as it is)."""
+    if not value.__dataclass_params__.init:
+        return value
+    fields = [field for field in dataclasses.fields(value) if field.init]
+    old = {field.name: getattr(value, field.name) for field in fields}
+    new = {name: _visit(item, fn) for name, item in old.items()}
+    if all(new[name] is old[name] for name in old):
+        return value
+    return type(value)(**new)
+
+
+def _visit_model(value: pydantic.BaseModel, fn: Callable[[Any], Any]) -> Any:
+    """A pydantic model, copied without validation when a field changed (as Prefect does)."""
+    names = set(value.model_fields_set) | set(type(value).model_fields)
+    old = {name: getattr(value, name) for name in names}
+    new = {name: _visit(item, fn) for name, item in old.items()}
+    if all(new[name] is old[name] for name in old):
+        return value
+    copy = type(value).model_construct(_fields_set=value.model_fields_set, **new)
+    for name in value.__private_attributes__:
+        with contextlib.suppress(AttributeError):
+            setattr(copy, name, getattr(value, name))
+    return copy
 
 
 def _visit_list_subclass(value: list[Any], fn: Callable[[Any], Any]) -> Any:

@@ -50,10 +50,24 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         if engine.ref is not None:
             with contextlib.suppress(ActorStopped):
                 engine.ref.tell_soon(Terminate(exc))
-    if _raise_in_main and _raise_in_main[-1]:
+    if (_raise_in_main and _raise_in_main[-1]) or _waits_on_a_future(frame):
         # A sync flow body (or a sync task body) may be running right here, on the main
-        # thread, where no cancel scope can reach it.
+        # thread, where no cancel scope can reach it; or an async flow body blocks its
+        # event loop in future.result()/wait()/as_completed(), so the Terminate told to
+        # its engine above cannot arrive until the future is done.
         raise exc
+
+
+_FUTURES_MODULE = f"{__package__}._futures"
+
+
+def _waits_on_a_future(frame: Any) -> bool:
+    """Whether the main thread, interrupted at ``frame``, is in a blocking wait on futures."""
+    while frame is not None:
+        if frame.f_globals.get("__name__") == _FUTURES_MODULE:
+            return True
+        frame = frame.f_back
+    return False
 
 
 @contextmanager

@@ -65,16 +65,16 @@ _loops: list[GlobalLoop] = []
 _loops_lock = threading.Lock()
 
 
-def task_runner_loop() -> GlobalLoop:
-    """Return a loop for submitted task runs that the calling thread does not run: the
-    global loop, or (on the global loop's own thread) a second loop kept for that."""
+def task_runner_loop(avoid: tuple[GlobalLoop, ...] = ()) -> GlobalLoop:
+    """Return a loop for submitted task runs that the calling thread does not run (nor any
+    loop in ``avoid``): the global loop, or else another loop kept for that."""
     primary = global_loop()
-    if not primary.is_loop_thread():
+    if not primary.is_loop_thread() and primary not in avoid:
         return primary
     with _loops_lock:
         _loops[:] = [loop for loop in _loops if not loop.closed]
         for loop in _loops:
-            if not loop.is_loop_thread():
+            if not loop.is_loop_thread() and loop not in avoid:
                 return loop
         loop = GlobalLoop(primary.backend, name=f"stageflow-task-runner-{len(_loops)}")
         _loops.append(loop)
@@ -90,8 +90,17 @@ class TaskRunHost:
         task_runner: the flow's task runner, which places the bodies.
     """
 
-    def __init__(self, runtime: Runtime, name: str, task_runner: TaskRunner) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        name: str,
+        task_runner: TaskRunner,
+        avoid: tuple[GlobalLoop, ...] = (),
+    ) -> None:
         assert runtime.backend is not None
+        self._flow_runtime = runtime
+        self._avoid = avoid  # loops blocked by the bodies that submit here (see _nested_host)
+        self._nested: TaskRunHost | None = None
         self._backend = runtime.backend
         self._clock = runtime.clock
         self._name = name
@@ -115,6 +124,10 @@ class TaskRunHost:
 
         The host counts the runs not finished yet and keeps nothing of the finished ones
         (a flow submitting 100,000 runs holds only the futures its own code keeps)."""
+        nested = self._nested_host()
+        if nested is not None:
+            nested.submit(items)
+            return
         with self._lock:
             self._unfinished += len(items)
         for item in items:
@@ -123,11 +136,29 @@ class TaskRunHost:
             if self._closed:
                 loop = None
             else:
-                loop = self._loop = self._loop or task_runner_loop()
+                loop = self._loop = self._loop or task_runner_loop(self._avoid)
         if loop is None:
             _never_started(items)
             return
         loop.call_soon(self._start, items)
+
+    def _nested_host(self) -> TaskRunHost | None:
+        """The host for runs submitted by a body that runs on this host's loop (an async
+        task body submitting tasks): they go to a host on another loop, so that body may
+        block on their futures without blocking the loop they need (as with Prefect, where
+        each submitted async task has a loop of its own). None for other callers."""
+        with self._lock:
+            loop = self._loop
+            if self._closed or loop is None or not loop.is_loop_thread():
+                return None
+            if self._nested is None:
+                self._nested = TaskRunHost(
+                    self._flow_runtime,
+                    f"{self._name}-nested",
+                    self._task_runner,
+                    avoid=(*self._avoid, loop),
+                )
+            return self._nested
 
     async def _start(self, items: list[tuple[Any, ...]]) -> None:
         if self._started is None:
@@ -207,10 +238,15 @@ class TaskRunHost:
         idle = anyio.Event()
         waker = LoopWaker()
         with self._lock:
-            if self._unfinished == 0:
-                return
-            self._on_idle = lambda: waker.wake(idle.set)
+            if self._unfinished != 0:
+                self._on_idle = lambda: waker.wake(idle.set)
+            else:
+                idle.set()
         await idle.wait()
+        with self._lock:
+            nested = self._nested
+        if nested is not None:
+            await nested.wait_idle()
 
     async def stop(self) -> None:
         """Stop the task runs still running (they end Cancelled or Crashed as their engines
@@ -218,6 +254,10 @@ class TaskRunHost:
         with self._lock:
             self._closed = True
             loop = self._loop
+            nested = self._nested
+        if nested is not None:
+            # First: a body of this host may be blocking this host's loop on their futures.
+            await nested.stop()
         if loop is not None:
             pending: PendingCall[None] = loop.call_soon(self._stop)
             with anyio.CancelScope(shield=True):

@@ -936,3 +936,24 @@ def test_a_killed_run_shows_crashed_and_resumes(
     assert code == 0
     assert "finished in state Completed()" in out
     assert "result: 'survived'" in out
+
+
+def test_a_closed_stdout_stops_the_command_quietly(env: dict[str, str]) -> None:
+    """`stageflow runs ls | head -1`: the reader went away; the command stops as Unix
+    tools do (exit 141, 128 + SIGPIPE) without a traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # every write to stdout now fails with EPIPE
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "runtime", "runs", "ls"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141, done.stderr
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import threading
 from typing import Any
 
 import anyio
+import pydantic
 import pytest
 from engine_support import isolated_home, only_flow_run, task_runs_of  # noqa: F401
 
@@ -907,3 +909,120 @@ def test_blocking_waits_in_a_sync_flow_on_async_tasks(sync_runtime: Runtime) -> 
         return sorted(future.result() for future in as_completed(futures))
 
     assert pipeline() == [0, 1, 2]
+
+
+# -- a submitted async task that blocks on runs it submitted itself ----------------------
+
+
+@task
+async def _leaf(x: int) -> int:
+    await anyio.sleep(0)
+    return 2 * x
+
+
+@task
+async def _fan_out_and_block(n: int) -> list[int]:
+    """An async task body that submits runs and blocks on them: it runs on the task
+    runner's loop, so its own submissions must run elsewhere (as with Prefect, where each
+    submitted async task has a loop of its own)."""
+    futures = _leaf.map(range(n))
+    first = futures[0].result()
+    wait(futures)
+    rest = sorted(future.result() for future in as_completed(futures))
+    return [first, *rest]
+
+
+async def test_a_submitted_async_task_may_block_on_runs_it_submitted() -> None:
+    @flow
+    async def pipeline() -> list[list[int]]:
+        return [_fan_out_and_block.submit(3).result(), *_fan_out_and_block.map([2, 2]).result()]
+
+    async with Runtime(store="memory://"):
+        with anyio.fail_after(30):
+            assert await pipeline() == [[0, 0, 2, 4], [0, 0, 2], [0, 0, 2]]
+
+
+def test_a_submitted_async_task_may_block_on_runs_it_submitted_in_a_sync_flow(
+    sync_runtime: Runtime,
+) -> None:
+    @flow
+    def pipeline() -> list[int]:
+        return _fan_out_and_block.submit(3).result()  # type: ignore[no-any-return]
+
+    assert pipeline() == [0, 0, 2, 4]
+
+
+# -- futures inside dataclasses and pydantic models (Prefect's visit_collection) ---------
+
+
+@dataclasses.dataclass
+class _Pair:
+    left: Any
+    right: Any
+
+
+class _Order(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(arbitrary_types_allowed=True)
+
+    id: int
+    items: Any
+
+
+@task
+def _unpack(value: Any) -> Any:
+    if isinstance(value, _Pair):
+        return ("pair", value.left, value.right)
+    return ("order", value.id, value.items)
+
+
+def test_futures_inside_dataclasses_and_models_are_resolved(sync_runtime: Runtime) -> None:
+    @flow
+    def pipeline() -> tuple[Any, Any]:
+        pair = _Pair(add.submit(1), [add.submit(2)])
+        order = _Order(id=7, items={"n": add.submit(3)})
+        return _unpack(pair), _unpack.submit(order).result()
+
+    assert pipeline() == (("pair", 1, [2]), ("order", 7, {"n": 3}))
+
+
+async def test_a_failed_future_inside_a_dataclass_or_model_blocks_the_run() -> None:
+    @flow
+    async def pipeline() -> list[str]:
+        names = []
+        for value in (_Pair(1, explode.submit()), _Order(id=1, items=[explode.submit()])):
+            state = _unpack(value, return_state=True)
+            assert isinstance(state.data, UpstreamTaskError)
+            names.append(state.name)
+        return names
+
+    async with Runtime(store="memory://"):
+        assert await pipeline() == ["NotReady", "NotReady"]
+
+
+async def test_a_flow_timeout_stops_a_submitted_task_blocked_on_its_own_runs() -> None:
+    """The flow run times out while a submitted async task blocks its loop on runs it
+    submitted (which never end): those runs are stopped first, so the blocked body wakes,
+    its loop is free and the flow call returns TimedOut instead of hanging."""
+
+    @task
+    async def forever(x: int) -> int:
+        await anyio.sleep_forever()
+        return x
+
+    @task
+    async def fan_out() -> list[int]:
+        return [future.result() for future in forever.map(range(2))]
+
+    @flow(timeout_seconds=0.5)
+    async def pipeline() -> list[int]:
+        return await fan_out.submit()  # type: ignore[no-any-return]
+
+    async with Runtime(store="memory://") as rt:
+        with anyio.fail_after(30):
+            state = await pipeline(return_state=True)
+        assert state.name == "TimedOut"
+        names = {
+            run.name: run.state_type for run in task_runs_of(rt, state.state_details.flow_run_id)
+        }
+        assert set(names) == {"fan_out-0", "forever-0", "forever-1"}
+        assert not any(state_type.value == "COMPLETED" for state_type in names.values())

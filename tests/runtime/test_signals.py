@@ -239,3 +239,47 @@ def test_a_second_sigterm_during_on_crashed_does_not_run_it_again(tmp_path: Path
     assert output.count("on_crashed Crashed") == 1, output
     assert "on_failure" not in output
     assert histories == [("flow", ["Pending", "Running", "Crashed"])]
+
+
+ASYNC_FLOW_BLOCKED_ON_A_FUTURE = """
+    import sys, threading, time
+    import anyio
+    from runtime import flow, task
+
+    MAIN = threading.main_thread().ident
+
+    def main_thread_waits_on_a_future() -> bool:
+        frame = sys._current_frames().get(MAIN)
+        while frame is not None:
+            if frame.f_globals.get("__name__") == "runtime.engine._futures":
+                return True
+            frame = frame.f_back
+        return False
+
+    def crashed(flow, run, state):
+        print("on_crashed", state.name, state.message, flush=True)
+
+    @task
+    def long() -> None:
+        while not main_thread_waits_on_a_future():
+            time.sleep(0.01)
+        print("started", flush=True)
+        while True:
+            time.sleep(0.01)
+
+    @flow(on_crashed=[crashed])
+    async def work() -> None:
+        long.submit().result()  # blocks this loop: no cancel scope can reach the body
+
+    anyio.run(work, backend=sys.argv[1])
+"""
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_sigterm_ends_an_async_flow_blocked_on_a_future(tmp_path: Path, backend: str) -> None:
+    """An async flow body blocked in ``future.result()`` holds its event loop: SIGTERM
+    is raised where it waits (as Ctrl-C would be), so the run is reported and the process
+    ends instead of ignoring the signal until the task finishes."""
+    code, output = _terminate(tmp_path, ASYNC_FLOW_BLOCKED_ON_A_FUTURE, backend)
+    assert "on_crashed Crashed Execution was aborted by a termination signal." in output
+    assert code != 0
