@@ -342,12 +342,17 @@ class _RunActor(Actor):
         """Run the flow run (again, for a restart), cancelling it if a shutdown's grace
         period ends first."""
         current_runtime_var.set(self._runtime)
+        crash: RunCrashed | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._cancel_when_draining)
             try:
                 await self._run()
+            except RunCrashed as exc:  # raised below, not wrapped in the task group's group
+                crash = exc
             finally:
                 tg.cancel_scope.cancel()
+        if crash is not None:
+            raise crash
 
     async def _run(self) -> None:
         ctx = self._ctx
