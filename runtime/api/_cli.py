@@ -20,9 +20,11 @@ one job that nothing else imports; its sections follow the commands.
 from __future__ import annotations
 
 import argparse
+import atexit
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -47,6 +49,7 @@ from ..core._exceptions import (
 )
 from ..core._models import FlowRun, TaskRun
 from ..core._states import State
+from ..engine._body import abandoned_bodies
 from ..orchestration._runtime import Runtime
 from ..store._backend import StoreBackend
 from ..store._urls import default_backend, open_backend
@@ -850,7 +853,29 @@ def _log_level(level: str | None) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stageflow`` command line with ``argv`` (default: ``sys.argv[1:]``);
-    return the exit code."""
+    return the exit code.
+
+    As the command itself (``argv`` None), it exits at once when it is done, even if run
+    bodies it abandoned (stuck in a call that cannot be interrupted, their runs already
+    recorded) still hold their threads, which the interpreter would otherwise wait for.
+    """
+    code = _run_command(argv)
+    if argv is None and (stuck := abandoned_bodies()):
+        print(
+            f"stageflow: exiting without waiting for {stuck} abandoned run "
+            f"bod{'y' if stuck == 1 else 'ies'} still stuck on {'its' if stuck == 1 else 'their'} "
+            "thread (in a call that cannot be interrupted; the runs' states are recorded).",
+            file=sys.stderr,
+        )
+        atexit._run_exitfuncs()  # what the interpreter would run at exit: stores, leases
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
