@@ -26,7 +26,7 @@ import anyio
 import pytest
 from engine_support import StoreUrl, process_env, python_process, wait_until
 
-from runtime import Runtime, aserve_tasks, serve_tasks, task
+from runtime import Runtime, aserve_tasks, flow, read_task_runs, serve_tasks, task
 from runtime.core._exceptions import ResultSerializationError, UpstreamTaskError
 from runtime.futures import DistributedTaskRunFuture
 from runtime.states import StateType
@@ -92,6 +92,23 @@ async def test_a_worker_runs_queued_runs_and_their_futures_give_the_results(url:
             assert await second.aresult() == 10
         assert names(rt.backend, first.task_run_id) == ["Scheduled", "Running", "Completed"]
         assert rt.backend.read_task_queue() == []
+
+
+async def test_read_task_runs_without_a_flow_run_lists_the_queued_runs(url: str) -> None:
+    """Runs queued by delay() belong to no flow run: ``read_task_runs()`` (no flow run id)
+    lists them, oldest first, as docs/pipelines.md says, and not the task runs of flows."""
+
+    @flow
+    async def with_a_task() -> int:
+        return await double(1)
+
+    async with Runtime(store=url):
+        await with_a_task()
+        first, second = add.delay(1, 2), double.delay(3)
+        listed = await read_task_runs()
+        assert [run.id for run in listed] == [first.task_run_id, second.task_run_id]
+        assert {run.state_name for run in listed} == {"Scheduled"}
+        assert [run.id for run in await read_task_runs(None)] == [run.id for run in listed]
 
 
 async def test_without_a_worker_the_run_waits_in_the_queue(url: str) -> None:
