@@ -39,15 +39,23 @@ FLOWS = """
     def beat() -> None:
         pass
 
+    def sleep_for_good() -> None:
+        # Sleep in one C call, which an interruption cannot stop (so the body is
+        # abandoned); an interruption that lands before the call is swallowed.
+        while True:
+            try:
+                print("stuck", flush=True)
+                time.sleep(3600)
+            except BaseException:
+                pass
+
     @flow
     def stuck() -> None:
-        print("stuck", flush=True)
-        time.sleep(3600)  # one C call: an interruption cannot stop it; it is abandoned
+        sleep_for_good()
 
     @task
     def stuck_task() -> None:
-        print("stuck", flush=True)
-        time.sleep(3600)
+        sleep_for_good()
 
     @flow(persist_result=True)
     def pipeline() -> str:
