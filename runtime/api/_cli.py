@@ -244,11 +244,18 @@ def _load_targets(target: str, kind: type, what: str, names: str) -> list[Any]:
         for part in qualname.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
-                raise _usage(f"{file_text} has no function {qualname!r}")
+                raise _usage(f"{file_text} has no function {qualname!r}; {_defined(module, kind)}")
         if not isinstance(obj, kind):
             raise _usage(f"{qualname!r} in {file_text} is not {what}")
         found.append(obj)
     return found
+
+
+def _defined(module: Any, kind: type) -> str:
+    """Which flows (or tasks) ``module`` defines at its top level, for a message."""
+    what = "flows" if kind is Flow else "tasks"
+    names = [name for name, obj in vars(module).items() if isinstance(obj, kind)]
+    return f"the {what} in it: {', '.join(names)}" if names else f"it defines no {what}"
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
