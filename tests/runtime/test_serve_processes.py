@@ -208,3 +208,38 @@ def test_a_stopped_worker_exits_though_a_task_body_is_stuck(
     assert "Stopped serving task(s) stuck_task." in out
     run = _read(env, lambda s: s.read_task_run(UUID(queued.strip())))
     assert run.state_name == "Requeued"
+
+
+def test_a_schedule_name_served_elsewhere_with_another_definition_is_refused(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A schedule's name is unique in the store: while a live process serves 'shared'
+    (flow beat, every hour), serving another flow or trigger under that name is a usage
+    error (exit 2) that names the other process's schedule, and changes nothing; the same
+    definition is served alongside (it shares the slots)."""
+    target = f"{tmp_path / 'flows.py'}"
+    first = _serve(tmp_path, env, f"{target}:beat", "--interval", "3600", "--name", "shared")
+    refused = None
+    try:
+        wait_until(
+            lambda: _read(env, lambda s: any("shared" in x.serving for x in s.read_leases())),
+            "the first serve to serve 'shared'",
+        )
+        refused = python_process(
+            tmp_path,
+            env,
+            *("-m", "runtime", "serve", f"{target}:pipeline", "--interval", "5"),
+            *("--name", "shared"),
+        )
+        out, err = refused.communicate(timeout=20)  # it would serve until stopped
+        assert refused.returncode == 2, err
+        assert "Schedule 'shared' is served by another process" in err
+        assert "flow 'beat' every 3600 s" in err and "--name" in err
+        record = _read(env, lambda s: s.read_schedule("shared"))
+        assert (record.flow_name, record.interval) == ("beat", 3600)
+        _stop(first)
+    finally:
+        for process in (first, refused):
+            if process is not None:
+                process.kill()
+                process.communicate(timeout=30)
