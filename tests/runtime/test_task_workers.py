@@ -27,7 +27,7 @@ import pytest
 from engine_support import StoreUrl, process_env, python_process, wait_until
 
 from runtime import Runtime, aserve_tasks, flow, read_task_runs, serve_tasks, task
-from runtime.core._exceptions import ResultSerializationError, UpstreamTaskError
+from runtime.core._exceptions import MissingResult, ResultSerializationError, UpstreamTaskError
 from runtime.futures import DistributedTaskRunFuture
 from runtime.states import StateType
 from runtime.store._backend import StoreBackend
@@ -109,6 +109,33 @@ async def test_read_task_runs_without_a_flow_run_lists_the_queued_runs(url: str)
         assert [run.id for run in listed] == [first.task_run_id, second.task_run_id]
         assert {run.state_name for run in listed} == {"Scheduled"}
         assert [run.id for run in await read_task_runs(None)] == [run.id for run in listed]
+
+
+@task
+def a_lock() -> Any:
+    return threading.Lock()
+
+
+async def test_a_result_the_store_could_not_keep_says_why_elsewhere(tmp_path: Path) -> None:
+    """A result that cannot be serialized is not kept in the store (results are kept by
+    default): read back from the store, in another process, its MissingResult says that,
+    rather than telling to set persist_result=True (which is already the default)."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    async with Runtime(store=url):
+        future = a_lock.delay()
+        async with worker(a_lock):
+            await future.wait_async()
+    store = open_backend(url)[0]
+    try:
+        state = store.read_task_run(future.task_run_id).state
+        assert state is not None and state.is_completed()
+        with pytest.raises(MissingResult) as caught:
+            state.result()
+    finally:
+        store.close()
+    message = str(caught.value)
+    assert "could not be serialized" in message
+    assert "Set persist_result=True to keep results" not in message
 
 
 async def test_without_a_worker_the_run_waits_in_the_queue(url: str) -> None:
