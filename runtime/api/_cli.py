@@ -20,6 +20,7 @@ one job that nothing else imports; its sections follow the commands.
 from __future__ import annotations
 
 import argparse
+import atexit
 import inspect
 import json
 import logging
@@ -48,6 +49,7 @@ from ..core._exceptions import (
 )
 from ..core._models import FlowRun, TaskRun
 from ..core._states import State
+from ..engine._body import abandoned_bodies
 from ..orchestration._runtime import Runtime
 from ..store._backend import StoreBackend
 from ..store._urls import default_backend, open_backend
@@ -243,11 +245,18 @@ def _load_targets(target: str, kind: type, what: str, names: str) -> list[Any]:
         for part in qualname.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
-                raise _usage(f"{file_text} has no function {qualname!r}")
+                raise _usage(f"{file_text} has no function {qualname!r}; {_defined(module, kind)}")
         if not isinstance(obj, kind):
             raise _usage(f"{qualname!r} in {file_text} is not {what}")
         found.append(obj)
     return found
+
+
+def _defined(module: Any, kind: type) -> str:
+    """Which flows (or tasks) ``module`` defines at its top level, for a message."""
+    what = "flows" if kind is Flow else "tasks"
+    names = [name for name, obj in vars(module).items() if isinstance(obj, kind)]
+    return f"the {what} in it: {', '.join(names)}" if names else f"it defines no {what}"
 
 
 def parse_params(items: Sequence[str]) -> dict[str, Any]:
@@ -852,7 +861,29 @@ def _log_level(level: str | None) -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``stageflow`` command line with ``argv`` (default: ``sys.argv[1:]``);
-    return the exit code."""
+    return the exit code.
+
+    As the command itself (``argv`` None), it exits at once when it is done, even if run
+    bodies it abandoned (stuck in a call that cannot be interrupted, their runs already
+    recorded) still hold their threads, which the interpreter would otherwise wait for.
+    """
+    code = _run_command(argv)
+    if argv is None and (stuck := abandoned_bodies()):
+        print(
+            f"stageflow: exiting without waiting for {stuck} abandoned run "
+            f"bod{'y' if stuck == 1 else 'ies'} still stuck on {'its' if stuck == 1 else 'their'} "
+            "thread (in a call that cannot be interrupted; the runs' states are recorded).",
+            file=sys.stderr,
+        )
+        atexit._run_exitfuncs()  # what the interpreter would run at exit: stores, leases
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _run_command(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -110,11 +110,12 @@ def read_task_run(task_run_id: UUID | str) -> Any:
     return _read(_read_task_run, as_run_id(task_run_id, "task run"))
 
 
-def read_task_runs(flow_run_id: UUID | str) -> Any:
+def read_task_runs(flow_run_id: UUID | str | None = None) -> Any:
     """Return the task runs of a flow run, oldest first, as :class:`~runtime.TaskRun`.
 
     A subflow call shows up as a task run of its parent too (its ``task_key`` is the
-    subflow's), as in Prefect.
+    subflow's), as in Prefect. With no flow run id: the task runs that belong to no flow
+    run, those queued by ``task.delay()`` (background tasks), oldest first.
 
     Returns:
         A list of :class:`~runtime.TaskRun` (from async code: an awaitable of it).
@@ -122,6 +123,8 @@ def read_task_runs(flow_run_id: UUID | str) -> Any:
     Raises:
         ObjectNotFound: no flow run has this id.
     """
+    if flow_run_id is None:
+        return _read(_read_background_task_runs)
     return _read(_read_task_runs, as_run_id(flow_run_id))
 
 
@@ -250,6 +253,11 @@ def _read_task_runs(backend: StoreBackend, flow_run_id: UUID) -> list[TaskRun]:
     backend.sync_external()
     backend.read_flow_run(flow_run_id)  # raises ObjectNotFound for an unknown id
     return backend.read_task_runs(flow_run_id=flow_run_id)
+
+
+def _read_background_task_runs(backend: StoreBackend) -> list[TaskRun]:
+    backend.sync_external()
+    return [run for run in backend.read_task_runs() if run.flow_run_id is None]
 
 
 def _read_state_history(backend: StoreBackend, run_id: UUID) -> list[State[Any]]:

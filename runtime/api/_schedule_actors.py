@@ -238,8 +238,9 @@ class _Ticker(Actor):
         await self._recover()
         trigger = self._ctx.trigger
         now = _at(self._clock.now())
+        backlog = self._ctx.schedule.catchup == "all"  # asked for: every slot, in turn
         for slot in self._due_now(trigger, now):
-            await self._fire(slot)
+            await self._fire(slot, queue=backlog)
         slot = trigger.next_after(now)
         while True:
             await self._clock.sleep_until(slot.timestamp())
@@ -265,9 +266,11 @@ class _Ticker(Actor):
         on_time = (now - latest).total_seconds() <= ON_TIME_SECONDS
         return [latest] if catchup == "latest" or on_time else []
 
-    async def _fire(self, slot: datetime) -> None:
+    async def _fire(self, slot: datetime, *, queue: bool = False) -> None:
+        """Fire ``slot`` if the overlap policy lets it (``queue``: wait for the previous
+        run even if the policy skips: a catch-up of all missed slots runs each in turn)."""
         await self._recover()
-        if not await self._room_for_a_run(slot) or not self._claim(slot, fired=True):
+        if not await self._room_for_a_run(slot, queue) or not self._claim(slot, fired=True):
             return
         await self._ctx.start_run(f"run {slot.isoformat()}", _Fire(slot))
 
@@ -276,10 +279,13 @@ class _Ticker(Actor):
         claim = ScheduleSlot(self._ctx.schedule.name, slot, process_owner(), now, fired)
         return bool(self._backend.claim_schedule_slot(claim))
 
-    async def _room_for_a_run(self, slot: datetime) -> bool:
+    async def _room_for_a_run(self, slot: datetime, queue: bool = False) -> bool:
         """Whether a run may start for ``slot`` now, per the overlap policy (waiting, to
-        queue it); a skipped slot is claimed as skipped."""
+        queue it, or if ``queue`` and the policy skips); a skipped slot is claimed as
+        skipped."""
         overlap = self._ctx.schedule.overlap
+        if queue and overlap == "skip":
+            overlap = "queue"
         while overlap != "allow" and (busy := self._previous_run()) is not None:
             if overlap == "skip":
                 if self._claim(slot, fired=False):
@@ -342,12 +348,17 @@ class _RunActor(Actor):
         """Run the flow run (again, for a restart), cancelling it if a shutdown's grace
         period ends first."""
         current_runtime_var.set(self._runtime)
+        crash: RunCrashed | None = None
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._cancel_when_draining)
             try:
                 await self._run()
+            except RunCrashed as exc:  # raised below, not wrapped in the task group's group
+                crash = exc
             finally:
                 tg.cancel_scope.cancel()
+        if crash is not None:
+            raise crash
 
     async def _run(self) -> None:
         ctx = self._ctx

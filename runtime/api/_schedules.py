@@ -36,7 +36,8 @@ Overlap = Literal["skip", "queue", "allow"]
 
 Catchup = Literal["latest", "all", "none"]
 """What a schedule does about the slots it missed while nothing served it: one run for
-the ``latest`` of them, a run for ``all`` of them (oldest first), or ``none``."""
+the ``latest`` of them, a run for ``all`` of them (oldest first, one after another
+unless the overlap is ``allow``: ``skip`` does not skip them), or ``none``."""
 
 _SCHEDULE_TAG = "schedule:"
 _SLOT_TAG = "slot:"

@@ -37,9 +37,11 @@ from actors import (
 )
 from actors import Restart as ChildRestart
 
-from ..core._exceptions import SchedulesFailed
+from ..core._exceptions import ConfigurationError, SchedulesFailed
 from ..core._parameters import serialize_parameters
+from ..core._triggers import Trigger
 from ..orchestration._liveness import lease_keeper
+from ..orchestration._owners import process_owner
 from ..orchestration._runtime import Runtime
 from ..store._records import SCHEDULE_FAILED, SCHEDULE_SERVING, SCHEDULE_STOPPED, ScheduleRecord
 from ._entry import ambient_runtime, inherited_backend, runtime_scope
@@ -244,6 +246,8 @@ class _Serve:
         backend = runtime.backend
         assert backend is not None
         self._state = state = ServeState(runtime, self.grace_period)
+        for schedule in self.schedules:
+            self._refuse_a_name_served_otherwise(schedule)
         contexts = [ScheduleContext(s, self._register(s), state) for s in self.schedules]
         names = {s.name for s in self.schedules}
         specs = [
@@ -310,6 +314,42 @@ class _Serve:
             except (LookupError, ActorStopped):
                 pass  # its ticker stopped already, or the schedule failed meanwhile
         await ref.stop()
+
+    def _refuse_a_name_served_otherwise(self, schedule: Schedule) -> None:
+        """A schedule's name is unique in the store: refuse to serve ``schedule`` if a live
+        process serves a schedule of its name with another flow, trigger or parameters
+        (the two would share, and overwrite, one record and one set of slots).
+
+        Raises:
+            ConfigurationError: another live process serves it otherwise.
+        """
+        backend = self.runtime.backend
+        assert backend is not None
+        existing = backend.read_schedule(schedule.name)
+        if existing is None or not backend.shared_across_processes:
+            return
+        if (
+            existing.flow_name == schedule.flow.name
+            and (existing.interval, existing.cron, existing.timezone)
+            == (schedule.interval, schedule.cron, schedule.timezone)
+            and existing.parameters == serialize_parameters(schedule.parameters)
+        ):
+            return  # the same schedule: served side by side, sharing its slots
+        now = datetime.now(timezone.utc)
+        mine = process_owner()
+        if not any(
+            lease.expires > now and lease.owner != mine and schedule.name in lease.serving
+            for lease in backend.read_leases()
+        ):
+            return  # nobody serves it now: this serve redefines it
+        trigger = Trigger(existing.interval, existing.cron, existing.timezone, existing.anchor)
+        raise ConfigurationError(
+            f"Schedule {schedule.name!r} is served by another process, as flow "
+            f"{existing.flow_name!r} {trigger.describe()} with parameters "
+            f"{existing.parameters}; a schedule's name is unique in the store. Give this one "
+            "another name (flow.to_schedule(name=...), stageflow serve --name), or stop that "
+            "serve first."
+        )
 
     def _register(self, schedule: Schedule) -> ScheduleRecord:
         """Store the schedule (keeping its anchor if it was served before with the same

@@ -110,8 +110,10 @@ class _Unavailable(ResultHandle):
 
     def load(self) -> Any:
         raise MissingResult(
-            "State data is missing: the result was not persisted, so it is only available in "
-            "the process that ran it. Set persist_result=True to keep results."
+            "State data is missing: the store kept no copy of the result (it could not be "
+            "serialized, or the run had persist_result=False), so it is only available in the "
+            "process that ran it. To read it elsewhere, return a value the result serializer "
+            "can handle, and leave persist_result on (the default)."
         )
 
     def __repr__(self) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import enum
 import logging
 import math
+import threading
 from typing import Any, Awaitable, Callable
 
 import anyio
@@ -31,6 +32,7 @@ __all__ = [
     "CANCEL",
     "TIMEOUT",
     "Body",
+    "abandoned_bodies",
     "BodyPlacement",
     "SyncBody",
     "call_body",
@@ -46,6 +48,19 @@ CANCEL = "cancel"
 
 ABANDON_GRACE = 1.0
 """Seconds an interrupted sync body on another thread has to stop before it is abandoned."""
+
+_abandoned_lock = threading.Lock()
+_abandoned: set[SyncBody] = set()  # abandoned bodies whose call has not returned yet
+
+
+def abandoned_bodies() -> int:
+    """How many abandoned sync bodies are still running on their threads.
+
+    Their threads may be worker threads the interpreter waits for at exit (asyncio's are
+    not daemon threads): a command that is done can exit without them
+    (``stageflow serve`` and ``stageflow worker`` do)."""
+    with _abandoned_lock:
+        return len(_abandoned)
 
 
 Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -137,6 +152,11 @@ class SyncBody:
         self.reason: Any = None
         self._call: InterruptibleCall | None = None
         self._scope: anyio.CancelScope | None = None
+        # Under _abandoned_lock: the body's thread took the call, and has returned from it;
+        # the engine stopped waiting for it (a body not started by then never starts).
+        self._started = False
+        self._returned = False
+        self._left = False
 
     async def run(
         self,
@@ -156,6 +176,9 @@ class SyncBody:
             self._scope = scope
             try:
                 result = await call_sync(self.target, self._on_thread, fn, args, kwargs, timeout)
+            except anyio.get_cancelled_exc_class():  # from outside: the thread is left to it
+                self._abandon()
+                raise
             except Exception:
                 if self.reason is not None:  # what the body raised as it was stopped
                     raise BodyInterrupted from None
@@ -164,6 +187,7 @@ class SyncBody:
                 self._scope = None
         if scope.cancelled_caught:
             self.reason = self.reason or TIMEOUT
+            self._abandon()
             _logger.warning(
                 "%s did not stop when it was interrupted (%s): its body is stuck in a call "
                 "that cannot be interrupted. It is abandoned on its thread, and its result "
@@ -175,6 +199,13 @@ class SyncBody:
         if self.reason is not None:
             raise BodyInterrupted  # the body caught the interruption and returned: too late
         return result
+
+    def _abandon(self) -> None:
+        """Count the body among :func:`abandoned_bodies` until its call returns."""
+        with _abandoned_lock:
+            self._left = True
+            if self._started and not self._returned:
+                _abandoned.add(self)
 
     def interrupt(self, reason: Any) -> None:
         """Stop the body (call on the engine's loop): raise into its thread now, abandon it
@@ -197,12 +228,21 @@ class SyncBody:
         kwargs: dict[str, Any],
         timeout: float | None,
     ) -> Any:
-        if self.reason is not None:
-            raise BodyInterrupted  # interrupted before it started
-        call = self._call = InterruptibleCall(self.on_interrupt)
+        with _abandoned_lock:
+            if self._left:
+                raise BodyInterrupted  # its engine stopped waiting before it started
+            self._started = True
         try:
-            return call_interruptibly(call, fn, args, kwargs, timeout, TIMEOUT)
+            if self.reason is not None:
+                raise BodyInterrupted  # interrupted before it started
+            call = self._call = InterruptibleCall(self.on_interrupt)
+            try:
+                return call_interruptibly(call, fn, args, kwargs, timeout, TIMEOUT)
+            finally:
+                self._call = None
+                if call.reason is not None and self.reason is None:
+                    self.reason = call.reason
         finally:
-            self._call = None
-            if call.reason is not None and self.reason is None:
-                self.reason = call.reason
+            with _abandoned_lock:
+                self._returned = True
+                _abandoned.discard(self)

@@ -133,8 +133,20 @@ def _open_postgres(url: str) -> StoreBackend:
                     f"{_hide_password(url)!r}: give a number of seconds."
                 ) from None
     conninfo = urlunsplit(parts._replace(query=urlencode(theirs)))
-    from ._postgres import PostgresStore  # imports psycopg: only when asked for
+    from ._postgres import PostgresStore, psycopg  # imports psycopg: only when asked for
 
+    try:  # what libpq cannot read is the URL's fault, not the server's
+        psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        reason = str(exc).strip()
+        if parts.password:  # libpq may quote the token it could not read
+            reason = reason.replace(parts.password, "***")
+        raise ConfigurationError(
+            f"Invalid PostgreSQL store URL {_hide_password(url)!r} ({reason}): write "
+            "'postgresql://user:password@host:port/dbname', with %-escapes for special "
+            "characters in the user or password, and options libpq knows (sslmode, "
+            "connect_timeout, ...) or stageflow's (schema, fsync, reconnect_timeout, pool_size)."
+        ) from None
     return PostgresStore(conninfo, url=_hide_password(url), **ours)
 
 

@@ -356,7 +356,12 @@ def test_invalid_parameter_value_fails_the_run(
         ("{dir}/missing.py:greet", "no such file: {dir}/missing.py"),
         ("{dir}/flows.py", "expected FILE.py:FLOW_FUNCTION, got '{dir}/flows.py'"),
         ("{dir}/flows.py:", "expected FILE.py:FLOW_FUNCTION, got '{dir}/flows.py:'"),
-        ("{dir}/flows.py:nope", "{dir}/flows.py has no function 'nope'"),
+        (
+            "{dir}/flows.py:nope",
+            "{dir}/flows.py has no function 'nope'; the flows in it: point_then_number, "
+            "greet, boom, child, with_tasks, many_tasks, async_hello, "
+            "waits_for_number, pauses, dies_once",
+        ),
         (
             "{dir}/flows.py:not_a_flow",
             "'not_a_flow' in {dir}/flows.py is not a flow: decorate it with @flow",
@@ -753,7 +758,10 @@ def test_serve_refuses_bad_options(
     [
         ("{flows}", r"expected FILE\.py:TASK\[,TASK\.\.\.\], got"),
         ("{flows}:double,", r"expected FILE\.py:TASK\[,TASK\.\.\.\], got"),
-        ("{flows}:double,nothing", r"has no function 'nothing'"),
+        (
+            "{flows}:double,nothing",
+            r"has no function 'nothing'; the tasks in it: make_point, double, odd_fails$",
+        ),
         ("{flows}:double,greet", r"'greet' in .* is not a task: decorate it with @task"),
         ("missing.py:double", r"no such file: missing\.py"),
     ],
@@ -865,7 +873,7 @@ def test_process_exit_codes(flows: Path, env: dict[str, str]) -> None:
     assert "finished in state Failed(" in failed.stdout
     bad = stageflow("run", f"{flows}:nope", env=env)
     assert (bad.returncode, bad.stdout) == (2, "")
-    assert bad.stderr == f"stageflow: {flows} has no function 'nope'\n"
+    assert bad.stderr.startswith(f"stageflow: {flows} has no function 'nope'; the flows in it: ")
 
 
 def test_run_logs_show_once_on_stderr(flows: Path, tmp_path: Path, env: dict[str, str]) -> None:

@@ -107,6 +107,24 @@ class TestUrls:
         with pytest.raises(ConfigurationError, match=message):
             open_backend(f"{postgres_server_url}?{query}")
 
+    @pytest.mark.parametrize(
+        ("url", "message"),
+        [
+            ("postgresql://u@127.0.0.1:5432/x?bogus=1", r'invalid URI query parameter: "bogus"'),
+            ("postgresql://u:se%cret@127.0.0.1:5432/x", r"invalid percent-encoded token"),
+            ("postgresql://", r"missing \"=\""),
+        ],
+    )
+    def test_a_malformed_url_is_a_configuration_error(self, url: str, message: str) -> None:
+        """A URL libpq cannot read (an unknown option, a bad %-escape) is refused as a
+        ConfigurationError that names the URL, without its password, and says what to
+        write; it is not psycopg's own error."""
+        with pytest.raises(ConfigurationError, match=message) as caught:
+            open_backend(url)
+        assert "se%cret" not in str(caught.value) and "cret" not in str(caught.value)
+        assert "Invalid PostgreSQL store URL" in str(caught.value)
+        assert "postgresql://user:password@host:port/dbname" in str(caught.value)
+
     def test_an_unreachable_server_is_named(self) -> None:
         """A server that does not answer raises StoreError naming its host and port."""
         port = free_port()

@@ -264,6 +264,38 @@ async def test_catch_up_after_downtime(catchup: str, fired: list[tuple[int, int]
     assert sorted(seen.fired[before:]) == fired
 
 
+async def test_catch_up_of_all_slots_runs_them_one_after_another_by_default() -> None:
+    """With the default overlap ("skip"), ``catchup="all"`` still runs every missed slot:
+    the catch-up runs go one after another (oldest first), none is skipped because the
+    one before it is still running."""
+    clock = FakeClock(START, autojump=True)
+    seen = Recorder(clock, 1)
+
+    @flow
+    async def hourly() -> None:
+        seen.start()
+        await clock.sleep_until(clock.now() + 10)  # each run takes 10 s
+
+    async with Runtime(store="memory://", clock=clock) as rt:
+        assert rt.backend is not None
+        schedule = hourly.to_schedule(interval=60, catchup="all")
+        await serve_until(seen.done, schedule)  # the run at 0 (and maybe at 60)
+        last = claims(rt.backend, "hourly")[-1][0]
+        missed = list(range(int(last) + 60, 601, 60))
+        assert len(missed) >= 8
+        clock.jump(630 - (clock.now() - START))  # nothing serves it until 630
+        before = len(seen.fired)
+        seen.enough = before + len(missed)
+        seen.done = anyio.Event()
+        await serve_until(seen.done, schedule)
+        skipped = [offset for offset, fired in claims(rt.backend, "hourly") if not fired]
+    caught_up = seen.fired[before : before + len(missed)]
+    assert [slot for _, slot in caught_up] == missed  # oldest first, none skipped
+    starts = [start for start, _ in caught_up]
+    assert all(b - a >= 10 for a, b in zip(starts, starts[1:]))  # one after another
+    assert not [offset for offset in skipped if offset <= 600]
+
+
 async def test_two_serves_and_a_restarted_one_fire_each_slot_once(tmp_path: Path) -> None:
     """Two serves of one schedule, on one SQLite file through two stores (as two
     processes would), fire each slot once; so does a serve restarted at once."""
@@ -337,6 +369,12 @@ async def test_crashed_runs_restart_until_the_intensity_stops_the_schedule(
     assert seen.starts == [0, 10, 20, 30]
     assert steady_record is not None and steady_record.status == "stopped"
     assert any("Schedule 'fragile' stopped" in r.getMessage() for r in caplog.records)
+    # The log names the crash itself, not the task group the run's actor raised it from.
+    said = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Schedule 'fragile'")]
+    assert len([m for m in said if " crashed: " in m and "; restarting it" in m]) == 3
+    for line in said:
+        assert "Crash('the worker died')" in line and "TaskGroup" not in line, line
+    assert "TaskGroup" not in (record.message or "")
 
 
 async def test_temporary_runs_are_not_restarted() -> None:

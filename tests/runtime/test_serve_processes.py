@@ -15,6 +15,7 @@ import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from engine_support import StoreUrl, process_env, python_process, wait_until
@@ -37,6 +38,24 @@ FLOWS = """
     @flow
     def beat() -> None:
         pass
+
+    def sleep_for_good() -> None:
+        # Sleep in one C call, which an interruption cannot stop (so the body is
+        # abandoned); an interruption that lands before the call is swallowed.
+        while True:
+            try:
+                print("stuck", flush=True)
+                time.sleep(3600)
+            except BaseException:
+                pass
+
+    @flow
+    def stuck() -> None:
+        sleep_for_good()
+
+    @task
+    def stuck_task() -> None:
+        sleep_for_good()
 
     @flow(persist_result=True)
     def pipeline() -> str:
@@ -69,10 +88,10 @@ def _read(env: dict[str, str], read: Callable[[StoreBackend], Any]) -> Any:
         store.close()
 
 
-def _stop(process: subprocess.Popen[str]) -> tuple[str, str]:
+def _stop(process: subprocess.Popen[str], timeout: float = 60) -> tuple[str, str]:
     """SIGTERM ``process``; return its output once it exited, cleanly."""
     process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=60)
+    out, err = process.communicate(timeout=timeout)
     assert process.returncode == 0, err
     return out, err
 
@@ -140,3 +159,87 @@ def test_the_next_serve_recovers_the_run_of_a_killed_one(
     assert history[-4:] == ["Crashed", "Resuming", "Running", "Completed"]
     assert (tmp_path / "calls.log").read_text().split() == ["prepare"]
     assert len(_read(env, lambda s: s.read_flow_runs(flow_name="pipeline"))) == 1
+
+
+def test_a_stopped_serve_exits_though_a_run_body_is_stuck(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """SIGTERM stops a serve whose run's body is stuck in a call that cannot be
+    interrupted: the run is cancelled and its body abandoned on its thread, and the
+    command exits (0) instead of waiting for that thread to return."""
+    target = f"{tmp_path / 'flows.py'}:stuck"
+    process = _serve(tmp_path, env, target, "--interval", "3600", "--grace-period", "0")
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "stuck"
+        out, err = _stop(process, timeout=20)  # it sleeps for an hour
+    finally:
+        process.kill()
+        process.communicate(timeout=30)
+    assert "Stopped serving schedule 'stuck'." in out
+    assert "abandoned" in err
+    (run,) = _read(env, lambda s: s.read_flow_runs(flow_name="stuck"))
+    assert run.state_name == "Cancelled"
+
+
+def test_a_stopped_worker_exits_though_a_task_body_is_stuck(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """SIGTERM stops a task worker whose run's body is stuck in a call that cannot be
+    interrupted: the run goes back to the queue and the command exits (0) instead of
+    waiting for the abandoned body's thread."""
+    worker = python_process(
+        tmp_path,
+        env,
+        *("-m", "runtime", "--log-level", "WARNING", "worker"),
+        *(f"{tmp_path / 'flows.py'}:stuck_task", "--grace-period", "0"),
+    )
+    queue = python_process(
+        tmp_path, env, "-c", "import flows; print(flows.stuck_task.delay().task_run_id)"
+    )
+    try:
+        queued, err = queue.communicate(timeout=60)
+        assert queue.returncode == 0, err
+        assert worker.stdout is not None and worker.stdout.readline().strip() == "stuck"
+        out, err = _stop(worker, timeout=20)  # it sleeps for an hour
+    finally:
+        for process in (queue, worker):
+            process.kill()
+            process.communicate(timeout=30)
+    assert "Stopped serving task(s) stuck_task." in out
+    run = _read(env, lambda s: s.read_task_run(UUID(queued.strip())))
+    assert run.state_name == "Requeued"
+
+
+def test_a_schedule_name_served_elsewhere_with_another_definition_is_refused(
+    tmp_path: Path, env: dict[str, str]
+) -> None:
+    """A schedule's name is unique in the store: while a live process serves 'shared'
+    (flow beat, every hour), serving another flow or trigger under that name is a usage
+    error (exit 2) that names the other process's schedule, and changes nothing; the same
+    definition is served alongside (it shares the slots)."""
+    target = f"{tmp_path / 'flows.py'}"
+    first = _serve(tmp_path, env, f"{target}:beat", "--interval", "3600", "--name", "shared")
+    refused = None
+    try:
+        wait_until(
+            lambda: _read(env, lambda s: any("shared" in x.serving for x in s.read_leases())),
+            "the first serve to serve 'shared'",
+        )
+        refused = python_process(
+            tmp_path,
+            env,
+            *("-m", "runtime", "serve", f"{target}:pipeline", "--interval", "5"),
+            *("--name", "shared"),
+        )
+        out, err = refused.communicate(timeout=20)  # it would serve until stopped
+        assert refused.returncode == 2, err
+        assert "Schedule 'shared' is served by another process" in err
+        assert "flow 'beat' every 3600 s" in err and "--name" in err
+        record = _read(env, lambda s: s.read_schedule("shared"))
+        assert (record.flow_name, record.interval) == ("beat", 3600)
+        _stop(first)
+    finally:
+        for process in (first, refused):
+            if process is not None:
+                process.kill()
+                process.communicate(timeout=30)

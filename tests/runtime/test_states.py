@@ -176,7 +176,7 @@ class TestResult:
 
     def test_unavailable(self) -> None:
         """A result that was neither kept nor persisted says so."""
-        with pytest.raises(MissingResult, match=r"persist_result=True"):
+        with pytest.raises(MissingResult, match=r"could not be serialized, or the run had persist_result=False"):
             S.Completed(data=S.UNAVAILABLE).result()
 
 

@@ -26,8 +26,8 @@ import anyio
 import pytest
 from engine_support import StoreUrl, process_env, python_process, wait_until
 
-from runtime import Runtime, aserve_tasks, serve_tasks, task
-from runtime.core._exceptions import ResultSerializationError, UpstreamTaskError
+from runtime import Runtime, aserve_tasks, flow, read_task_runs, serve_tasks, task
+from runtime.core._exceptions import MissingResult, ResultSerializationError, UpstreamTaskError
 from runtime.futures import DistributedTaskRunFuture
 from runtime.states import StateType
 from runtime.store._backend import StoreBackend
@@ -92,6 +92,50 @@ async def test_a_worker_runs_queued_runs_and_their_futures_give_the_results(url:
             assert await second.aresult() == 10
         assert names(rt.backend, first.task_run_id) == ["Scheduled", "Running", "Completed"]
         assert rt.backend.read_task_queue() == []
+
+
+async def test_read_task_runs_without_a_flow_run_lists_the_queued_runs(url: str) -> None:
+    """Runs queued by delay() belong to no flow run: ``read_task_runs()`` (no flow run id)
+    lists them, oldest first, as docs/pipelines.md says, and not the task runs of flows."""
+
+    @flow
+    async def with_a_task() -> int:
+        return await double(1)
+
+    async with Runtime(store=url):
+        await with_a_task()
+        first, second = add.delay(1, 2), double.delay(3)
+        listed = await read_task_runs()
+        assert [run.id for run in listed] == [first.task_run_id, second.task_run_id]
+        assert {run.state_name for run in listed} == {"Scheduled"}
+        assert [run.id for run in await read_task_runs(None)] == [run.id for run in listed]
+
+
+@task
+def a_lock() -> Any:
+    return threading.Lock()
+
+
+async def test_a_result_the_store_could_not_keep_says_why_elsewhere(tmp_path: Path) -> None:
+    """A result that cannot be serialized is not kept in the store (results are kept by
+    default): read back from the store, in another process, its MissingResult says that,
+    rather than telling to set persist_result=True (which is already the default)."""
+    url = f"sqlite:///{tmp_path / 'q.db'}"
+    async with Runtime(store=url):
+        future = a_lock.delay()
+        async with worker(a_lock):
+            await future.wait_async()
+    store = open_backend(url)[0]
+    try:
+        state = store.read_task_run(future.task_run_id).state
+        assert state is not None and state.is_completed()
+        with pytest.raises(MissingResult) as caught:
+            state.result()
+    finally:
+        store.close()
+    message = str(caught.value)
+    assert "could not be serialized" in message
+    assert "Set persist_result=True to keep results" not in message
 
 
 async def test_without_a_worker_the_run_waits_in_the_queue(url: str) -> None:
