@@ -194,7 +194,7 @@ def _find_flow_run(text: str) -> FlowRun:
 
 
 def _import_file(path: Path, code: int = EXIT_USAGE) -> Any:
-    """Import the file at ``path`` once per process (see :func:`runtime.api._rerun.import_flow_file`).
+    """Import the file at ``path`` once per process (see :func:`runtime.core._flow_files.import_flow_file`).
 
     Raises:
         CommandError: with ``code``, when the file fails to import.

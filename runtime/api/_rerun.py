@@ -7,16 +7,13 @@ task runs completed before, matched by their dynamic keys.
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from uuid import UUID
 
 from ..core import _states as S
 from ..core._exceptions import InvalidRunInput, NotPausedError, ObjectNotFound
+from ..core._flow_files import import_flow_file
 from ..core._models import FlowRun
 from ..core._states import State, StateType
 from ..engine._body import WORKER_THREADS
@@ -29,39 +26,6 @@ from ._registry import flow_at, flow_of_run, is_flow
 from ._run_input import validated_input
 
 __all__ = ["NO_INPUT", "import_flow_file", "load_flow", "rerun_flow_run", "run_resumed_flow_run"]
-
-
-def import_flow_file(path: Path) -> ModuleType:
-    """Import the Python file at ``path`` once per process (its ``__main__`` block does
-    not run) and return the module.
-
-    The module's name is the same in every process (a digest of the resolved path):
-    pickled results refer to the classes the file defines by module name, so a run resumed
-    by another process must find them under the name the first one used.
-
-    Raises:
-        ImportError: the file is not a Python file.
-        Exception: whatever importing the file raised.
-    """
-    path = path.resolve()
-    name = f"stageflow_entrypoint_{hashlib.sha256(str(path).encode()).hexdigest()[:16]}"
-    module = sys.modules.get(name)
-    if module is not None:
-        return module
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot import {path}: not a Python file")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[name]
-        raise
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
 
 
 def load_flow(flow_run: FlowRun) -> FlowSpec:

@@ -46,6 +46,7 @@ import cloudpickle  # type: ignore[import-untyped]
 from actors import LoopWaker
 
 from ..core._exceptions import TaskRunTimeoutError, WorkerLost
+from ..core._flow_files import flow_files
 from ._body import TIMEOUT, BodyPlacement, SyncTarget
 from ._context import TaskRunContext, _task_run_context
 from ._drivers import _with_timeout
@@ -189,7 +190,8 @@ class DaskTaskRunner(TaskRunner):
         distributed = _import_distributed()
         if self.address is not None:
             _logger.info("Connecting to an existing Dask cluster at %s", self.address)
-            return _DaskPlacement(distributed.Client(self.address, **self.client_kwargs), None)
+            client = distributed.Client(self.address, **self.client_kwargs)
+            return _DaskPlacement(_with_flow_files(client), None)
         cluster_class = self.cluster_class or distributed.LocalCluster
         _logger.info("Creating a new Dask cluster with `%s`", _qualified_name(cluster_class))
         cluster = cluster_class(**self.cluster_kwargs)
@@ -203,7 +205,7 @@ class DaskTaskRunner(TaskRunner):
         link = getattr(cluster, "dashboard_link", None)
         if link:
             _logger.info("The Dask dashboard is available at %s", link)
-        return _DaskPlacement(client, cluster)
+        return _DaskPlacement(_with_flow_files(client), cluster)
 
     def _settings(self) -> tuple[Any, ...]:
         return (
@@ -229,6 +231,22 @@ class DaskTaskRunner(TaskRunner):
             return f"DaskTaskRunner(address={self.address!r})"
         name = None if self.cluster_class is None else _qualified_name(self.cluster_class)
         return f"DaskTaskRunner(cluster_class={name!r}, cluster_kwargs={self.cluster_kwargs!r})"
+
+
+def _with_flow_files(client: Any) -> Any:
+    """Have ``client``'s workers import the flow files this process imported by path (a
+    flow run from ``stageflow run FILE.py:flow``), so task bodies defined there load on
+    them; return ``client``."""
+    paths = flow_files()
+    if paths:
+        from ._dask_plugin import FlowFiles
+
+        try:
+            client.register_plugin(FlowFiles(paths))
+        except BaseException:
+            client.close()
+            raise
+    return client
 
 
 def _cluster_class(value: str | Callable[..., Any] | None) -> Callable[..., Any] | None:

@@ -598,6 +598,52 @@ def test_a_trio_global_loop_runs_dask_bodies(tmp_path: Path) -> None:
     assert done.stdout.strip() == "(90, 'asyncio')"
 
 
+def test_stageflow_run_ships_a_flow_files_own_code_to_process_workers(tmp_path: Path) -> None:
+    """`stageflow run FILE.py:flow` imports the file under a name of its own (not
+    __main__), which worker processes could not import: a task calling a helper of that
+    file failed to load there and the run hung. The workers now import the file too."""
+    script = tmp_path / "shipped.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from runtime import flow, task
+            from runtime.task_runners import DaskTaskRunner
+
+            def helper(x):
+                return 2 * x
+
+            @task
+            def double(x):
+                return helper(x)
+
+            runner = DaskTaskRunner(
+                cluster_kwargs={
+                    "n_workers": 1, "threads_per_worker": 1, "processes": True,
+                    "dashboard_address": ":0",
+                }
+            )
+
+            @flow(task_runner=runner)
+            def pipeline():
+                return sum(double.map(range(4)).result())
+            """
+        )
+    )
+    env = {**os.environ, "STAGEFLOW_HOME": str(tmp_path), "STAGEFLOW_STORE": "memory://"}
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime", "run", f"{script}:pipeline"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "result: 12" in done.stdout
+    assert "Failed to deserialize" not in done.stderr
+
+
 # -- the runner's settings -------------------------------------------------------------------
 
 
