@@ -118,12 +118,16 @@ class CrashReport:
         child: The crashed child's name.
         exception: What the child raised.
         restart_count: How many times the supervisor had restarted this child before.
+        restarting: Whether the supervisor restarts it (False: its restart type says not
+            to, the supervisor is stopping, or this restart was one too many within the
+            intensity period and the supervisor gives up).
     """
 
     supervisor: str
     child: str
     exception: BaseException
     restart_count: int
+    restarting: bool = True
 
 
 @attrs.frozen

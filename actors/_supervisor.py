@@ -337,31 +337,45 @@ class Supervisor(Actor):
 
     def _handle_exit(self, child: _Child, reason: ExitReason) -> None:
         crashed = reason.kind is ExitKind.CRASHED
+        outcome = self._exit_outcome(child, reason, crashed)
         report = None
         if crashed:
             assert reason.exception is not None
-            report = CrashReport(self.name, child.spec.name, reason.exception, child.restarts)
+            report = CrashReport(
+                self.name,
+                child.spec.name,
+                reason.exception,
+                child.restarts,
+                restarting=outcome in ("held", "restart"),
+            )
             self._report(report)
-        if child.cell.mailbox.closed or self._closing or reason.kind is ExitKind.CANCELLED:
+        if outcome == "remove":
             self._remove(child, reason)
-            return
+        elif outcome == "fail":
+            self._remove(child, reason)
+            self._fail(child, reason, report)
+        elif outcome == "restart":
+            if self._strategy is Strategy.ONE_FOR_ONE:
+                self._restart_one(child)
+            else:
+                self._schedule_group(child)
+
+    def _exit_outcome(self, child: _Child, reason: ExitReason, crashed: bool) -> str:
+        """What becomes of a child that exited: ``"remove"`` (it is not restarted),
+        ``"held"`` (a group restart under way restarts it), ``"fail"`` (one restart too
+        many: the supervisor gives up) or ``"restart"``."""
+        if child.cell.mailbox.closed or self._closing or reason.kind is ExitKind.CANCELLED:
+            return "remove"
         if child.held:
-            return
+            return "held"
         restart = child.spec.restart
         if (
             restart is Restart.TEMPORARY
             or (restart is Restart.TRANSIENT and not crashed)
             or (crashed and not isinstance(reason.exception, Exception))
         ):
-            self._remove(child, reason)
-            return
-        if self._intensity_exceeded():
-            self._remove(child, reason)
-            self._fail(child, reason, report)
-        elif self._strategy is Strategy.ONE_FOR_ONE:
-            self._restart_one(child)
-        else:
-            self._schedule_group(child)
+            return "remove"
+        return "fail" if self._intensity_exceeded() else "restart"
 
     def _report(self, report: CrashReport) -> None:
         try:

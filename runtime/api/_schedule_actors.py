@@ -204,6 +204,11 @@ def _report_crash(ctx: ScheduleContext, report: CrashReport) -> None:
     restart = ctx.schedule.restart
     if restart.type == "temporary" and report.child != "ticker":
         then = "it is not restarted (restart type 'temporary')"
+    elif not report.restarting:
+        then = (
+            f"it is not restarted (more than {restart.max_restarts} restarts within "
+            f"{restart.period:g} s, or the schedule is stopping)"
+        )
     else:
         then = (
             f"restarting it (restart {report.restart_count + 1}; at most "

@@ -260,7 +260,7 @@ class TestTellCrash:
         assert reason.kind is ExitKind.CRASHED
         assert isinstance(reason.exception, ValueError)
         assert str(reason) == "crashed: ValueError(\"cannot handle 'boom'\")"
-        assert reports == [CrashReport("system", "x", reason.exception, 0)]
+        assert reports == [CrashReport("system", "x", reason.exception, 0, restarting=False)]
 
     async def test_direct_crash_stops_the_actor_before_its_next_message(self) -> None:
         """After a directly dispatched tell raises, later messages wait for the restart."""

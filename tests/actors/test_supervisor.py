@@ -201,6 +201,7 @@ class TestIntensity:
             reason = await ref.wait()
         assert board.log == [("stop", "b"), ("stop", "c"), ("stop", "a")]
         assert [report.restart_count for report in inner_reports] == [0, 1, 2]
+        assert [report.restarting for report in inner_reports] == [True, True, False]
         failure = reason.exception
         assert isinstance(failure, SupervisorFailed)
         assert str(failure) == (
@@ -209,7 +210,7 @@ class TestIntensity:
         )
         assert failure.report == inner_reports[-1]
         assert failure.__cause__ is inner_reports[-1].exception
-        assert outer_reports == [CrashReport("system", "inner", failure, 0)]
+        assert outer_reports == [CrashReport("system", "inner", failure, 0, restarting=False)]
 
     async def test_restarts_outside_the_period_do_not_count(self) -> None:
         board = Board()
