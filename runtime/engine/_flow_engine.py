@@ -562,7 +562,11 @@ class FlowRunEngine:
                 if isinstance(exc, TerminationSignal):
                     self._interrupt = exc
                 state = self._interrupted_state()
-            elif isinstance(exc, _cancelled_exc()) and self._cancelled_from_above():
+            elif isinstance(exc, (_cancelled_exc(), BodyInterrupted)) and (
+                self._cancelled_from_above()
+            ):
+                # A cancellation stopped it: the parent's cancel scope for an async subflow,
+                # the parent body's interruption for a sync one on that body's thread.
                 state = S.Cancelled(message="The parent flow run was cancelled.")
             else:
                 state = exception_to_crashed_state(exc)
