@@ -134,6 +134,7 @@ class FlowRunEngine:
         self._body = body
         self._context: FlowRunContext | None = None
         self._hooks_ran: set[Any] = set()  # ids of the states whose hooks ran
+        self._woken: anyio.Event | None = None  # set to cut a wait before Running short
 
     def _set_run(self, flow_run: FlowRun) -> None:
         """Follow the run's newest snapshot (and let its context follow it); older ones,
@@ -267,10 +268,40 @@ class FlowRunEngine:
 
     async def _enter_running(self) -> State[Any]:
         while True:
+            if self._interrupt is not None:
+                # Stopped while it waited (a retry's delay, a paused parent): it does not
+                # run again but ends as its interruption says (Cancelled, or Crashed).
+                await self._propose(self._interrupted_state())
+                return self.flow_run.state  # type: ignore[return-value]
             transition = await self._propose(S.Running())
             if transition.status != "WAIT":
                 return self.flow_run.state  # type: ignore[return-value]
-            await wait_before_proposing_again(self.runtime, transition)
+            await self._wait_to_propose_again(transition)
+
+    async def _wait_to_propose_again(self, transition: Transition) -> None:
+        """Wait as the WAIT says, cut short by a cancellation or SIGTERM (requested here or,
+        on a store shared between processes, noticed in another process's writes)."""
+        woken = self._woken = anyio.Event()
+        backend = self.runtime.backend
+
+        async def wait() -> None:
+            async with anyio.create_task_group() as tg:
+
+                async def sleep() -> None:
+                    await wait_before_proposing_again(self.runtime, transition)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(sleep)
+                await woken.wait()
+                tg.cancel_scope.cancel()
+
+        try:
+            if backend is not None and backend.shared_across_processes:
+                await run_beside(self._watch_other_processes, wait)
+            else:
+                await wait()
+        finally:
+            self._woken = None
 
     async def _attempt(self, parameters: dict[str, Any]) -> State[Any] | None:
         flow = self.flow
@@ -441,6 +472,8 @@ class FlowRunEngine:
         engine's loop."""
         if self._interrupt is None or isinstance(signal, TerminationSignal):
             self._interrupt = signal or _CANCEL
+        if self._woken is not None:
+            self._woken.set()  # it waits to propose Running again: it will not
         if self._sync_body is not None:
             self._sync_body.interrupt(CANCEL)  # raised into its thread; abandoned if stuck
         elif self._body_scope is not None:
@@ -529,7 +562,11 @@ class FlowRunEngine:
                 if isinstance(exc, TerminationSignal):
                     self._interrupt = exc
                 state = self._interrupted_state()
-            elif isinstance(exc, _cancelled_exc()) and self._cancelled_from_above():
+            elif isinstance(exc, (_cancelled_exc(), BodyInterrupted)) and (
+                self._cancelled_from_above()
+            ):
+                # A cancellation stopped it: the parent's cancel scope for an async subflow,
+                # the parent body's interruption for a sync one on that body's thread.
                 state = S.Cancelled(message="The parent flow run was cancelled.")
             else:
                 state = exception_to_crashed_state(exc)
@@ -575,8 +612,8 @@ class FlowRunEngine:
         failed = state.is_final() and not state.is_completed()
         if value is not _NOT_SET and not isinstance(value, State) and not failed:
             return value
-        if self._raised is not None:
-            raise self._raised
+        if self._raised is not None and not (state.is_cancelled() or state.is_crashed()):
+            raise self._raised  # the failed attempt's own exception, not a later cancel's
         return state.result()
 
     # -- talking to the orchestrator --------------------------------------------------

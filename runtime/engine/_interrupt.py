@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["BodyInterrupted", "InterruptibleCall", "call_interruptibly"]
+__all__ = ["BodyInterrupted", "InterruptibleCall", "call_interruptibly", "main_thread_in_body"]
 
 
 class BodyInterrupted(BaseException):
@@ -41,6 +41,14 @@ class BodyInterrupted(BaseException):
 
 
 _MAIN = threading.main_thread().ident
+_main_armed: list[Any] = []  # the interruptible calls armed on the main thread now
+
+
+def main_thread_in_body() -> bool:
+    """Whether the main thread is inside an interruptible call (a run's sync body) now,
+    rather than in stageflow's own code (waiting on a global loop, recording a state,
+    running a hook)."""
+    return bool(_main_armed)
 
 
 def _raise_in(thread_id: int, exc_type: type[BaseException] | None) -> None:
@@ -103,8 +111,12 @@ class InterruptibleCall:
         self._alarm = self.thread_id == _MAIN and _alarms.install(self)
         with self._lock:
             self._armed = True
+        if self.thread_id == _MAIN:
+            _main_armed.append(self)
 
     def _disarm(self) -> None:
+        if self.thread_id == _MAIN and self in _main_armed:
+            _main_armed.remove(self)
         with self._lock:
             self._armed = False
             self._done = True

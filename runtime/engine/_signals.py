@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from actors import ActorStopped
 
 from ..core._exceptions import TerminationSignal
+from ._interrupt import main_thread_in_body
 from ._run_actors import Terminate
 
 __all__ = ["capture_sigterm", "interruptible"]
@@ -50,11 +51,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         if engine.ref is not None:
             with contextlib.suppress(ActorStopped):
                 engine.ref.tell_soon(Terminate(exc))
-    if (_raise_in_main and _raise_in_main[-1]) or _waits_on_a_future(frame):
-        # A sync flow body (or a sync task body) may be running right here, on the main
+    if (_raise_in_main and _raise_in_main[-1] and main_thread_in_body()) or _waits_on_a_future(
+        frame
+    ):
+        # A sync flow body (or a sync task body) is running right here, on the main
         # thread, where no cancel scope can reach it; or an async flow body blocks its
-        # event loop in future.result()/wait()/as_completed(), so the Terminate told to
-        # its engine above cannot arrive until the future is done.
+        # event loop in future.result()/wait()/as_completed(), so the Terminate told to its
+        # engine above cannot arrive until the future is done. Anywhere else (the main
+        # thread waits for a global loop, or records a state, or runs a hook) the engines
+        # told above end their runs and the flow call raises the signal: raised there, it
+        # would leave the thread that runs the run's hooks and write its state.
         raise exc
 
 

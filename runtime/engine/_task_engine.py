@@ -557,7 +557,11 @@ class TaskRunEngine:
             if self.cancel_requested is not None:
                 self.logger.info("Task run was cancelled.")
                 await self._propose(S.Cancelled(message=self.cancel_requested))
-            elif is_cancellation(exc) and self._cancelled_by_flow():
+            elif (is_cancellation(exc) or isinstance(exc, BodyInterrupted)) and (
+                self._cancelled_by_flow()
+            ):
+                # Its flow run's cancellation stopped it: a cancel scope for an async run,
+                # the flow body's interruption for a sync run on that body's thread.
                 await self._propose(S.Cancelled(message="The parent flow run was cancelled."))
             else:
                 state = exception_to_crashed_state(exc)

@@ -32,7 +32,7 @@ from runtime.concurrency import (
     set_concurrency_limit,
 )
 from runtime.core._input import input_model, keyset_for, schema_json
-from runtime.exceptions import InvalidRunInput, NotPausedError, ObjectNotFound
+from runtime.exceptions import CancelledRun, InvalidRunInput, NotPausedError, ObjectNotFound
 from runtime.store._memory import MemoryStore
 from runtime.store._urls import default_backend
 
@@ -448,3 +448,116 @@ def test_limits_are_validated_and_listed() -> None:
         assert limits["listed"].active_slots == ()
     finally:
         delete_concurrency_limit("listed")
+
+
+# -- a cancellation during a flow run's retry delay ------------------------------------
+
+
+async def _wait_until_awaiting_retry(runtime: Runtime, run_id: list[UUID]) -> UUID:
+    """Wait (event-driven, bounded by the test timeout) until the flow run waits to retry."""
+    while not run_id:
+        await anyio.sleep(0)
+    backend = runtime.backend
+    assert backend is not None
+    changed = anyio.Event()
+    unsubscribe = backend.subscribe(run_id[0], lambda run, state: changed.set())
+    try:
+        state = backend.read_flow_run(run_id[0]).state
+        while state is None or state.name != "AwaitingRetry":
+            await changed.wait()
+            changed = anyio.Event()
+            state = backend.read_flow_run(run_id[0]).state
+    finally:
+        unsubscribe()
+    return run_id[0]
+
+
+async def test_a_cancel_during_a_flow_runs_retry_delay_ends_it_cancelled_at_once() -> None:
+    """The retry's delay (an hour) is cut short: the run ends Cancelled with its
+    on_cancellation hooks, and the call raises CancelledRun, not the failed attempt's
+    exception."""
+    ids: list[UUID] = []
+    hooks: list[str] = []
+    outcomes: list[Any] = []
+
+    @flow(
+        retries=1,
+        retry_delay_seconds=3600,
+        on_cancellation=[lambda f, r, s: hooks.append(f"on_cancellation {s.name}")],
+        on_failure=[lambda f, r, s: hooks.append(f"on_failure {s.name}")],
+    )
+    async def flaky() -> None:
+        ids.append(get_run_context().flow_run.id)
+        raise ValueError("first attempt")
+
+    async with Runtime(store="memory://") as runtime:
+        async with anyio.create_task_group() as tg:
+
+            async def run() -> None:
+                try:
+                    await flaky()
+                except BaseException as exc:
+                    outcomes.append(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+
+            tg.start_soon(run)
+            run_id = await _wait_until_awaiting_retry(runtime, ids)
+            await cancel_flow_run(run_id)
+        backend = runtime.backend
+        assert backend is not None
+        history = [s.name for s in backend.read_state_history("flow", run_id)]
+    assert history[-1] == "Cancelled", history
+    assert "Running" not in history[history.index("AwaitingRetry") :], history
+    assert hooks == ["on_cancellation Cancelled"]
+    assert len(ids) == 1  # the body did not run again
+    (raised,) = outcomes
+    assert isinstance(raised, CancelledRun), repr(raised)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "trio"])
+def test_a_cancel_during_a_sync_flow_runs_retry_delay_ends_it_cancelled(
+    tmp_path: Any, loop: str
+) -> None:
+    """As above, for a sync flow whose orchestration runs on a global loop of each backend,
+    cancelled from another thread on a store the threads share."""
+    ids: list[UUID] = []
+    hooks: list[str] = []
+    awaiting_retry = threading.Event()
+
+    def on_change(run: Any, state: Any) -> None:
+        if state.name == "AwaitingRetry":
+            awaiting_retry.set()
+
+    @flow(
+        retries=1,
+        retry_delay_seconds=3600,
+        on_cancellation=[lambda f, r, s: hooks.append(f"on_cancellation {s.name}")],
+    )
+    def flaky() -> None:
+        ids.append(get_run_context().flow_run.id)
+        raise ValueError("first attempt")
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+
+    def canceller() -> None:
+        assert awaiting_retry.wait(30)
+        with Runtime(store=url, loop=loop):
+            cancel_flow_run(ids[0])
+
+    thread = threading.Thread(target=canceller)
+    with Runtime(store=url, loop=loop) as runtime:
+        backend = runtime.backend
+        assert backend is not None
+        unsubscribe = backend.subscribe(None, on_change)
+        thread.start()
+        try:
+            state = flaky(return_state=True)
+        finally:
+            thread.join(30)
+            unsubscribe()
+    assert state.is_cancelled(), state
+    assert hooks == ["on_cancellation Cancelled"]
+    assert len(ids) == 1
+    with pytest.raises(CancelledRun):
+        state.result()

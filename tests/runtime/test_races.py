@@ -348,3 +348,73 @@ def test_a_cancel_from_another_process_ends_an_async_flow_cancelled(
     history = trial.history(run.id)
     assert history[-2:] == ["Cancelling", "Cancelled"], history
     assert trial.log("hooks.log") == ["on_cancellation"]
+
+
+# -- a cancel from another process while a sync flow calls a sync task or subflow --------------
+
+CALLING_FLOW = """
+    import sys, time
+    from pathlib import Path
+    from runtime import flow, task
+
+    def log(line):
+        with open(Path(__file__).parent / "hooks.log", "a") as file:
+            print(line, file=file, flush=True)
+
+    def wait_for_ever():
+        print("waiting", flush=True)
+        while True:
+            time.sleep(0.01)
+
+    @task
+    def step() -> None:
+        wait_for_ever()
+
+    @flow(
+        on_cancellation=[lambda f, r, s: log(f"sub on_cancellation {s.name}")],
+        on_crashed=[lambda f, r, s: log(f"sub on_crashed {s.name}")],
+    )
+    def sub() -> None:
+        wait_for_ever()
+
+    @flow(on_cancellation=[lambda f, r, s: log(f"on_cancellation {s.name}")])
+    def calling() -> None:
+        step() if sys.argv[1] == "task" else sub()
+
+    calling()
+"""
+
+
+@pytest.mark.parametrize("called", ["task", "subflow"])
+def test_a_cancel_from_another_process_cancels_what_a_sync_flow_calls(
+    tmp_path: Path, called: str, store_url: StoreUrl
+) -> None:
+    """The called task run or subflow run ends Cancelled, as with a cancel from this
+    process: not Crashed, and the subflow's on_cancellation runs, not its on_crashed."""
+    trial = Trial(tmp_path, 0, store_url)
+    flow_process = trial.start("flows", CALLING_FLOW, called)
+    assert flow_process.stdout is not None
+    assert flow_process.stdout.readline().strip() == "waiting"
+    run = trial.flow_run("calling")
+    cancel = subprocess.run(
+        [sys.executable, "-c", f"from runtime import cancel_flow_run; cancel_flow_run('{run.id}')"],
+        env=trial.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cancel.returncode == 0, cancel.stderr
+    flow_process.communicate(timeout=60)
+    assert trial.history(run.id)[-2:] == ["Cancelling", "Cancelled"]
+    store = trial.store()
+    try:
+        (task_run,) = store.read_task_runs(flow_run_id=run.id)
+        subflows = store.read_flow_runs(flow_name="sub")
+    finally:
+        store.close()
+    assert task_run.state.name == "Cancelled", task_run.state
+    if called == "subflow":
+        assert [s.state.name for s in subflows] == ["Cancelled"]
+        assert trial.log("hooks.log") == ["sub on_cancellation Cancelled", "on_cancellation Cancelled"]
+    else:
+        assert trial.log("hooks.log") == ["on_cancellation Cancelled"]

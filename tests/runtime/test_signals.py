@@ -283,3 +283,65 @@ def test_sigterm_ends_an_async_flow_blocked_on_a_future(tmp_path: Path, backend:
     code, output = _terminate(tmp_path, ASYNC_FLOW_BLOCKED_ON_A_FUTURE, backend)
     assert "on_crashed Crashed Execution was aborted by a termination signal." in output
     assert code != 0
+
+
+RETRYING_FLOW = """
+    import sys
+    from runtime import flow
+
+    def crashed(flow, run, state):
+        print("on_crashed", state.name, flush=True)
+
+    @flow(retries=1, retry_delay_seconds=3600, on_crashed=[crashed])
+    def flaky() -> None:
+        print("started", flush=True)
+        raise ValueError("first attempt")
+
+    flaky()
+"""
+
+
+def test_sigterm_during_a_sync_flows_retry_delay_crashes_it_with_on_crashed(
+    tmp_path: Path,
+) -> None:
+    """The signal lands while the flow run waits to retry (its body is not running): the
+    run ends Crashed at once, with its on_crashed hooks, and the process ends."""
+    import time
+
+    from runtime.store._sqlite import SqliteStore
+
+    script = tmp_path / "flow_process.py"
+    script.write_text(textwrap.dedent(RETRYING_FLOW))
+    env = {**os.environ, "STAGEFLOW_HOME": str(tmp_path), "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == "started"
+    deadline = time.monotonic() + 30  # another process's progress: poll its store, bounded
+    while True:
+        store = SqliteStore(tmp_path / "stageflow.db")
+        try:
+            runs = store.read_flow_runs()
+            state = runs[0].state if runs else None
+        finally:
+            store.close()
+        if state is not None and state.name == "AwaitingRetry":
+            break
+        assert time.monotonic() < deadline, state
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert out.splitlines().count("on_crashed Crashed") == 1, out + err
+    assert "TerminationSignal" in err
+    store = SqliteStore(tmp_path / "stageflow.db")
+    try:
+        (run,) = store.read_flow_runs()
+        history = [s.name for s in store.read_state_history("flow", run.id)]
+    finally:
+        store.close()
+    assert history == ["Pending", "Running", "AwaitingRetry", "Crashed"], history
