@@ -327,6 +327,18 @@ AWAITING_FLOW = """
 """
 
 
+def cancel_from_another_process(trial: Trial, run_id: Any) -> None:
+    """``cancel_flow_run(run_id)`` in a process of its own, on the trial's store."""
+    cancel = subprocess.run(
+        [sys.executable, "-c", f"from runtime import cancel_flow_run; cancel_flow_run('{run_id}')"],
+        env=trial.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert cancel.returncode == 0, cancel.stderr
+
+
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_a_cancel_from_another_process_ends_an_async_flow_cancelled(
     tmp_path: Path, backend: str, store_url: StoreUrl
@@ -336,14 +348,7 @@ def test_a_cancel_from_another_process_ends_an_async_flow_cancelled(
     assert flow_process.stdout is not None
     assert flow_process.stdout.readline().strip() == "waiting"
     run = trial.flow_run("one-by-one")
-    cancel = subprocess.run(
-        [sys.executable, "-c", f"from runtime import cancel_flow_run; cancel_flow_run('{run.id}')"],
-        env=trial.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert cancel.returncode == 0, cancel.stderr
+    cancel_from_another_process(trial, run.id)
     flow_process.communicate(timeout=60)
     history = trial.history(run.id)
     assert history[-2:] == ["Cancelling", "Cancelled"], history
@@ -396,14 +401,7 @@ def test_a_cancel_from_another_process_cancels_what_a_sync_flow_calls(
     assert flow_process.stdout is not None
     assert flow_process.stdout.readline().strip() == "waiting"
     run = trial.flow_run("calling")
-    cancel = subprocess.run(
-        [sys.executable, "-c", f"from runtime import cancel_flow_run; cancel_flow_run('{run.id}')"],
-        env=trial.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert cancel.returncode == 0, cancel.stderr
+    cancel_from_another_process(trial, run.id)
     flow_process.communicate(timeout=60)
     assert trial.history(run.id)[-2:] == ["Cancelling", "Cancelled"]
     store = trial.store()
