@@ -181,7 +181,14 @@ class Orchestrator(Actor):
         if kind is ProposeState:
             return self.propose(message)
         if kind is CreateRun:
-            transition = self.create(message.kind, message.run, message.state)
+            existing = self._live.get(message.run.id)
+            if existing is not None:
+                # Created already: its engine did not take the answer (a signal or an
+                # interruption raised into its thread just after the ask) and asks again.
+                # Recording it twice would fail the store's batch of writes.
+                transition = Transition("ACCEPT", existing.state, existing)  # type: ignore[arg-type]
+            else:
+                transition = self.create(message.kind, message.run, message.state)
             if message.then is None:
                 return transition
             return self.propose(ProposeState(message.kind, message.run.id, message.then))

@@ -89,6 +89,35 @@ class TestSnapshots:
         assert run.state.state_details.flow_run_id == run.id
         assert store.read_flow_run(run.id) is run
 
+    @pytest.mark.parametrize("started", [False, True])
+    def test_a_create_asked_again_records_the_run_once(
+        self, tmp_path: Any, clock: FakeClock, started: bool
+    ) -> None:
+        """An engine whose thread got a signal right after its CreateRun was answered asks
+        again (its run still looks unrecorded to it), here to record the crash: the run is
+        recorded once, and the crash is decided on the run as it is."""
+        from runtime.store._sqlite import SqliteStore
+
+        path = tmp_path / f"twice-{started}.db"
+        for store in (MemoryStore(), SqliteStore(path)):
+            orchestrator = Orchestrator(store, clock)
+            run = TaskRun(name="load-0", task_key="load", dynamic_key="0")
+            first = orchestrator.receive(
+                CreateRun("task", run, S.Pending(), S.Running() if started else None)
+            )
+            again = orchestrator.receive(CreateRun("task", run, S.Pending()))
+            assert again.status == "ACCEPT" and again.run == first.run
+            crashed = orchestrator.receive(CreateRun("task", run, S.Pending(), S.Crashed()))
+            assert crashed.status == "ACCEPT" and crashed.run.state.is_crashed()
+            if isinstance(store, SqliteStore):
+                store.close()  # commits the batch of writes
+                store = SqliteStore(path)
+            assert [r.id for r in store.read_task_runs()] == [run.id]
+            assert history(store, "task", run.id) == (  # type: ignore[arg-type]
+                ["Pending", "Running", "Crashed"] if started else ["Pending", "Crashed"]
+            )
+            store.close()
+
     def test_each_transition_makes_a_new_snapshot(
         self, orchestrator: Orchestrator, clock: FakeClock
     ) -> None:
