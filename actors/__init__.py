@@ -15,6 +15,9 @@ from ._backend import LoopWaker as LoopWaker
 from ._clock import Clock as Clock
 from ._clock import FakeClock as FakeClock
 from ._clock import SystemClock as SystemClock
+from ._critical import critical as critical
+from ._critical import defer as defer
+from ._critical import in_critical as in_critical
 from ._exceptions import ActorStopped as ActorStopped
 from ._exceptions import ForeignThreadError as ForeignThreadError
 from ._exceptions import LoopClosed as LoopClosed
@@ -66,6 +69,9 @@ __all__ = [
     "SupervisorFailed",
     "SystemClock",
     "WhichChildren",
+    "critical",
+    "defer",
     "global_loop",
+    "in_critical",
     "open_actor_system",
 ]

@@ -32,6 +32,7 @@ from anyio.lowlevel import checkpoint, checkpoint_if_cancelled
 
 from ._actor import ActorRef, Envelope, ExitKind, ExitReason, _Reply, _ThreadReply
 from ._backend import LoopWaker, current_task
+from ._critical import critical
 from ._exceptions import ActorStopped, ForeignThreadError
 from ._mailbox import Mailbox
 
@@ -482,16 +483,17 @@ class _Cell:
 
     def dispatch_tell(self, receive: Callable[[Any], Any], message: Any) -> bool:
         """Handle a tell inline if the actor is idle; False if it was not (queue it)."""
-        if not self._claim(receive):
-            return False
-        try:
-            receive(message)
-        except Exception as exc:  # noqa: BLE001 (crashes the actor)
-            self._crash_locked(exc)
-        finally:
-            if self.signal is None:
-                self.resume_direct(receive)
-            self.dispatch_lock.release()
+        with critical():  # no signal lands between taking the lock and releasing it
+            if not self._claim(receive):
+                return False
+            try:
+                receive(message)
+            except Exception as exc:  # noqa: BLE001 (crashes the actor)
+                self._crash_locked(exc)
+            finally:
+                if self.signal is None:
+                    self.resume_direct(receive)
+                self.dispatch_lock.release()
         return True
 
     def dispatch_ask(
@@ -499,13 +501,14 @@ class _Cell:
     ) -> outcome.Maybe[Any] | None:
         """Handle an ask inline if the actor is idle and return its outcome; None if it
         was not (queue it)."""
-        if not self._claim(receive, wait=wait):
-            return None
-        try:
-            return outcome.capture(receive, message)  # type: ignore[no-any-return]
-        finally:
-            self.resume_direct(receive)
-            self.dispatch_lock.release()
+        with critical():  # no signal lands between taking the lock and releasing it
+            if not self._claim(receive, wait=wait):
+                return None
+            try:
+                return outcome.capture(receive, message)  # type: ignore[no-any-return]
+            finally:
+                self.resume_direct(receive)
+                self.dispatch_lock.release()
 
     # -- sending ----------------------------------------------------------------------
 

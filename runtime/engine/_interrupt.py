@@ -17,7 +17,9 @@ from a timer). So:
 :class:`InterruptibleCall` arms a thread for the duration of one call; another thread (or a
 timer) calls :meth:`InterruptibleCall.interrupt`. An interruption that arrives as the call
 returns is either delivered inside the call's ``try`` or cleared, never raised later in
-unrelated code.
+unrelated code. One that arrives while the thread is in the kernel's critical code (an
+actor's directly dispatched message: a state being decided and recorded, see
+:func:`actors.critical`) is raised as that code ends.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from actors import defer
 
 __all__ = ["BodyInterrupted", "InterruptibleCall", "call_interruptibly", "main_thread_in_body"]
 
@@ -99,7 +103,7 @@ class InterruptibleCall:
             self._pending = True
             if self._alarm:
                 signal.pthread_kill(self.thread_id, signal.SIGALRM)
-            else:
+            elif not defer(self.thread_id, BodyInterrupted):
                 _raise_in(self.thread_id, BodyInterrupted)
             return True
 
@@ -131,7 +135,7 @@ class InterruptibleCall:
         with self._lock:
             raise_now = self._armed and self._pending
             self._pending = False
-        if raise_now:
+        if raise_now and not defer(_MAIN, BodyInterrupted):  # type: ignore[arg-type]
             raise BodyInterrupted
 
 

@@ -6,7 +6,10 @@ requested (it is Cancelling), Crashed otherwise, and the flow call then raises
 :class:`~runtime.exceptions.TerminationSignal`, so the process still terminates.
 
 A handler the program installed itself is left alone: stageflow only takes SIGTERM over
-while it has its default action (terminate without cleanup).
+while it has its default action (terminate without cleanup), and SIGINT while it has
+Python's own handler. Ctrl-C then still raises ``KeyboardInterrupt`` where the main thread
+is, except inside the kernel's critical code (a state being decided and recorded,
+:func:`actors.critical`), where it is raised as that code ends; so is SIGTERM.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-from actors import ActorStopped
+from actors import ActorStopped, defer
 
 from ..core._exceptions import TerminationSignal
 from ._interrupt import main_thread_in_body
@@ -60,8 +63,18 @@ def _on_sigterm(signum: int, frame: Any) -> None:
         # engine above cannot arrive until the future is done. Anywhere else (the main
         # thread waits for a global loop, or records a state, or runs a hook) the engines
         # told above end their runs and the flow call raises the signal: raised there, it
-        # would leave the thread that runs the run's hooks and write its state.
-        raise exc
+        # would leave the thread that runs the run's hooks and write its state. Inside
+        # the kernel's critical code (a state being decided and recorded) it is raised as
+        # that code ends.
+        if not defer(threading.get_ident(), lambda: exc):
+            raise exc
+
+
+def _on_sigint(signum: int, frame: Any) -> None:
+    """Ctrl-C as Python's own handler does (``KeyboardInterrupt`` where the main thread
+    is), except inside the kernel's critical code, where it is raised as that code ends."""
+    if not defer(threading.get_ident(), KeyboardInterrupt):
+        raise KeyboardInterrupt
 
 
 _FUTURES_MODULE = f"{__package__}._futures"
@@ -89,6 +102,26 @@ def capture_sigterm(*, raise_in_main_thread: bool, top_level: bool = True) -> It
     if not top_level or threading.current_thread() is not threading.main_thread():
         yield
         return
+    with _sigint_held_back_in_critical_code():
+        with _sigterm_captured(raise_in_main_thread):
+            yield
+
+
+@contextmanager
+def _sigint_held_back_in_critical_code() -> Iterator[None]:
+    """Put :func:`_on_sigint` on SIGINT while the block runs, if it has Python's own."""
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@contextmanager
+def _sigterm_captured(raise_in_main_thread: bool) -> Iterator[None]:
     previous = signal.getsignal(signal.SIGTERM)
     if previous is not signal.SIG_DFL and previous is not _on_sigterm:
         yield

@@ -35,7 +35,10 @@ EXPECTED = [
     "SupervisorFailed",
     "SystemClock",
     "WhichChildren",
+    "critical",
+    "defer",
     "global_loop",
+    "in_critical",
     "open_actor_system",
 ]
 
