@@ -35,7 +35,13 @@ from ..core._models import FlowRun, FlowRunPolicy, TaskRun
 from ..core._names import generate_run_name
 from ..core._parameters import resolve_run_name, serialize_parameters
 from ..core._states import State, now_utc, replace
-from ..orchestration._orchestrator import CreateRun, ProposeState, Transition, UpdateRun
+from ..orchestration._orchestrator import (
+    CreateRun,
+    EndTaskRunsOf,
+    ProposeState,
+    Transition,
+    UpdateRun,
+)
 from ..orchestration._owners import process_owner
 from ..orchestration._ownership import active_flow_runs
 from ..orchestration._store_actor import Commit
@@ -588,8 +594,13 @@ class FlowRunEngine:
         return False
 
     async def _finish(self) -> State[Any]:
-        """Log the outcome and make the run's state durable before the call returns."""
+        """Log the outcome and make the run's state durable before the call returns; a
+        crashed run's task runs that no engine ended (a signal stopped theirs outside its
+        crash handling) end Crashed too."""
         state: State[Any] = self.flow_run.state  # type: ignore[assignment]
+        if state.is_crashed():
+            with anyio.CancelScope(shield=True):
+                await self._ask(EndTaskRunsOf(self.flow_run.id, S.Crashed(message=_ORPHANED)))
         if state.is_paused():
             self.logger.info("Finished in state %s", state)
         else:
@@ -657,3 +668,5 @@ class _Cancel(BaseException):
 
 
 _CANCEL = _Cancel()
+
+_ORPHANED = "Its flow run crashed before this task run finished."

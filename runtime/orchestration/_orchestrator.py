@@ -40,6 +40,7 @@ from ._owners import owner_gone, process_owner
 
 __all__ = [
     "CreateRun",
+    "EndTaskRunsOf",
     "Orchestrator",
     "ProposeState",
     "ReadRun",
@@ -99,6 +100,17 @@ class UpdateRun:
     kind: RunKind
     run_id: UUID
     changes: dict[str, Any]
+
+
+@attrs.frozen
+class EndTaskRunsOf:
+    """End in ``state`` the task runs of the flow run ``flow_run_id`` that this
+    orchestrator still drives and that are not final: the flow run has ended and no engine
+    of this process drives them any more (a signal stopped theirs outside its crash
+    handling). The answer is how many were ended."""
+
+    flow_run_id: UUID
+    state: State[Any]
 
 
 @attrs.frozen
@@ -169,8 +181,8 @@ class Orchestrator(Actor):
         self._on_first_flow_run = on_first_flow_run
 
     def receive(self, message: Any) -> Any:
-        """Handle a :class:`CreateRun`, :class:`ProposeState`, :class:`UpdateRun` or
-        :class:`ReadRun`.
+        """Handle a :class:`CreateRun`, :class:`ProposeState`, :class:`UpdateRun`,
+        :class:`EndTaskRunsOf` or :class:`ReadRun`.
 
         Raises:
             ObjectNotFound: the run does not exist.
@@ -194,6 +206,8 @@ class Orchestrator(Actor):
             return self.propose(ProposeState(message.kind, message.run.id, message.then))
         if kind is UpdateRun:
             return self.update(message.kind, message.run_id, message.changes)
+        if kind is EndTaskRunsOf:
+            return self.end_task_runs_of(message.flow_run_id, message.state)
         if kind is ReadRun:
             return self._current(message.kind, message.run_id)
         raise TypeError(f"The orchestrator does not understand {message!r}.")
@@ -209,6 +223,19 @@ class Orchestrator(Actor):
         self._remember(new)
         self._backend.notify(new, stamped)
         return Transition("ACCEPT", stamped, new)
+
+    def end_task_runs_of(self, flow_run_id: UUID, state: State[Any]) -> int:
+        """See :class:`EndTaskRunsOf`."""
+        orphans = [
+            run.id
+            for run in list(self._live.values())
+            if isinstance(run, TaskRun)
+            and run.flow_run_id == flow_run_id
+            and (run.state is None or not run.state.is_final())
+        ]
+        for run_id in orphans:
+            self.propose(ProposeState("task", run_id, state))
+        return len(orphans)
 
     def update(self, kind: RunKind, run_id: UUID, changes: dict[str, Any]) -> Run:
         """Change fields of a run other than its state; return its new snapshot."""

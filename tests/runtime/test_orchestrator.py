@@ -22,6 +22,7 @@ from runtime.core._models import FlowRun, FlowRunPolicy, TaskRun, TaskRunPolicy
 from runtime.core._rules import decide
 from runtime.orchestration._orchestrator import (
     CreateRun,
+    EndTaskRunsOf,
     Orchestrator,
     ProposeState,
     ReadRun,
@@ -319,6 +320,32 @@ class TestCascades:
         mirrored = store.read_task_run(stand_in.id).state
         assert mirrored is not None and mirrored.is_completed()
         assert mirrored.state_details.child_flow_run_id == child.id
+
+
+    def test_a_crashed_flow_runs_unended_task_runs_end_crashed(
+        self, orchestrator: Orchestrator, store: MemoryStore
+    ) -> None:
+        """EndTaskRunsOf (a crashed flow run's engine, at its end): its task runs that no
+        engine ended (left Pending or Running) end Crashed; its finished ones and another
+        flow run's are left as they are."""
+        flow_run = create_flow_run(orchestrator)
+        propose(orchestrator, "flow", flow_run.id, S.Running())
+        other = create_flow_run(orchestrator)
+        left_pending = create_task_run(orchestrator, flow_run)
+        left_running = create_task_run(orchestrator, flow_run)
+        propose(orchestrator, "task", left_running.id, S.Running())
+        finished = create_task_run(orchestrator, flow_run)
+        propose(orchestrator, "task", finished.id, S.Running())
+        propose(orchestrator, "task", finished.id, S.Completed())
+        not_its_own = create_task_run(orchestrator, other)
+        ended = orchestrator.receive(EndTaskRunsOf(flow_run.id, S.Crashed(message="orphaned")))
+        assert ended == 2
+        assert history(store, "task", left_pending.id) == ["Pending", "Crashed"]
+        assert history(store, "task", left_running.id) == ["Pending", "Running", "Crashed"]
+        assert store.read_task_run(left_running.id).state.message == "orphaned"  # type: ignore[union-attr]
+        assert history(store, "task", finished.id) == ["Pending", "Running", "Completed"]
+        assert history(store, "task", not_its_own.id) == ["Pending"]
+        assert orchestrator.receive(EndTaskRunsOf(flow_run.id, S.Crashed())) == 0
 
 
 class TestTwoOrchestrators:
