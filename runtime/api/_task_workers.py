@@ -267,6 +267,7 @@ class _TaskWorker:
         unsubscribe = backend.subscribe(TASK_QUEUED, queued)
         names = ", ".join(sorted(task.name for task in self.tasks.values()))
         logger.info("Serving the queued runs of task(s) %s in %s.", names, backend.url)
+        self._warn_of_other_versions(backend)
         try:
             with anyio.move_on_after(math.inf if self.timeout is None else self.timeout):
                 await self._claim_forever(backend)
@@ -276,6 +277,25 @@ class _TaskWorker:
             with anyio.CancelScope(shield=True):
                 await self._drain()
             logger.info("Task worker stopped.")
+
+    def _warn_of_other_versions(self, backend: StoreBackend) -> None:
+        """Say so when the queue holds runs of a served task queued by another version of
+        its code: a queued run is matched by its task key, which changes with the code, so
+        this worker leaves them waiting for a worker with that code."""
+        served = {key.rpartition("-")[0]: task for key, task in self.tasks.items()}
+        others: dict[str, int] = {}
+        for entry in backend.read_task_queue():
+            name = entry.task_key.rpartition("-")[0]
+            if entry.task_key not in self.tasks and name in served:
+                others[name] = others.get(name, 0) + 1
+        for name, count in sorted(others.items()):
+            logger.warning(
+                "%d queued run(s) of task %r were queued by another version of its code; "
+                "this worker does not run them. Serve them with a worker running that code, "
+                "or queue them again.",
+                count,
+                served[name].name,
+            )
 
     def hurry(self) -> None:
         """Put the runs still in progress back in the queue now, not after the grace period."""

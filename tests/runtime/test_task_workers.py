@@ -74,6 +74,35 @@ def names(backend: StoreBackend, run_id: Any) -> list[str | None]:
 # -- in one process ------------------------------------------------------------------------
 
 
+async def test_a_worker_says_which_queued_runs_another_version_of_its_task_queued(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run queued by other code of the same task (its key differs) is not this worker's
+    to run: it stays queued, and the worker says so as it starts."""
+
+    def total(x: int) -> int:
+        return x
+
+    def total_v2(x: int) -> int:
+        return x + 1
+
+    total_v2.__name__, total_v2.__qualname__ = total.__name__, total.__qualname__
+    old, new = task(total), task(total_v2)
+    assert old.task_key != new.task_key
+    async with Runtime(store=url) as rt:
+        old.delay(1)
+        old.delay(2)
+        with caplog.at_level("WARNING", logger="stageflow.task_worker"):
+            await aserve_tasks(new, timeout=0.01)
+        assert rt.backend is not None
+        assert len(rt.backend.read_task_queue()) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "2 queued run(s) of task 'total' were queued by another version of its code; this "
+        "worker does not run them. Serve them with a worker running that code, or queue "
+        "them again."
+    ]
+
+
 async def test_a_worker_runs_queued_runs_and_their_futures_give_the_results(url: str) -> None:
     """delay() records a Scheduled run and returns its future; a worker serving the task
     runs it (sync and async tasks), the future gives its result, and the queue is empty."""
