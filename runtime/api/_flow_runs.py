@@ -324,9 +324,12 @@ def _crashed_while_paused(backend: Any, flow_run_id: UUID) -> bool:
 
 
 def _not_paused(flow_run_id: UUID, state: State[Any] | None) -> NotPausedError:
-    return NotPausedError(
-        f"Cannot resume flow run {flow_run_id}: it is not paused (it is {state})."
-    )
+    if state is not None and state.name == "Resuming":
+        # A suspended run another caller resumed a moment ago, its body not started yet.
+        detail = "another caller is resuming it"
+    else:
+        detail = f"it is {state}"
+    return NotPausedError(f"Cannot resume flow run {flow_run_id}: it is not paused ({detail}).")
 
 
 # -- cancel and wait -------------------------------------------------------------------------

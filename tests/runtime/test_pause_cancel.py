@@ -561,3 +561,20 @@ def test_a_cancel_during_a_sync_flow_runs_retry_delay_ends_it_cancelled(
     assert len(ids) == 1
     with pytest.raises(CancelledRun):
         state.result()
+
+
+def test_a_resume_that_lost_to_another_says_so() -> None:
+    """The loser of two resumers of a suspended run finds it Resuming (the winner's body
+    not started yet): it is told that another caller is resuming it, not a state name."""
+    from uuid import uuid4
+
+    from runtime.api._flow_runs import _not_paused
+    from runtime.states import Completed, Scheduled
+
+    run_id = uuid4()
+    assert str(_not_paused(run_id, Scheduled(name="Resuming"))) == (
+        f"Cannot resume flow run {run_id}: it is not paused (another caller is resuming it)."
+    )
+    assert str(_not_paused(run_id, Completed())) == (
+        f"Cannot resume flow run {run_id}: it is not paused (it is Completed())."
+    )
