@@ -147,7 +147,28 @@ def _open_postgres(url: str) -> StoreBackend:
             "characters in the user or password, and options libpq knows (sslmode, "
             "connect_timeout, ...) or stageflow's (schema, fsync, reconnect_timeout, pool_size)."
         ) from None
+    for key, value in theirs:
+        if key in _LIBPQ_INTEGERS and not value.strip().lstrip("-").isdigit():
+            # libpq would refuse it only when connecting, which the pool retries for its
+            # whole reconnect_timeout before saying the connection was lost.
+            raise ConfigurationError(
+                f"Unsupported value {key}={value!r} in the store URL "
+                f"{_hide_password(url)!r}: libpq takes a whole number there."
+            )
     return PostgresStore(conninfo, url=_hide_password(url), **ours)
+
+
+_LIBPQ_INTEGERS = frozenset(
+    {
+        "connect_timeout",
+        "keepalives",
+        "keepalives_idle",
+        "keepalives_interval",
+        "keepalives_count",
+        "tcp_user_timeout",
+    }
+)
+"""libpq connection options that take a whole number (seconds or a count)."""
 
 
 def _hide_password(url: str) -> str:

@@ -100,6 +100,8 @@ class TestUrls:
             ("reconnect_timeout=soon", r"give a number of seconds\.$"),
             ("pool_size=0", r"give a whole number of connections, 1 or more\.$"),
             ("schema=Bad-Name", r"^Invalid PostgreSQL schema name 'Bad-Name' for the store"),
+            ("connect_timeout=x", r"connect_timeout='x' .*libpq takes a whole number there\.$"),
+            ("keepalives_idle=1.5", r"keepalives_idle='1.5' .*whole number there\.$"),
         ],
     )
     def test_bad_options(self, postgres_server_url: str, query: str, message: str) -> None:
