@@ -56,7 +56,7 @@ sys.path.insert(0, REPO)
 import anyio
 
 from actors import global_loop
-from runtime import Runtime, flow, task
+from runtime import Runtime, flow
 
 # (group, substrings of "path:function"); the first match wins.
 GROUPS = [
@@ -84,61 +84,23 @@ IDLE = ("'poll' of 'select", "'select' of 'select", "'control' of 'select", "acq
 
 
 # -- the workloads ----------------------------------------------------------------------
+# engine_bench.py's own, so that a profile explains the figure in its table.
 
-
-@task
-def add_one(x: int) -> int:
-    return x + 1
-
-
-@task
-async def add_one_async(x: int) -> int:
-    return x + 1
-
-
-@flow
-def called(n: int) -> int:
-    total = 0
-    for i in range(n):
-        total += add_one(i)
-    return total
-
-
-@flow
-def submitted(n: int) -> int:
-    futures = [add_one.submit(i) for i in range(n)]
-    return sum(f.result() for f in futures)
-
-
-@flow
-def trivial_sync() -> int:
-    return 1
-
-
-@flow
-async def gathered(n: int) -> int:
-    results = [0] * n
-
-    async def one(i: int) -> None:
-        results[i] = await add_one_async(i)
-
-    async with anyio.create_task_group() as tg:
-        for i in range(n):
-            tg.start_soon(one, i)
-    return sum(results)
-
-
-@flow
-async def trivial_async() -> int:
-    return 1
-
+from engine_bench import (  # noqa: E402 (after the environment above)
+    add_task_async,
+    async_gather_flow,
+    sync_call_flow,
+    sync_submit_flow,
+    trivial_async_flow,
+    trivial_sync_flow,
+)
 
 SNAPSHOTS: dict[str, Any] = {}
 
 
 @flow
 async def retained(n: int, drop: bool) -> int:
-    futures: list[Any] = [add_one_async.submit(i) for i in range(n)]
+    futures: list[Any] = [add_task_async.submit(i) for i in range(n)]
     total = 0
     for i in range(n):
         total += await futures[i]
@@ -151,19 +113,21 @@ async def retained(n: int, drop: bool) -> int:
 
 def sync_flows(n: int) -> None:
     for _ in range(n):
-        trivial_sync()
+        trivial_sync_flow()
 
 
 async def async_flows(n: int) -> None:
     for _ in range(n):
-        await trivial_async()
+        await trivial_async_flow()
 
 
 # name: (title, unit, the call, async?)
 WORKLOADS: dict[str, tuple[str, str, Callable[[int], Any], bool]] = {
-    "gathered": ("async tasks gathered in an async flow", "task run", gathered, True),
-    "called": ("sync task called in a sync flow", "task run", called, False),
-    "submitted": ("sync tasks .submit()ed, then results collected", "task run", submitted, False),
+    "gathered": ("async tasks gathered in an async flow", "task run", async_gather_flow, True),
+    "called": ("sync task called in a sync flow", "task run", sync_call_flow, False),
+    "submitted": (
+        "sync tasks .submit()ed, then results collected", "task run", sync_submit_flow, False
+    ),
     "sync_flows": ("one trivial flow call, sync", "flow call", sync_flows, False),
     "async_flows": ("one trivial flow call, async", "flow call", async_flows, True),
 }
