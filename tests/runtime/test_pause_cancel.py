@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -33,6 +34,7 @@ from runtime.concurrency import (
 )
 from runtime.core._input import input_model, keyset_for, schema_json
 from runtime.exceptions import CancelledRun, InvalidRunInput, NotPausedError, ObjectNotFound
+from runtime.states import State
 from runtime.store._memory import MemoryStore
 from runtime.store._urls import default_backend
 
@@ -42,8 +44,11 @@ class Approval(RunInput):
     reviewer: str = "nobody"
 
 
-async def _wait_until_paused(runtime: Runtime, run_id: list[UUID]) -> UUID:
-    """Wait (event-driven, bounded by the test timeout) until the flow run is paused."""
+async def _wait_until_state(
+    runtime: Runtime, run_id: list[UUID], reached: Callable[[State[Any]], bool]
+) -> UUID:
+    """Wait (event-driven, bounded by the test timeout) until the flow run's state is one
+    ``reached`` accepts."""
     while not run_id:
         await anyio.sleep(0)
     backend = runtime.backend
@@ -52,13 +57,17 @@ async def _wait_until_paused(runtime: Runtime, run_id: list[UUID]) -> UUID:
     unsubscribe = backend.subscribe(run_id[0], lambda run, state: changed.set())
     try:
         state = backend.read_flow_run(run_id[0]).state
-        while state is None or not state.is_paused():
+        while state is None or not reached(state):
             await changed.wait()
             changed = anyio.Event()
             state = backend.read_flow_run(run_id[0]).state
     finally:
         unsubscribe()
     return run_id[0]
+
+
+async def _wait_until_paused(runtime: Runtime, run_id: list[UUID]) -> UUID:
+    return await _wait_until_state(runtime, run_id, lambda state: state.is_paused())
 
 
 async def _wait_until_running(runtime: Runtime, run_id: list[UUID]) -> UUID:
@@ -454,22 +463,7 @@ def test_limits_are_validated_and_listed() -> None:
 
 
 async def _wait_until_awaiting_retry(runtime: Runtime, run_id: list[UUID]) -> UUID:
-    """Wait (event-driven, bounded by the test timeout) until the flow run waits to retry."""
-    while not run_id:
-        await anyio.sleep(0)
-    backend = runtime.backend
-    assert backend is not None
-    changed = anyio.Event()
-    unsubscribe = backend.subscribe(run_id[0], lambda run, state: changed.set())
-    try:
-        state = backend.read_flow_run(run_id[0]).state
-        while state is None or state.name != "AwaitingRetry":
-            await changed.wait()
-            changed = anyio.Event()
-            state = backend.read_flow_run(run_id[0]).state
-    finally:
-        unsubscribe()
-    return run_id[0]
+    return await _wait_until_state(runtime, run_id, lambda state: state.name == "AwaitingRetry")
 
 
 async def test_a_cancel_during_a_flow_runs_retry_delay_ends_it_cancelled_at_once() -> None:
